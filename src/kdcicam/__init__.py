@@ -1,0 +1,27 @@
+"""kdcicam: weakly-supervised object localization with CAM, CI-CAM and KD-CI-CAM.
+
+Heavy modules (torch models, Lightning) are imported lazily so that `import kdcicam` and the
+CLI's data commands stay fast.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "list_models", "Localizer", "evaluation", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("create_model", "list_models"):
+        from .models import registry
+
+        return getattr(registry, name)
+    if name == "Localizer":
+        from .inference import Localizer
+
+        return Localizer
+    if name == "evaluation":
+        import importlib
+
+        return importlib.import_module(".evaluation", __name__)
+    raise AttributeError(f"module 'kdcicam' has no attribute {name!r}")

@@ -1,0 +1,73 @@
+"""The `kdcicam` command. One small module per subcommand, loaded only when that command runs,
+so `kdcicam --help` and the data commands start fast.
+
+Every subcommand module exposes ``add_arguments(parser)`` (cheap, no heavy imports) and
+``run(args) -> int``. Errors caused by input (:class:`~kdcicam.errors.KdcicamError`) are printed
+as one line with exit code 2; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import KdcicamError
+
+#: subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("kdcicam.data.commands", "make datasets: `data synthetic`, `data cub`"),
+    "train": ("kdcicam.training.commands_train", "train CAM, CI-CAM or KD-CI-CAM (resumable)"),
+    "evaluate": ("kdcicam.training.commands_evaluate", "evaluate a run or checkpoint on a split"),
+    "score": ("kdcicam.evaluation.commands", "score saved CAMs (.npy) with the wsolevaluation protocol"),
+    "localize": ("kdcicam.commands_localize", "boxes and heatmaps for your own images"),
+    "report": ("kdcicam.commands_report", "one self-contained HTML report comparing runs"),
+    "demo": ("kdcicam.commands_demo", "the whole pipeline on the embedded synthetic data"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdcicam",
+        description="Weakly-supervised object localization: CAM, CI-CAM and KD-CI-CAM.",
+    )
+    parser.add_argument("--version", action="version", version=f"kdcicam {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or only == name:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as e:
+                if e.name != module_name:
+                    raise
+                continue  # not built yet in this checkout
+            module.add_arguments(p)
+            p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=command if command in SUBCOMMANDS else None)
+    args = parser.parse_args(argv)
+    if getattr(args, "_module", None) is None:
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args._module.run(args) or 0)
+    except KdcicamError as e:
+        if args.debug:
+            raise
+        print(f"kdcicam {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kdcicam {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""The clovaai/wsolevaluation metadata layout: read, write, validate.
+
+One folder per split holds four comma-separated text files, every line keyed by the image's path
+relative to an image root:
+
+- ``image_ids.txt``        ``path``
+- ``class_labels.txt``     ``path,class``
+- ``image_sizes.txt``      ``path,width,height``
+- ``localization.txt``     ``path,x0,y0,x1,y1`` (one line per box), or, for a mask dataset,
+                           ``path,mask_path,ignore_path`` (one line per mask; ``ignore_path`` may be empty)
+
+We add one optional file, ``masks.txt`` (same three-field mask format), so a dataset can carry
+boxes *and* masks, as our synthetic data does. The split's parent folder may hold
+``dataset.yaml`` (image root, class names); see :func:`read_dataset_info`.
+
+Every problem found is raised as one :class:`MetadataError` naming the file, the line and what is
+wrong, because a researcher debugging a 50,000-line file needs the line, not a traceback.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+
+import yaml
+
+from ..errors import KdcicamError
+
+Box = tuple[float, float, float, float]
+
+IMAGE_IDS = "image_ids.txt"
+CLASS_LABELS = "class_labels.txt"
+IMAGE_SIZES = "image_sizes.txt"
+LOCALIZATION = "localization.txt"
+MASKS = "masks.txt"
+DATASET_YAML = "dataset.yaml"
+
+
+class MetadataError(KdcicamError, ValueError):
+    """A problem in a metadata file, located by file and (1-based) line."""
+
+    def __init__(self, file: str | os.PathLike, line: int | None, problem: str):
+        self.file = str(file)
+        self.line = line
+        self.problem = problem
+        where = f"{self.file}:{line}" if line is not None else self.file
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class DatasetInfo:
+    """Contents of ``dataset.yaml``: where images live and what the classes are called."""
+
+    image_root: Path
+    class_names: list[str]
+    splits: list[str] = field(default_factory=list)
+    name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class Metadata:
+    """One split. Boxes are ``(x0, y0, x1, y1)`` in the original image's pixels."""
+
+    image_ids: list[str]
+    class_labels: dict[str, int]
+    image_sizes: dict[str, tuple[int, int]]
+    boxes: dict[str, list[Box]] = field(default_factory=dict)
+    masks: dict[str, list[str]] = field(default_factory=dict)
+    ignore_masks: dict[str, str] = field(default_factory=dict)
+    num_classes: int = 0
+    class_names: list[str] | None = None
+    image_root: Path | None = None
+    split_dir: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def has_boxes(self) -> bool:
+        return bool(self.boxes)
+
+    @property
+    def has_masks(self) -> bool:
+        return bool(self.masks)
+
+    def image_path(self, image_id: str) -> Path:
+        if self.image_root is None:
+            raise ValueError("this metadata has no image root (no dataset.yaml and none given)")
+        return self.image_root / image_id
+
+    def mask_paths(self, image_id: str) -> list[Path]:
+        if self.image_root is None:
+            raise ValueError("this metadata has no image root (no dataset.yaml and none given)")
+        return [self.image_root / p for p in self.masks.get(image_id, [])]
+
+
+# ----------------------------------------------------------------------------------------- reading
+def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, comma-split fields) for every non-blank line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MetadataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        yield number, [f.strip() for f in line.split(",")]
+
+
+def check_relative_path(value: str, file: Path, line: int | None, what: str = "path") -> str:
+    """Refuse absolute paths and paths that escape the root (``..``): metadata must not point
+    anywhere outside the dataset."""
+    if not value:
+        raise MetadataError(file, line, f"empty {what}")
+    if value.startswith(("/", "\\")) or os.path.isabs(value) or (len(value) > 1 and value[1] == ":"):
+        raise MetadataError(file, line, f"{what} {value!r} is absolute; paths must be relative to the image root")
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if ".." in parts:
+        raise MetadataError(file, line, f"{what} {value!r} escapes the image root ('..' is not allowed)")
+    return value
+
+
+def _number(value: str, file: Path, line: int, what: str, integer: bool = False) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise MetadataError(file, line, f"{what} {value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise MetadataError(file, line, f"{what} {value!r} is not finite")
+    if integer and number != int(number):
+        raise MetadataError(file, line, f"{what} {value!r} is not an integer")
+    return number
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise MetadataError(path, None, "file not found")
+    return path
+
+
+def read_dataset_info(dataset_dir: str | os.PathLike) -> DatasetInfo:
+    """Read ``dataset.yaml`` (safe YAML only). A relative ``image_root`` is relative to the yaml."""
+    path = Path(dataset_dir) / DATASET_YAML
+    _require(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise MetadataError(path, mark.line + 1 if mark else None, f"invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise MetadataError(path, None, "expected a mapping with image_root and class_names")
+    for key in ("image_root", "class_names"):
+        if key not in data:
+            raise MetadataError(path, None, f"missing key {key!r}")
+    names = data["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
+        raise MetadataError(path, None, "class_names must be a non-empty list of strings")
+    root = Path(str(data["image_root"]))
+    if not root.is_absolute():
+        root = (path.parent / root).resolve()
+    extra = {k: v for k, v in data.items() if k not in ("image_root", "class_names", "splits", "name")}
+    return DatasetInfo(image_root=root, class_names=list(names), splits=list(data.get("splits") or []),
+                       name=str(data.get("name", "")), extra=extra)
+
+
+def write_dataset_info(dataset_dir: str | os.PathLike, info: DatasetInfo) -> Path:
+    """Write ``dataset.yaml``; the image root is stored relative to it when it lies inside."""
+    dataset_dir = Path(dataset_dir)
+    root = Path(info.image_root)
+    try:
+        stored = os.path.relpath(root.resolve(), dataset_dir.resolve()) if not root.is_absolute() else str(root)
+    except ValueError:
+        stored = str(root)
+    data = {"name": info.name, "image_root": stored, "class_names": list(info.class_names),
+            "splits": list(info.splits), **info.extra}
+    path = dataset_dir / DATASET_YAML
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def read_metadata(
+    split_dir: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    check_images: bool = True,
+) -> Metadata:
+    """Read and validate one split folder.
+
+    ``image_root`` and ``num_classes`` default to those of ``dataset.yaml`` in the parent folder;
+    without one, ``num_classes`` is inferred as ``max(class) + 1`` and images are not checked
+    unless ``image_root`` is given.
+    """
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise MetadataError(split_dir, None, "metadata folder not found")
+    class_names = None
+    info_dir = split_dir.parent
+    if (info_dir / DATASET_YAML).is_file():
+        info = read_dataset_info(info_dir)
+        class_names = info.class_names
+        if image_root is None:
+            image_root = info.image_root
+        if num_classes is None:
+            num_classes = info.num_classes
+    root = Path(image_root) if image_root is not None else None
+
+    ids_file = _require(split_dir / IMAGE_IDS)
+    image_ids: list[str] = []
+    id_line: dict[str, int] = {}
+    for number, fields in _lines(ids_file):
+        if len(fields) != 1:
+            raise MetadataError(ids_file, number, f"malformed line: expected 1 field (path), got {len(fields)}")
+        image_id = check_relative_path(fields[0], ids_file, number, "image path")
+        if image_id in id_line:
+            raise MetadataError(ids_file, number, f"duplicate image id {image_id!r} (first on line {id_line[image_id]})")
+        id_line[image_id] = number
+        image_ids.append(image_id)
+    if not image_ids:
+        raise MetadataError(ids_file, None, "no image ids")
+
+    def keyed(file: Path, nfields: int, what: str, repeat: bool = False) -> Iterator[tuple[int, str, list[str]]]:
+        seen: dict[str, int] = {}
+        for number, fields in _lines(file):
+            if len(fields) != nfields:
+                raise MetadataError(file, number, f"malformed line: expected {nfields} fields ({what}), got {len(fields)}")
+            image_id = check_relative_path(fields[0], file, number, "image path")
+            if image_id not in id_line:
+                raise MetadataError(file, number, f"image id {image_id!r} is not in {IMAGE_IDS}")
+            if not repeat and image_id in seen:
+                raise MetadataError(file, number, f"duplicate image id {image_id!r} (first on line {seen[image_id]})")
+            seen[image_id] = number
+            yield number, image_id, fields[1:]
+        missing = [i for i in image_ids if i not in seen]
+        if missing:
+            raise MetadataError(file, None, f"image id {missing[0]!r} (line {id_line[missing[0]]} of {IMAGE_IDS}) "
+                                f"has no entry here ({len(missing)} missing in all)")
+
+    labels_file = _require(split_dir / CLASS_LABELS)
+    class_labels: dict[str, int] = {}
+    rows = list(keyed(labels_file, 2, "path,class"))
+    for number, image_id, (value,) in rows:
+        class_labels[image_id] = int(_number(value, labels_file, number, "class", integer=True))
+    inferred = max(class_labels.values()) + 1
+    num_classes = inferred if num_classes is None else int(num_classes)
+    for number, image_id, _ in rows:
+        c = class_labels[image_id]
+        if not 0 <= c < num_classes:
+            raise MetadataError(labels_file, number, f"class {c} is outside 0..{num_classes - 1}")
+
+    sizes_file = _require(split_dir / IMAGE_SIZES)
+    image_sizes: dict[str, tuple[int, int]] = {}
+    for number, image_id, (w, h) in keyed(sizes_file, 3, "path,width,height"):
+        width = int(_number(w, sizes_file, number, "width", integer=True))
+        height = int(_number(h, sizes_file, number, "height", integer=True))
+        if width <= 0 or height <= 0:
+            raise MetadataError(sizes_file, number, f"image size {width}x{height} is not positive")
+        image_sizes[image_id] = (width, height)
+
+    boxes: dict[str, list[Box]] = {}
+    masks: dict[str, list[str]] = {}
+    ignore: dict[str, str] = {}
+
+    def read_masks(file: Path, lines: Iterable[tuple[int, str, list[str]]]) -> None:
+        for number, image_id, (mask, ignore_path) in lines:
+            masks.setdefault(image_id, []).append(check_relative_path(mask, file, number, "mask path"))
+            if ignore_path:
+                ignore[image_id] = check_relative_path(ignore_path, file, number, "ignore-mask path")
+            if root is not None and check_images:
+                for p in [mask] + ([ignore_path] if ignore_path else []):
+                    if not (root / p).is_file():
+                        raise MetadataError(file, number, f"mask file {p!r} not found under {root}")
+
+    loc_file = split_dir / LOCALIZATION
+    if loc_file.is_file():
+        first = next(_lines(loc_file), None)
+        if first is not None and len(first[1]) == 3:
+            read_masks(loc_file, keyed(loc_file, 3, "path,mask_path,ignore_path", repeat=True))
+        else:
+            for number, image_id, coords in keyed(loc_file, 5, "path,x0,y0,x1,y1", repeat=True):
+                x0, y0, x1, y1 = (_number(v, loc_file, number, n) for v, n in zip(coords, ("x0", "y0", "x1", "y1")))
+                if x1 <= x0 or y1 <= y0:
+                    raise MetadataError(loc_file, number, f"empty box ({x0:g},{y0:g},{x1:g},{y1:g}): need x1 > x0 and y1 > y0")
+                w, h = image_sizes[image_id]
+                if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+                    raise MetadataError(loc_file, number, f"box ({x0:g},{y0:g},{x1:g},{y1:g}) lies outside the "
+                                        f"{w}x{h} image")
+                boxes.setdefault(image_id, []).append((x0, y0, x1, y1))
+    masks_file = split_dir / MASKS
+    if masks_file.is_file():
+        read_masks(masks_file, keyed(masks_file, 3, "path,mask_path,ignore_path", repeat=True))
+
+    if root is not None and check_images:
+        if not root.is_dir():
+            raise MetadataError(split_dir / DATASET_YAML if class_names is None else info_dir / DATASET_YAML,
+                                None, f"image root {str(root)!r} is not a folder")
+        for image_id in image_ids:
+            if not (root / image_id).is_file():
+                raise MetadataError(ids_file, id_line[image_id], f"image {image_id!r} not found under {root}")
+
+    return Metadata(image_ids=image_ids, class_labels=class_labels, image_sizes=image_sizes, boxes=boxes,
+                    masks=masks, ignore_masks=ignore, num_classes=num_classes, class_names=class_names,
+                    image_root=root, split_dir=split_dir)
+
+
+# ----------------------------------------------------------------------------------------- writing
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file via a temp file and rename, so a crash never leaves it half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def write_metadata(metadata: Metadata, split_dir: str | os.PathLike) -> Path:
+    """Write one split folder (each file atomically). Integer coordinates are written as integers,
+    because wsolevaluation's reader calls ``int()`` on them."""
+    split_dir = Path(split_dir)
+    ids = metadata.image_ids
+    atomic_write_text(split_dir / IMAGE_IDS, "".join(f"{i}\n" for i in ids))
+    atomic_write_text(split_dir / CLASS_LABELS, "".join(f"{i},{metadata.class_labels[i]}\n" for i in ids))
+    atomic_write_text(split_dir / IMAGE_SIZES,
+                      "".join(f"{i},{metadata.image_sizes[i][0]},{metadata.image_sizes[i][1]}\n" for i in ids))
+    mask_lines = "".join(f"{i},{m},{metadata.ignore_masks.get(i, '')}\n" for i in ids for m in metadata.masks.get(i, []))
+    if metadata.boxes:
+        atomic_write_text(split_dir / LOCALIZATION,
+                          "".join(f"{i},{','.join(_fmt(v) for v in box)}\n" for i in ids for box in metadata.boxes.get(i, [])))
+        if metadata.masks:
+            atomic_write_text(split_dir / MASKS, mask_lines)
+    elif metadata.masks:
+        atomic_write_text(split_dir / LOCALIZATION, mask_lines)
+    return split_dir
