@@ -174,11 +174,9 @@ def read_dataset_info(dataset_dir: str | os.PathLike) -> DatasetInfo:
 def write_dataset_info(dataset_dir: str | os.PathLike, info: DatasetInfo) -> Path:
     """Write ``dataset.yaml``; the image root is stored relative to it when it lies inside."""
     dataset_dir = Path(dataset_dir)
-    root = Path(info.image_root)
-    try:
-        stored = os.path.relpath(root.resolve(), dataset_dir.resolve()) if not root.is_absolute() else str(root)
-    except ValueError:
-        stored = str(root)
+    root, base = Path(info.image_root).resolve(), dataset_dir.resolve()
+    # inside the dataset folder → relative (the folder can be moved); elsewhere → absolute
+    stored = root.relative_to(base).as_posix() if root == base or base in root.parents else str(root)
     data = {"name": info.name, "image_root": stored, "class_names": list(info.class_names),
             "splits": list(info.splits), **info.extra}
     path = dataset_dir / DATASET_YAML

@@ -1,0 +1,321 @@
+"""Typed run configuration: dataclasses, YAML in, YAML saved next to every run.
+
+Parsing, merging and ``key.sub=value`` overrides go through OmegaConf structured configs, so a
+typo is an error that lists the valid keys instead of a silently ignored setting. YAML is only
+ever loaded with ``yaml.safe_load`` (no object-constructing tags).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from .errors import ConfigError
+
+METHODS = ("cam", "ci-cam", "kd-ci-cam")
+KD_STAGES = ("cls_teacher", "loc_teacher", "student")
+
+
+@dataclass
+class AugmentSettings:
+    """Training augmentation (METHOD.md §4). ``kind``: ``resize_crop`` = Resize(resize) + RandomCrop(crop);
+    ``rrc`` = RandomResizedCrop(crop, scale=(scale_min, scale_max)). A horizontal flip is always on."""
+
+    kind: str = "resize_crop"
+    resize: Optional[int] = None  # default: crop * 8 / 7 (e.g. 256 for 224)
+    scale_min: float = 0.2
+    scale_max: float = 1.0
+    color_jitter: float = 0.0
+    lighting: float = 0.0
+    randaugment: bool = False
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synth"  # folder with dataset.yaml and one metadata folder per split
+    train_split: str = "train"
+    val_split: str = "val"
+    test_splits: list[str] = field(default_factory=lambda: ["test"])
+    image_size: int = 128  # training crop and evaluation size (CAMs are scored on this grid)
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    skip_bad_images: bool = False
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    limit_train_images: Optional[int] = None  # a deterministic subset, for smoke tests
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "efficientnet_lite0"
+    pretrained: Any = True  # true | false | path to a state_dict
+    output_stride: Optional[int] = None
+    freeze_stages: int = 0  # stem + the first N stages get no gradient (CPU recipe)
+    combination: str = "quadratic"  # combinational CAM: quadratic | sum_1
+    localization_map: str = "combinational"  # combinational | top1
+    # CI-CAM
+    pool_rate: float = 0.01
+    soft_intervention: bool = False
+    recipe: str = "mm21"  # mm21: CE(up)+CE(down); kd: CE(down) only
+    # teacher extras (METHOD.md §3.1)
+    aux: Optional[str] = None  # fore | diff_aux
+    aux_weight: float = 1.0
+    mask_threshold: float = 0.08
+    sparsity: float = 0.0
+    sparsity_upsampled: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    backbone_lr_mult: float = 0.1
+    epochs: int = 10
+    poly_power: float = 0.9
+    step: int = 0  # multiply by `decay` every `step` epochs (0: never)
+    decay: float = 0.5
+    weight_decay: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    cam_curve_interval: float = 0.01
+    iou_thresholds: list[int] = field(default_factory=lambda: [30, 50, 70])
+    monitor: str = "val/max_box_acc_v2"
+    monitor_mode: str = "max"
+    protocol: str = "wsol"  # wsol (clovaai/wsolevaluation) | official (paper parity, METHOD.md §5)
+    official_resize: int = 0  # official protocol: resize R before the centre crop (0: image_size * 8/7)
+    official_seg_threshold: float = 0.14
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"  # auto: 16-mixed on CUDA, 32 on CPU
+    seed: int = 0
+    channels_last: bool = True
+    checkpoint_every_n_steps: int = 0  # besides every epoch; 0 = epoch ends only
+    log_every_n_steps: int = 10
+    num_threads: int = 0  # torch CPU threads, 0 = library default
+    progress_bar: bool = True
+    val_every_n_epochs: int = 1
+    fail_on_nonfinite_loss: bool = True
+
+
+@dataclass
+class StageOverrides:
+    """Settings a KD-CI-CAM stage changes relative to the shared config."""
+
+    model: dict = field(default_factory=dict)
+    optim: dict = field(default_factory=dict)
+    augment: dict = field(default_factory=dict)
+    monitor: Optional[str] = None
+
+
+@dataclass
+class KDConfig:
+    alpha: float = 0.8
+    temperature: float = 15.0
+    kd_mode: str = "official"  # official | kl
+    kd_t_squared: bool = False
+    teachers: str = "both"  # both | cls | loc | none
+    route_augment: list[AugmentSettings] = field(default_factory=lambda: [
+        AugmentSettings(kind="rrc", scale_min=0.2, randaugment=True),
+        AugmentSettings(kind="rrc", scale_min=0.2),
+        AugmentSettings(kind="rrc", scale_min=0.1),
+    ])
+    cls_teacher: StageOverrides = field(default_factory=lambda: StageOverrides(
+        model={"aux": "fore", "aux_weight": 1.0, "mask_threshold": 0.08, "sparsity": 0.04},
+        augment={"kind": "rrc", "scale_min": 0.2, "color_jitter": 0.4, "lighting": 0.1},
+        monitor="val/top1_cls"))
+    loc_teacher: StageOverrides = field(default_factory=lambda: StageOverrides(
+        model={"aux": "diff_aux", "aux_weight": 0.5},
+        augment={"kind": "resize_crop"},
+        monitor="val/gt_known_loc"))
+    student: StageOverrides = field(default_factory=lambda: StageOverrides(model={"pool_rate": 0.002}))
+
+
+@dataclass
+class RunConfig:
+    method: str = "cam"
+    name: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if is_dataclass(value):
+            out += _valid_keys(value, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def _explain(e: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(e, "full_key", None) or ""
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node: Any = RunConfig()
+        for part in parent.split(".") if parent else []:
+            node = getattr(node, part, None)
+            if not is_dataclass(node):
+                node = RunConfig()
+                parent = ""
+                break
+        valid = ", ".join(_valid_keys(node, f"{parent}." if parent else ""))
+        return ConfigError(f"{where}: unknown key {key!r}; valid keys: {valid}")
+    if isinstance(e, ValidationError):
+        return ConfigError(f"{where}: bad value for {key!r}: {str(e.msg).splitlines()[0]}")
+    return ConfigError(f"{where}: {e}")
+
+
+def _safe_load_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{line}: invalid or unsafe YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _finish(cfg: DictConfig, where: str) -> RunConfig:
+    try:
+        run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise _explain(e, where) from None
+    validate(run, where)
+    return run
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
+                method: str | None = None) -> RunConfig:
+    """Defaults ← YAML file ← ``method`` ← ``key.sub=value`` overrides (each layer checked)."""
+    cfg = OmegaConf.structured(RunConfig)
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(_safe_load_yaml(path)))
+        except OmegaConfBaseException as e:
+            raise _explain(e, where) from None
+    if method is not None:
+        cfg.method = method
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise _explain(e, f"override {item!r}") from None
+    return _finish(cfg, where)
+
+
+def config_from_dict(data: dict, where: str = "config") -> RunConfig:
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(data))
+    except OmegaConfBaseException as e:
+        raise _explain(e, where) from None
+    return _finish(cfg, where)
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]
+
+
+def save_config(config: RunConfig, path: str | os.PathLike) -> Path:
+    from .data.metadata import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    return Path(path)
+
+
+def with_overrides(config: RunConfig, section: str, values: dict, where: str) -> RunConfig:
+    """A copy of ``config`` with ``values`` merged into one section (used by the KD stages)."""
+    data = config_to_dict(config)
+    data[section] = {**data[section], **copy.deepcopy(dict(values))}
+    return config_from_dict(data, where)
+
+
+_CHOICES = {
+    "method": METHODS,
+    "model.combination": ("quadratic", "sum_1"),
+    "model.localization_map": ("combinational", "top1"),
+    "model.recipe": ("mm21", "kd"),
+    "model.aux": (None, "fore", "diff_aux"),
+    "kd.kd_mode": ("official", "kl"),
+    "kd.teachers": ("both", "cls", "loc", "none"),
+    "eval.protocol": ("wsol", "official"),
+    "eval.monitor_mode": ("max", "min"),
+    "data.augment.kind": ("resize_crop", "rrc"),
+}
+
+
+def validate(config: RunConfig, where: str = "config") -> None:
+    """Check values OmegaConf's types cannot: choices and ranges."""
+    for dotted, choices in _CHOICES.items():
+        value: Any = config
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        if value not in choices:
+            shown = ", ".join("null" if c is None else str(c) for c in choices)
+            raise ConfigError(f"{where}: {dotted}={value!r} is not one of: {shown}")
+    positive = {"data.image_size": config.data.image_size, "data.batch_size": config.data.batch_size,
+                "data.eval_batch_size": config.data.eval_batch_size, "optim.epochs": config.optim.epochs,
+                "optim.lr": config.optim.lr}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{where}: {key} must be positive, got {value}")
+    if not 0.0 <= config.kd.alpha <= 1.0:
+        raise ConfigError(f"{where}: kd.alpha must be in [0, 1], got {config.kd.alpha}")
+    if config.kd.temperature <= 0:
+        raise ConfigError(f"{where}: kd.temperature must be positive, got {config.kd.temperature}")
+    if len(config.kd.route_augment) != 3:
+        raise ConfigError(f"{where}: kd.route_augment needs 3 entries (routes 0, 1, 2), got "
+                          f"{len(config.kd.route_augment)}")
+    if not 0 < config.eval.cam_curve_interval < 1:
+        raise ConfigError(f"{where}: eval.cam_curve_interval must be in (0, 1)")
+
+
+def kd_stage_configs(config: RunConfig) -> dict[str, RunConfig]:
+    """The three KD-CI-CAM stages, each the shared config with its own overrides (kd.<stage>):
+    teachers are CI-CAM with their extra losses and augmentation; the student keeps method kd-ci-cam."""
+    stages: dict[str, RunConfig] = {}
+    for stage in KD_STAGES:
+        overrides = getattr(config.kd, stage)
+        cfg = with_overrides(config, "model", overrides.model, f"kd.{stage}.model")
+        cfg = with_overrides(cfg, "optim", overrides.optim, f"kd.{stage}.optim")
+        data = config_to_dict(cfg)["data"]
+        data["augment"] = {**data["augment"], **dict(overrides.augment)}
+        cfg = with_overrides(cfg, "data", data, f"kd.{stage}.augment")
+        cfg = with_overrides(cfg, "eval", {"monitor": overrides.monitor or cfg.eval.monitor}, f"kd.{stage}.monitor")
+        if stage != "student":
+            cfg.method = "ci-cam"
+        stages[stage] = cfg
+    return stages

@@ -1,0 +1,119 @@
+"""`kdcicam evaluate`: the full metrics table of a trained model on a split.
+
+The box threshold used for Top-1 / Top-5 / GT-known Loc is chosen on the validation split (the
+threshold of best BoxAcc at IoU 0.5) and then applied unchanged to the test split: no number on
+test is ever the result of a choice made on test. MaxBoxAcc / MaxBoxAccV2 / PxAP are
+threshold-free by definition.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.metadata import atomic_write_text
+from ..errors import ConfigError
+from .datamodule import WSOLDataModule
+from .module import WSOLModule, load_module, scoremaps_for_evaluation
+from .pipeline import resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def _device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device: torch.device,
+              save_cams: Path | None = None, progress: bool = True):
+    """Score one split; returns the evaluator (so thresholds can be applied after)."""
+    cfg = module.cfg
+    evaluator = module._new_evaluator(datamodule.metadata(split))
+    loader = datamodule.eval_dataloader(split)
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False)
+    for batch in loader:
+        out = module(batch["image"].to(device))
+        maps = module.model.localization_map(out, kind=cfg.model.localization_map)
+        scoremaps = scoremaps_for_evaluation(maps, cfg.data.image_size)
+        evaluator.accumulate(scoremaps, batch["image_id"], out["logits"].float().cpu().numpy())
+        if save_cams is not None:
+            for image_id, cam in zip(batch["image_id"], scoremaps):
+                path = save_cams / f"{image_id}.npy"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, cam.astype(np.float32))
+    return evaluator
+
+
+def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str | os.PathLike | None = None,
+             device: str | None = None, data_root: str | None = None, progress: bool = True,
+             write: bool = True) -> dict[str, Any]:
+    """Evaluate on each split; the val split picks the box threshold. Writes metrics.json beside the run."""
+    ckpt = resolve_checkpoint(run_or_ckpt)
+    module = load_module(str(ckpt))
+    if data_root is not None:
+        module.cfg.data.root = data_root
+    dev = _device(device)
+    module.to(dev).eval()
+    datamodule = WSOLDataModule(module.cfg)
+    val_split = module.cfg.data.val_split
+    val_eval = run_split(module, datamodule, val_split, dev, progress=progress)
+    val_metrics = val_eval.compute()
+    threshold = float(val_metrics["best_threshold"]["50"])
+    results: dict[str, Any] = {"checkpoint": str(ckpt), "method": module.cfg.method,
+                               "box_threshold": threshold, "box_threshold_chosen_on": val_split}
+    for split in splits:
+        if split == val_split:
+            metrics = val_eval.compute(threshold=threshold)
+        else:
+            cams = Path(save_cams) / split if save_cams is not None else None
+            metrics = run_split(module, datamodule, split, dev, save_cams=cams, progress=progress).compute(threshold=threshold)
+        results[split] = metrics
+    if write:
+        run_dir = ckpt.parent.parent
+        path = run_dir / "metrics.json"
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        previous.update(results)
+        atomic_write_text(path, json.dumps(previous, indent=2))
+        results["metrics_file"] = str(path)
+    return results
+
+
+TABLE_ROWS = [("Top-1 Cls", "top1_cls"), ("Top-5 Cls", "top5_cls"), ("Top-1 Loc", "top1_loc"),
+              ("Top-5 Loc", "top5_loc"), ("GT-known Loc", "gt_known_loc"), ("MaxBoxAcc", ("max_box_acc", "50")),
+              ("MaxBoxAccV2", "max_box_acc_v2"), ("PxAP", "pxap"), ("PIoU", "piou"),
+              ("Context leakage", "context_leakage")]
+
+
+def metric_value(metrics: dict, key: Any) -> float | None:
+    value = metrics.get(key[0], {}).get(key[1]) if isinstance(key, tuple) else metrics.get(key)
+    return None if value is None else float(value)
+
+
+def format_table(columns: dict[str, dict]) -> str:
+    """Rows = metrics, one column per (run, split); absent metrics shown as '-'."""
+    names = list(columns)
+    width = max([16] + [len(n) + 2 for n in names])
+    lines = ["metric".ljust(18) + "".join(n.rjust(width) for n in names)]
+    for label, key in TABLE_ROWS:
+        values = [metric_value(columns[n], key) for n in names]
+        if all(v is None for v in values):
+            continue
+        lines.append(label.ljust(18) + "".join(("-" if v is None else f"{v:.2f}").rjust(width) for v in values))
+    return "\n".join(lines)
+
+
+def check_splits(splits: list[str]) -> list[str]:
+    if not splits:
+        raise ConfigError("--split: give at least one split")
+    return splits

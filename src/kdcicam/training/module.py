@@ -1,0 +1,243 @@
+"""One LightningModule for all three methods: the method-specific parts live in the model
+(its forward, losses and context pool) and in the distillation objective, so the training loop,
+validation and checkpointing are written once."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import RunConfig, config_from_dict
+from ..errors import KdcicamError
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(KdcicamError, FloatingPointError):
+    """The loss became NaN or inf; training stops and the last good checkpoint is kept."""
+
+
+def model_options(cfg: RunConfig) -> dict[str, Any]:
+    """Options for :func:`kdcicam.create_model` from a run config."""
+    m = cfg.model
+    opts: dict[str, Any] = {"output_stride": m.output_stride, "freeze_stages": m.freeze_stages,
+                            "combination": m.combination}
+    if cfg.method in ("ci-cam", "kd-ci-cam"):
+        opts.update(pool_rate=m.pool_rate, soft_intervention=m.soft_intervention)
+    if cfg.method == "ci-cam":
+        opts.update(recipe=m.recipe, aux=m.aux, aux_weight=m.aux_weight, mask_threshold=m.mask_threshold,
+                    sparsity=m.sparsity, sparsity_upsampled=m.sparsity_upsampled)
+    if cfg.method == "kd-ci-cam":
+        opts.update(alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
+                    kd_mode=cfg.kd.kd_mode, kd_t_squared=cfg.kd.kd_t_squared, teachers=cfg.kd.teachers)
+    return opts
+
+
+def build_model(cfg: RunConfig, num_classes: int, pretrained: Any = None) -> nn.Module:
+    from ..models.registry import create_model
+
+    return create_model(cfg.method, backbone=cfg.model.backbone, num_classes=num_classes,
+                        pretrained=cfg.model.pretrained if pretrained is None else pretrained,
+                        **model_options(cfg))
+
+
+def scoremaps_for_evaluation(maps: torch.Tensor, size: int) -> np.ndarray:
+    """Localization maps → the evaluator's input: resized to the evaluation grid with bicubic
+    interpolation and min-max normalised, as wsolevaluation's inference does (cv2, per image)."""
+    from ..evaluation import normalize_scoremap
+
+    arr = maps.detach().float().cpu().numpy()
+    out = np.empty((arr.shape[0], size, size), dtype=np.float32)
+    for i, m in enumerate(arr):
+        out[i] = normalize_scoremap(cv2.resize(m, (size, size), interpolation=cv2.INTER_CUBIC))
+    return out
+
+
+def lr_factor(epoch: int, cfg: RunConfig) -> float:
+    """METHOD.md §4: poly decay × step decay (× 0.1 for InceptionV3 from epoch 85)."""
+    o = cfg.optim
+    factor = (1.0 - epoch / o.epochs) ** o.poly_power
+    if o.step > 0:
+        factor *= o.decay ** (epoch // o.step)
+    if cfg.model.backbone.startswith("inception") and epoch >= 85:
+        factor *= 0.1
+    return factor
+
+
+class WSOLModule(L.LightningModule):
+    """Trains and validates one model. For the KD student, the frozen teachers are held outside the
+    module's state (they are not saved in the student's checkpoint; they come from their own)."""
+
+    def __init__(self, config: dict, num_classes: int, class_names: list[str] | None = None,
+                 teacher_checkpoints: dict[str, str] | None = None, load_teachers: bool = True):
+        super().__init__()
+        self.save_hyperparameters(ignore=["load_teachers"])
+        self.cfg: RunConfig = config_from_dict(config)
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.model = build_model(self.cfg, num_classes, pretrained=None if load_teachers else False)
+        if self.cfg.trainer.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._teachers: dict[str, nn.Module] = {}
+        if self.is_student and load_teachers:
+            from ..models.distill import freeze_teacher
+
+            for role, path in (teacher_checkpoints or {}).items():
+                self._teachers[role] = freeze_teacher(load_model(path))
+        self.box_threshold: float | None = None
+        self._evaluator = None
+
+    @property
+    def is_student(self) -> bool:
+        return self.cfg.method == "kd-ci-cam"
+
+    # ------------------------------------------------------------------ training
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.cfg.trainer.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def on_fit_start(self) -> None:
+        for teacher in self._teachers.values():
+            teacher.to(self.device)
+
+    def _teacher_outputs(self, x: torch.Tensor, routes: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Run each teacher only on the samples whose route needs it; scatter into full-batch tensors."""
+        outputs: dict[str, torch.Tensor | None] = {"cls_teacher_logits": None, "loc_teacher_cams": None}
+        with torch.no_grad():
+            for role, route, key, field in (("cls", 1, "cls_teacher_logits", "logits"),
+                                            ("loc", 2, "loc_teacher_cams", "cams")):
+                teacher = self._teachers.get(role)
+                idx = (routes == route).nonzero(as_tuple=True)[0]
+                if teacher is None or idx.numel() == 0:
+                    continue
+                value = teacher(x[idx])[field].float()
+                full = value.new_zeros((x.shape[0],) + tuple(value.shape[1:]))
+                full[idx] = value
+                outputs[key] = full
+        return outputs
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x, y = batch["image"], batch["label"]
+        if self.cfg.trainer.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.model(x)
+        if hasattr(self.model, "update_pool"):
+            self.model.update_pool(out, y)
+        if self.is_student:
+            teacher = self._teacher_outputs(x, batch["route"])
+            loss, logs = self.model.objective(out, y, batch["route"], **teacher)
+        else:
+            loss, logs = self.model.loss(x, y, out)
+        if self.cfg.trainer.fail_on_nonfinite_loss and not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, batch "
+                f"{batch_idx}); stopped — the last good checkpoint is kept. Lower optim.lr or check the data.")
+        acc = (out["logits"].argmax(1) == y).float().mean()
+        bs = y.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/acc", acc * 100, prog_bar=True, batch_size=bs)
+        for key, value in logs.items():
+            if key != "loss":
+                self.log(f"train/{key}", value, batch_size=bs)
+        return loss
+
+    # ------------------------------------------------------------------ validation
+    def _new_evaluator(self, metadata):
+        from ..evaluation import WSOLEvaluator
+
+        e = self.cfg.eval
+        return WSOLEvaluator(metadata, cam_size=self.cfg.data.image_size, iou_thresholds=tuple(e.iou_thresholds),
+                             cam_curve_interval=e.cam_curve_interval)
+
+    def on_validation_epoch_start(self) -> None:
+        dm = self.trainer.datamodule
+        self._evaluator = self._new_evaluator(dm.metadata(self.cfg.data.val_split))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self(batch["image"])
+        maps = self.model.localization_map(out, kind=self.cfg.model.localization_map)
+        scoremaps = scoremaps_for_evaluation(maps, self.cfg.data.image_size)
+        self._evaluator.accumulate(scoremaps, batch["image_id"], out["logits"].float().cpu().numpy())
+
+    def on_validation_epoch_end(self) -> None:
+        evaluator = self._evaluator
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, evaluator)
+            evaluator = gathered[0]
+            for other in gathered[1:]:
+                evaluator.merge(other)
+        metrics = evaluator.compute()
+        self.box_threshold = float(metrics["best_threshold"]["50"])
+        for key in ("top1_cls", "top5_cls", "gt_known_loc", "top1_loc", "max_box_acc_v2", "context_leakage", "pxap"):
+            value = metrics.get(key)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                self.log(f"val/{key}", float(value), prog_bar=key in ("top1_cls", "gt_known_loc", "max_box_acc_v2"),
+                         sync_dist=False, rank_zero_only=False)
+        self.log("val/max_box_acc", float(metrics["max_box_acc"]["50"]))
+        self._evaluator = None
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        groups = self.model.param_groups(o.lr, o.backbone_lr_mult)
+        optimizer = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, self.cfg))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["kdcicam"] = {"box_threshold": self.box_threshold, "num_classes": self.num_classes,
+                                 "class_names": self.class_names, "method": self.cfg.method,
+                                 "torch_rng_state": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("kdcicam", {})
+        self.box_threshold = extra.get("box_threshold")
+        if extra.get("torch_rng_state") is not None:
+            torch.set_rng_state(extra["torch_rng_state"])
+
+
+def read_checkpoint(path: str) -> dict:
+    """Load a checkpoint safely: tensors and plain containers only (``weights_only=True``)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise KdcicamError(f"{p}: checkpoint not found")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError ...
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise KdcicamError(f"{p}: refused or unreadable checkpoint ({reason}). Only tensors and plain data are "
+                           "loaded (weights_only=True); a file that needs arbitrary code to load is refused.") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise KdcicamError(f"{p}: not a kdcicam checkpoint (no state_dict / hyper_parameters)")
+    return ckpt
+
+
+def load_module(path: str, load_teachers: bool = False) -> WSOLModule:
+    """Rebuild a WSOLModule from a checkpoint without touching pretrained-weight files."""
+    ckpt = read_checkpoint(path)
+    hp = dict(ckpt["hyper_parameters"])
+    module = WSOLModule(config=hp["config"], num_classes=hp["num_classes"], class_names=hp.get("class_names"),
+                        teacher_checkpoints=hp.get("teacher_checkpoints"), load_teachers=load_teachers)
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise KdcicamError(f"{path}: checkpoint does not fit the model it describes: {str(e).splitlines()[0]}") from None
+    module.on_load_checkpoint(ckpt)
+    module.eval()
+    return module
+
+
+def load_model(path: str) -> nn.Module:
+    """The bare model of a checkpoint (used for teachers)."""
+    return load_module(path).model

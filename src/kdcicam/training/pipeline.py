@@ -1,0 +1,204 @@
+"""Training runs: one stage (CAM, CI-CAM, a teacher or the student) on the Lightning Trainer, and the
+whole KD-CI-CAM recipe (classification teacher → localization teacher → student) in one call.
+
+A run folder holds everything needed to re-run it::
+
+    runs/NAME/config.yaml            the full typed config
+    runs/NAME/checkpoints/last.ckpt  written atomically every epoch (and every N steps)
+    runs/NAME/checkpoints/best.ckpt  by eval.monitor on val
+    runs/NAME/metrics.csv            CSV logger; tb/ holds TensorBoard events
+    runs/NAME/done.json              written last: the stage finished
+
+KD-CI-CAM puts one such folder per stage under runs/NAME/{cls_teacher,loc_teacher,student}/.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from ..config import RunConfig, config_to_dict, kd_stage_configs, save_config
+from ..data.metadata import atomic_write_text
+from ..errors import ConfigError, KdcicamError
+from .datamodule import WSOLDataModule
+from .module import WSOLModule
+
+log = logging.getLogger(__name__)
+MIN_FREE_BYTES = 200 * 1024 * 1024
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to a temp file in the same folder, fsync, then rename: a run killed at any moment
+    (even mid-write) leaves the previous checkpoint intact and loadable."""
+
+    def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class LastCheckpoint(Callback):
+    """``last.ckpt`` at every epoch end and, optionally, every N optimizer steps."""
+
+    def __init__(self, path: Path, every_n_steps: int = 0):
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            trainer.save_checkpoint(self.path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)
+
+
+def check_output_folder(out: Path) -> None:
+    """Fail before training, not after an hour, when the run folder cannot hold checkpoints."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise KdcicamError(f"{out}: output folder is not writable ({e.strerror})") from None
+    free = shutil.disk_usage(out).free
+    if free < MIN_FREE_BYTES:
+        raise KdcicamError(f"{out}: only {free // 2**20} MiB free on this disk; need at least "
+                           f"{MIN_FREE_BYTES // 2**20} MiB for checkpoints")
+
+
+def _precision(cfg: RunConfig) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    return "16-mixed" if cuda else "32-true"
+
+
+def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_checkpoints: dict[str, str] | None = None,
+                routes: list[int] | None = None) -> dict[str, Any]:
+    """Train one model into ``out``; returns the stage summary (also written to done.json)."""
+    out = Path(out)
+    done = out / "done.json"
+    if done.is_file():
+        log.info("%s: finished before (done.json), skipped", out)
+        return json.loads(done.read_text())
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file() and not resume:
+        raise KdcicamError(f"{out} already holds a run (checkpoints/last.ckpt); pass --resume to continue it, "
+                           "or choose another --out")
+    check_output_folder(out)
+    if resume and (out / "config.yaml").is_file():
+        from ..config import load_config
+
+        saved = load_config(out / "config.yaml")
+        if config_to_dict(saved) != config_to_dict(config):
+            log.warning("%s: resuming with the config saved in the run folder, not the one given", out)
+        config = saved
+    save_config(config, out / "config.yaml")
+
+    cfg = config
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    datamodule = WSOLDataModule(cfg, routes=routes)
+    info = datamodule.info
+    module = WSOLModule(config_to_dict(cfg), num_classes=info.num_classes, class_names=info.class_names,
+                        teacher_checkpoints=teacher_checkpoints)
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=cfg.eval.monitor,
+                           mode=cfg.eval.monitor_mode, save_top_k=1, save_last=False, enable_version_counter=False,
+                           auto_insert_metric_name=False)
+    callbacks: list[Callback] = [best, LastCheckpoint(last, cfg.trainer.checkpoint_every_n_steps)]
+    if cfg.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    strategy: Any = cfg.trainer.strategy
+    if strategy == "ddp" and not torch.cuda.is_available():
+        strategy = "ddp"  # gloo on CPU; Lightning picks the backend
+    trainer = L.Trainer(
+        default_root_dir=out, max_epochs=cfg.optim.epochs, accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=strategy,
+        precision=_precision(cfg), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        logger=[CSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tb", version="")],
+        log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.progress_bar,
+        check_val_every_n_epoch=cfg.trainer.val_every_n_epochs, use_distributed_sampler=False,
+        num_sanity_val_steps=0, deterministic=False, enable_model_summary=False)
+    start = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
+    if trainer.interrupted:
+        raise KdcicamError(f"{out}: training interrupted; resume with --resume")
+    summary = {"stage_dir": str(out), "best": str(out / "checkpoints" / "best.ckpt"), "last": str(last),
+               "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
+               "monitor": cfg.eval.monitor, "epochs": cfg.optim.epochs, "train_seconds": round(time.time() - start, 1),
+               "method": cfg.method}
+    if trainer.is_global_zero:
+        if not Path(summary["best"]).is_file():  # no validation ran: the last weights are the best we have
+            shutil.copyfile(last, summary["best"])
+        atomic_write_text(done, json.dumps(summary, indent=2))
+    return summary
+
+
+def needed_teachers(teachers: str) -> tuple[str, ...]:
+    return {"both": ("cls_teacher", "loc_teacher"), "cls": ("cls_teacher",), "loc": ("loc_teacher",),
+            "none": ()}[teachers]
+
+
+def allowed_routes(teachers: str) -> list[int]:
+    return {"both": [0, 1, 2], "cls": [0, 1], "loc": [0, 2], "none": [0]}[teachers]
+
+
+def train(config: RunConfig, out: str | os.PathLike, resume: bool = False) -> dict[str, Any]:
+    """`kdcicam train`: one stage for cam / ci-cam; the three-stage recipe for kd-ci-cam."""
+    out = Path(out)
+    if config.method != "kd-ci-cam":
+        return train_stage(config, out, resume=resume)
+    check_output_folder(out)
+    save_config(config, out / "config.yaml")
+    stages = kd_stage_configs(config)
+    summaries: dict[str, Any] = {}
+    teacher_ckpts: dict[str, str] = {}
+    for stage in needed_teachers(config.kd.teachers):
+        stage_dir = out / stage
+        summaries[stage] = train_stage(stages[stage], stage_dir, resume=resume or (stage_dir / "checkpoints").is_dir())
+        teacher_ckpts[stage.split("_")[0]] = summaries[stage]["best"]
+    summaries["student"] = train_stage(stages["student"], out / "student",
+                                       resume=resume or (out / "student" / "checkpoints").is_dir(),
+                                       teacher_checkpoints=teacher_ckpts, routes=allowed_routes(config.kd.teachers))
+    atomic_write_text(out / "done.json", json.dumps(summaries, indent=2))
+    return summaries
+
+
+def resolve_checkpoint(run_or_ckpt: str | os.PathLike) -> Path:
+    """A run folder (any method), a stage folder, or a .ckpt file → the checkpoint to use (best, else last)."""
+    p = Path(run_or_ckpt)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise ConfigError(f"{p}: no such run folder or checkpoint")
+    for stage_dir in (p / "student", p):
+        for name in ("best.ckpt", "last.ckpt"):
+            if (stage_dir / "checkpoints" / name).is_file():
+                return stage_dir / "checkpoints" / name
+    raise ConfigError(f"{p}: no checkpoints/best.ckpt or last.ckpt (nor under student/)")
