@@ -56,7 +56,7 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: Any = True  # true | false | path to a state_dict
     output_stride: Optional[int] = None
-    freeze_stages: int = 0  # stem + the first N stages get no gradient (CPU recipe)
+    freeze_stages: int = -1  # -1: train everything; 0: freeze the stem; N: stem + first N blocks (CPU recipe)
     combination: str = "quadratic"  # combinational CAM: quadratic | sum_1
     localization_map: str = "combinational"  # combinational | top1
     # CI-CAM

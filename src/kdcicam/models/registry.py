@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "model_options"]
+__all__ = ["create_model", "list_models", "model_options", "register_model"]
 
 T = TypeVar("T")
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 #: modules whose import registers the built-in methods
 _MODEL_MODULES = ("kdcicam.models.cam", "kdcicam.models.causal")
-#: options that go to the backbone, not to the method
-_BACKBONE_KEYS = ("backbone_options", "output_stride")
 
 
 def register_model(name: str) -> Callable[[T], T]:
@@ -64,12 +63,15 @@ def model_options(method: str) -> dict[str, Any]:
 
 
 def _build_backbone(backbone: Any, pretrained: bool | str, output_stride: int | None,
-                    backbone_options: dict[str, Any]) -> tuple[Any, str]:
+                    backbone_options: dict[str, Any], method: str, method_options: list[str]) -> tuple[Any, str]:
     from .base import Backbone
 
     if isinstance(backbone, Backbone):
-        if pretrained not in (False, None) or output_stride is not None or backbone_options:
-            raise ConfigError("pretrained/output_stride/backbone_options cannot be applied to a backbone instance")
+        if backbone_options:
+            key = next(iter(backbone_options))
+            raise ConfigError(f"unknown option {key!r} for method {method!r}; valid: {', '.join(method_options)}")
+        if pretrained not in (False, None) or output_stride is not None:
+            raise ConfigError("pretrained/output_stride cannot be applied to a ready Backbone instance")
         return backbone, getattr(backbone, "name", type(backbone).__name__)
     if not isinstance(backbone, str):
         raise ConfigError(f"backbone must be a name or a Backbone instance, got {type(backbone).__name__}")
@@ -80,25 +82,30 @@ def _build_backbone(backbone: Any, pretrained: bool | str, output_stride: int | 
             raise
         raise ConfigError(f"backbone {backbone!r}: no backbones are available (kdcicam.models.backbones "
                           "is missing in this installation)") from None
-    valid = list(backbones.list_backbones())
-    if backbone not in valid:
-        raise ConfigError(f"unknown backbone {backbone!r}; valid: {', '.join(valid)}")
-    kwargs = dict(backbone_options)
-    if output_stride is not None:
-        kwargs["output_stride"] = output_stride
-    return backbones.create_backbone(backbone, pretrained=pretrained, **kwargs), backbone
+    # create_backbone validates the name (built-ins and timm/<name>) and its own options,
+    # raising ConfigError with the valid choices
+    try:
+        net = backbones.create_backbone(backbone, pretrained=pretrained if pretrained is not None else False,
+                                        output_stride=output_stride, **backbone_options)
+    except ConfigError as e:
+        if backbone_options and "option" in str(e):
+            raise ConfigError(f"{e} (options of method {method!r}: {', '.join(method_options)})") from None
+        raise
+    return net, backbone
 
 
 def create_model(method: str, backbone: Any = "efficientnet_lite0", *, num_classes: int,
-                 pretrained: bool | str = False, **options: Any) -> "nn.Module":
+                 pretrained: bool | str = False, **options: Any) -> nn.Module:
     """Build a CAM / CI-CAM / KD-CI-CAM model.
 
-    ``backbone`` is a name from ``kdcicam.models.backbones.list_backbones()`` or a ready
+    ``backbone`` is a name for ``kdcicam.models.backbones.create_backbone`` or a ready
     ``Backbone`` instance. ``options`` are the method's keyword options (see
-    :func:`model_options`) plus ``backbone_options`` (a dict for ``create_backbone``) and
-    ``output_stride``. ``create_model(**model.hparams())`` rebuilds a model of the same shape.
-    Unknown methods, backbones or options raise :class:`~kdcicam.errors.ConfigError` naming the
-    valid choices.
+    :func:`model_options`); ``freeze_stages`` (an int, or None) calls ``backbone.freeze(n)``
+    (stem + the first n blocks get no gradient; −1 nothing); any other option, the
+    ``backbone_options`` dict and ``output_stride`` go to ``create_backbone``, which rejects what it
+    does not know.
+    ``create_model(**model.hparams())`` rebuilds a model of the same shape. Unknown methods,
+    backbones or options raise :class:`~kdcicam.errors.ConfigError` naming the valid choices.
     """
     _ensure_registered()
     name = _normalise_method(method)
@@ -106,10 +113,6 @@ def create_model(method: str, backbone: Any = "efficientnet_lite0", *, num_class
         raise ConfigError(f"unknown method {method!r}; valid: {', '.join(sorted(_REGISTRY))}")
     cls = _REGISTRY[name]
     valid_options = model_options(name)
-    for key in options:
-        if key not in valid_options and key not in _BACKBONE_KEYS:
-            raise ConfigError(f"unknown option {key!r} for method {name!r}; valid: "
-                              f"{', '.join(sorted([*valid_options, *_BACKBONE_KEYS]))}")
     try:
         n = int(num_classes)
     except (TypeError, ValueError):
@@ -118,8 +121,17 @@ def create_model(method: str, backbone: Any = "efficientnet_lite0", *, num_class
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     backbone_options = dict(options.pop("backbone_options", None) or {})
     output_stride = options.pop("output_stride", None)
-    net, backbone_name = _build_backbone(backbone, pretrained, output_stride, backbone_options)
+    freeze_stages = options.pop("freeze_stages", None)
+    for key in [k for k in options if k not in valid_options]:
+        backbone_options[key] = options.pop(key)
+    net, backbone_name = _build_backbone(backbone, pretrained, output_stride, backbone_options, name,
+                                         sorted(valid_options))
+    if freeze_stages is not None:
+        if not callable(getattr(net, "freeze", None)):
+            raise ConfigError(f"option freeze_stages={freeze_stages!r}: backbone {backbone_name!r} cannot freeze layers")
+        net.freeze(freeze_stages)
     model = cls(net, n, **options)
+    model.freeze_stages = freeze_stages
     model.backbone_name = backbone_name
     model.backbone_options = backbone_options
     model.output_stride = output_stride

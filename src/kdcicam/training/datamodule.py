@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import AugmentSettings, RunConfig
-from ..data.dataset import AugmentConfig, WSOLDataset, build_eval_transform, build_train_transform, collate_wsol
+from ..data.dataset import (AugmentConfig, WSOLDataset, build_eval_transform, build_train_transform, collate_wsol,
+                            transform_sample)
 from ..data.metadata import Metadata, read_dataset_info, read_metadata
 from ..errors import ConfigError
 
@@ -130,7 +131,7 @@ class SeededDataset(WSOLDataset):
         transform = self.transforms[route] if self.routes else self.transforms[0]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, self.epoch, index))
-            out = transform(sample) if transform is not None else sample
+            out = transform_sample(sample, transform)
         out["route"] = route
         return out
 

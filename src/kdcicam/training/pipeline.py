@@ -99,7 +99,7 @@ def _precision(cfg: RunConfig) -> str:
 
 
 def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_checkpoints: dict[str, str] | None = None,
-                routes: list[int] | None = None) -> dict[str, Any]:
+                routes: list[int] | None = None, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Train one model into ``out``; returns the stage summary (also written to done.json)."""
     out = Path(out)
     done = out / "done.json"
@@ -132,6 +132,7 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
                            mode=cfg.eval.monitor_mode, save_top_k=1, save_last=False, enable_version_counter=False,
                            auto_insert_metric_name=False)
     callbacks: list[Callback] = [best, LastCheckpoint(last, cfg.trainer.checkpoint_every_n_steps)]
+    callbacks += list(extra_callbacks or [])
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     strategy: Any = cfg.trainer.strategy

@@ -1,0 +1,476 @@
+"""Streaming WSOL evaluators with the clovaai/wsolevaluation protocol.
+
+Every evaluator keeps per-threshold counters only (memory does not grow with the number of
+images), takes batches ``[B, H, W]`` of score maps in [0, 1] on the evaluation grid (see
+:func:`~kdcicam.evaluation.boxes.prepare_scoremap` for raw CAMs), and reports percentages.
+
+- :class:`BoxEvaluator`: MaxBoxAcc per IoU (single- or multi-contour), its threshold curve, and
+  GT-known / Top-1 / Top-5 Loc at a given threshold (e.g. one chosen on val) and at the best one.
+- :class:`MaskEvaluator`: PxAP (area under the pixel precision-recall curve) and PIoU.
+- :class:`ContextLeakage`: share of CAM mass outside the object.
+- :class:`ClassificationAccuracy`: Top-1 / Top-5 Cls.
+- :class:`WSOLEvaluator`: all of the above in one pass per batch, flat JSON-friendly keys.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.metadata import Metadata
+from ..errors import KdcicamError
+from . import _kernels
+from .boxes import ScoremapError, as_size, resize_box, threshold_list
+from .engine import batch_box_ious
+from .masks import IGNORE, boxes_mask, check_gt_mask, load_gt_mask
+
+__all__ = ["BoxEvaluator", "MaskEvaluator", "ContextLeakage", "ClassificationAccuracy", "WSOLEvaluator",
+           "MetricUndefinedError", "topk_from", "leakage"]
+
+
+class MetricUndefinedError(KdcicamError, RuntimeError):
+    """A metric with no defined value on this data, e.g. PxAP without any object pixel (a
+    RuntimeError too, as wsolevaluation raises)."""
+
+
+# ----------------------------------------------------------------------------------------- helpers
+class _Grid:
+    """The evaluation grid, thresholds and input checks shared by every evaluator."""
+
+    def __init__(self, metadata: Metadata, cam_size: int | Sequence[int], cam_curve_interval: float):
+        self.metadata = metadata
+        self.size = as_size(cam_size)
+        self.shape = (self.size[1], self.size[0])
+        self.interval = float(cam_curve_interval)
+        self.thresholds = threshold_list(self.interval)
+
+    def check_batch(self, scoremaps: Any, image_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        ids = [str(i) for i in image_ids]
+        maps = np.asarray(scoremaps)
+        if maps.ndim == 2:
+            maps = maps[None]
+        first = ids[0] if ids else None
+        if maps.ndim != 3:
+            raise ScoremapError(first, f"score maps must be [B, H, W], got shape {maps.shape}")
+        if len(ids) != maps.shape[0]:
+            raise ValueError(f"{maps.shape[0]} score maps but {len(ids)} image ids")
+        if not np.issubdtype(maps.dtype, np.floating):
+            raise ScoremapError(first, f"score maps must have a floating dtype, got {maps.dtype}")
+        if maps.shape[1:] != self.shape:
+            raise ScoremapError(first, f"score map has shape {maps.shape[1:]}, expected {self.shape} "
+                                "(height, width) of the evaluation grid")
+        for image_id in ids:
+            if image_id not in self.metadata.image_sizes:
+                raise ScoremapError(image_id, "image id is not in the metadata")
+        return np.ascontiguousarray(maps, dtype=np.float64), ids
+
+    def threshold_index(self, threshold: float) -> int:
+        """Index of a threshold on this grid (one chosen on val with the same interval)."""
+        i = int(np.argmin(np.abs(self.thresholds - threshold)))
+        if abs(self.thresholds[i] - threshold) > 1e-6:
+            raise ValueError(f"threshold {threshold} is not on the evaluated grid "
+                             f"np.arange(0, 1, {self.interval})")
+        return i
+
+    def check_range(self, maps: np.ndarray, ids: list[str]) -> None:
+        """Every value finite and in [0, 1] (the box kernel checks this itself)."""
+        ok = (maps >= 0.0) & (maps <= 1.0)
+        if not ok.all():
+            i = int(np.flatnonzero(~ok.reshape(len(ids), -1).all(axis=1))[0])
+            if not np.isfinite(maps[i]).all():
+                raise ScoremapError(ids[i], "contains NaN or inf")
+            raise ScoremapError(ids[i], f"values must lie in [0, 1], got min {maps[i].min():g}, "
+                                f"max {maps[i].max():g} (min-max normalise it first)")
+
+
+def topk_from(logits_or_topk: Any, batch: int, k: int = 5) -> np.ndarray:
+    """Predicted classes, best first, ``[B, <=k]``: from logits ``[B, C]`` (float; ties go to the
+    lower class index) or from class indices already sorted (integer)."""
+    arr = np.asarray(logits_or_topk)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] != batch:
+        raise ValueError(f"logits/top-k must be [B, C] with B = {batch}, got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError("logits contain NaN or inf")
+        return np.argsort(-arr, axis=1, kind="stable")[:, :k]
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"top-k classes must be integers, got {arr.dtype}")
+    return arr[:, :k].astype(np.int64)
+
+
+def _ious(iou_thresholds: Sequence[int]) -> list[int]:
+    ious = [int(v) for v in iou_thresholds]
+    if not ious or any(not 0 < v <= 100 for v in ious):
+        raise ValueError(f"IoU thresholds must be integers in 1..100 (percent), got {list(iou_thresholds)}")
+    return ious
+
+
+class _BoxCounts:
+    """Per IoU threshold and CAM threshold: images whose box is right (any class), and those that
+    are also right with the top-1 / any top-5 class."""
+
+    def __init__(self, ious: list[int], nt: int):
+        self.ious = ious
+        self.correct = np.zeros((len(ious), nt), dtype=np.int64)
+        self.top1 = np.zeros((len(ious), nt), dtype=np.int64)
+        self.top5 = np.zeros((len(ious), nt), dtype=np.int64)
+
+    def add(self, best: np.ndarray, top1_ok: np.ndarray | None, top5_ok: np.ndarray | None) -> None:
+        for k, iou in enumerate(self.ious):
+            hit = best >= iou / 100  # the protocol's comparison, IoU threshold in percent
+            self.correct[k] += hit.sum(axis=0)
+            if top1_ok is not None:
+                self.top1[k] += hit[top1_ok].sum(axis=0)
+                self.top5[k] += hit[top5_ok].sum(axis=0)
+
+    def report(self, grid: _Grid, reported: list[int], count: int, with_classes: bool,
+               threshold: float | None) -> dict[str, Any]:
+        """MaxBoxAcc etc. in percent, wsolevaluation's arithmetic: ``correct * 100. / count``."""
+        curves = self.correct * 100.0 / float(count)
+        row = {iou: k for k, iou in enumerate(self.ious)}
+        best = {iou: int(np.argmax(curves[row[iou]])) for iou in self.ious}
+        used = best[50] if threshold is None else grid.threshold_index(threshold)
+
+        def at(index: int) -> dict[str, float | None]:
+            k = row[50]
+            return {
+                "gt_known_loc": float(curves[k, index]),
+                "top1_loc": float(self.top1[k, index] * 100.0 / count) if with_classes else None,
+                "top5_loc": float(self.top5[k, index] * 100.0 / count) if with_classes else None,
+            }
+
+        out: dict[str, Any] = {
+            "max_box_acc": {str(iou): float(curves[row[iou]].max()) for iou in reported},
+            "best_threshold": {**{str(iou): float(grid.thresholds[best[iou]]) for iou in reported},
+                               "used": float(grid.thresholds[used])},
+            "box_acc_curve": {"thresholds": [float(t) for t in grid.thresholds],
+                              **{str(iou): curves[row[iou]].tolist() for iou in reported}},
+        }
+        out["max_box_acc_mean"] = float(np.average([out["max_box_acc"][str(iou)] for iou in reported]))
+        out.update(at(used))
+        out.update({f"{key}_at_best": value for key, value in at(best[50]).items()})
+        return out
+
+
+def _class_hits(topk: np.ndarray | None, labels: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if topk is None:
+        return None, None
+    return topk[:, 0] == labels, (topk == labels[:, None]).any(axis=1)
+
+
+def _labels(metadata: Metadata, ids: list[str]) -> np.ndarray:
+    return np.array([metadata.class_labels[i] for i in ids], dtype=np.int64)
+
+
+class _GTBoxes:
+    """GT boxes of each image on the evaluation grid (wsolevaluation's ``resize_bbox``), cached."""
+
+    def __init__(self, grid: _Grid):
+        self.grid = grid
+        self.cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        boxes = self.cache.get(image_id)
+        if boxes is None:
+            original = self.grid.metadata.boxes.get(image_id)
+            if not original:
+                raise ScoremapError(image_id, "has no GT boxes in the metadata")
+            size = self.grid.metadata.image_sizes[image_id]
+            boxes = np.array([resize_box(b, size, self.grid.size) for b in original], dtype=np.int64)
+            self.cache[image_id] = boxes
+        return boxes
+
+
+# ----------------------------------------------------------------------------------------- boxes
+class BoxEvaluator:
+    """MaxBoxAcc (single- or multi-contour) and GT-known / Top-1 / Top-5 Loc.
+
+    GT boxes come from ``metadata`` (original pixels) and are rescaled to the ``cam_size`` grid
+    (``int`` or ``(w, h)``) as wsolevaluation does; thresholds are ``np.arange(0, 1, interval)``.
+    """
+
+    def __init__(self, metadata: Metadata, cam_size: int | Sequence[int] = 224,
+                 iou_thresholds: Sequence[int] = (30, 50, 70), multi_contour: bool = False,
+                 cam_curve_interval: float = 0.01, workers: int | None = None):
+        self.grid = _Grid(metadata, cam_size, cam_curve_interval)
+        self.iou_thresholds = _ious(iou_thresholds)
+        self.multi_contour = bool(multi_contour)
+        self.workers = workers
+        self._gt = _GTBoxes(self.grid)
+        self._counts = _BoxCounts(sorted(set(self.iou_thresholds) | {50}), len(self.grid.thresholds))
+        self.count = 0
+        self.count_with_classes = 0
+
+    def accumulate(self, scoremaps: np.ndarray, image_ids: Sequence[str], topk: np.ndarray | None = None) -> None:
+        """Score a batch. ``topk``: predicted classes best first ``[B, k]`` (or logits ``[B, C]``),
+        needed for Top-1 / Top-5 Loc; give it for every batch or for none."""
+        maps, ids = self.grid.check_batch(scoremaps, image_ids)
+        classes = None if topk is None else topk_from(topk, len(ids))
+        if (classes is None) != (self.count_with_classes == 0) and self.count:
+            raise ValueError("give top-k classes for every batch or for none")
+        gts = [self._gt(i) for i in ids]
+        result = batch_box_ious(maps, gts, self.grid.thresholds, ids, self.workers, multi_contour=self.multi_contour)
+        best = result.multi if self.multi_contour else result.single
+        top1_ok, top5_ok = _class_hits(classes, _labels(self.grid.metadata, ids))
+        self._counts.add(best, top1_ok, top5_ok)
+        self.count += len(ids)
+        self.count_with_classes += 0 if classes is None else len(ids)
+
+    def compute(self, threshold: float | None = None) -> dict[str, Any]:
+        """Metrics in percent. ``threshold`` (on this grid) is where GT-known / Top-1 / Top-5 Loc are
+        read, e.g. the best threshold found on val; by default the best one here (IoU 50)."""
+        if self.count == 0:
+            raise ValueError("no score maps were accumulated")
+        out = {"num_images": self.count, "multi_contour": self.multi_contour,
+               "iou_thresholds": list(self.iou_thresholds)}
+        out.update(self._counts.report(self.grid, self.iou_thresholds, self.count, self.count_with_classes > 0,
+                                       threshold))
+        return out
+
+
+# ----------------------------------------------------------------------------------------- masks
+def _given_masks(gt_masks: Any, ids: list[str], shape: tuple[int, int]) -> list[np.ndarray]:
+    gt = np.asarray(gt_masks)
+    if gt.ndim == 2:
+        gt = gt[None]
+    if gt.shape[0] != len(ids):
+        raise ValueError(f"{len(ids)} score maps but {gt.shape[0]} GT masks")
+    return [check_gt_mask(m, shape, i) for m, i in zip(gt, ids)]
+
+
+class _MaskCounts:
+    """Histograms of object / background pixel scores over the CAM thresholds: bins
+    ``[t_0, t_1), ..., [t_last, 1), [1, 2), [2, 3]`` as wsolevaluation's MaskEvaluator."""
+
+    def __init__(self, thresholds: np.ndarray):
+        self.edges = np.append(thresholds, [1.0, 2.0, 3.0])
+        self.fg = np.zeros(len(self.edges) - 1, dtype=np.int64)
+        self.bg = np.zeros(len(self.edges) - 1, dtype=np.int64)
+
+    def add(self, scoremap: np.ndarray, mask: np.ndarray) -> None:
+        _kernels.mask_histograms(scoremap, mask, self.edges, self.fg, self.bg)
+
+    def report(self) -> dict[str, Any]:
+        """PxAP (wsolevaluation's formula) and PIoU = best pixel IoU ``tp / (tp + fp + fn)`` over
+        the thresholds, both in percent, plus the PIoU threshold."""
+        tp = self.fg[::-1].cumsum().astype(np.float64)  # tp[j]: object pixels scoring >= edges[-2 - j]
+        fn = self.fg.sum() - tp
+        fp = self.bg[::-1].cumsum().astype(np.float64)
+        if ((tp + fn) <= 0).all():
+            raise MetricUndefinedError("no object pixel in the evaluated masks: PxAP is undefined")
+        if ((tp + fp) <= 0).all():
+            raise MetricUndefinedError("no pixel scored at any threshold: PxAP is undefined")
+        valid = (tp + fp) != 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = tp / (tp + fp)
+            recall = tp / (tp + fn)
+            iou = tp / (tp + fp + fn)
+        pxap = float((precision[1:] * np.diff(recall))[valid[1:]].sum() * 100)
+        iou = np.nan_to_num(iou[2:], nan=0.0)[::-1]  # per CAM threshold t_i: pixels scoring >= t_i
+        best = int(np.argmax(iou))
+        return {"pxap": pxap, "piou": float(iou[best] * 100), "piou_threshold": float(self.edges[best])}
+
+
+class MaskEvaluator:
+    """PxAP and PIoU against GT masks: given per batch (``gt_masks``, 1 / 0 / 255 or bool) or read
+    from the metadata's mask files (instances merged, ignore masks honoured)."""
+
+    def __init__(self, metadata: Metadata, cam_size: int | Sequence[int] = 224, cam_curve_interval: float = 0.01):
+        self.grid = _Grid(metadata, cam_size, cam_curve_interval)
+        self._counts = _MaskCounts(self.grid.thresholds)
+        self.count = 0
+
+    def mask(self, image_id: str) -> np.ndarray:
+        """The GT mask of one image on the evaluation grid, from the metadata's files."""
+        md = self.grid.metadata
+        paths = md.mask_paths(image_id)
+        if not paths:
+            raise ScoremapError(image_id, "has no GT mask in the metadata")
+        ignore = md.ignore_masks.get(image_id)
+        ignore_path = str(md.image_root / ignore) if ignore and md.image_root is not None else None
+        return load_gt_mask([str(p) for p in paths], ignore_path, self.grid.size)
+
+    def masks_for(self, ids: list[str], gt_masks: np.ndarray | None) -> list[np.ndarray]:
+        """The batch's masks: the caller's (checked) or the metadata's."""
+        if gt_masks is None:
+            return [self.mask(i) for i in ids]
+        return _given_masks(gt_masks, ids, self.grid.shape)
+
+    def accumulate(self, scoremaps: np.ndarray, image_ids: Sequence[str], gt_masks: np.ndarray | None = None) -> None:
+        maps, ids = self.grid.check_batch(scoremaps, image_ids)
+        self.grid.check_range(maps, ids)
+        for scoremap, mask in zip(maps, self.masks_for(ids, gt_masks)):
+            self._counts.add(scoremap, mask)
+        self.count += len(ids)
+
+    def compute(self) -> dict[str, Any]:
+        if self.count == 0:
+            raise ValueError("no score maps were accumulated")
+        return {"num_images": self.count, **self._counts.report()}
+
+
+# ----------------------------------------------------------------------------------------- leakage
+def leakage(scoremap: np.ndarray, object_region: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    """Share of the min-max normalised map's mass outside the object (ignored pixels left out).
+    A constant map carries no location, so it counts as uniform: the background's share. (The
+    share does not depend on the final division by the maximum, so it is skipped.)"""
+    scoremap = np.asarray(scoremap, dtype=np.float64)
+    valid = np.ones(scoremap.shape, dtype=bool) if ignore is None else ~np.asarray(ignore, dtype=bool)
+    outside = valid & ~np.asarray(object_region, dtype=bool)
+    shifted = scoremap - scoremap.min()
+    total = float(shifted[valid].sum())
+    if total <= 0.0:
+        return float(outside.sum()) / max(int(valid.sum()), 1)
+    return float(shifted[outside].sum()) / total
+
+
+class ContextLeakage:
+    """Mean share of CAM mass outside the object's mask, or outside the union of GT boxes when the
+    dataset has no masks; in percent. High leakage = the CAM lights the context (the habitat)."""
+
+    def __init__(self, metadata: Metadata, cam_size: int | Sequence[int] = 224, use_masks: bool | None = None):
+        self.grid = _Grid(metadata, cam_size, 0.01)
+        self.use_masks = metadata.has_masks if use_masks is None else bool(use_masks)
+        self._gt = _GTBoxes(self.grid)
+        self._masks = MaskEvaluator(metadata, cam_size) if self.use_masks else None
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, scoremap: np.ndarray, image_id: str, mask: np.ndarray | None) -> None:
+        if mask is None and self.use_masks:
+            mask = self._masks.mask(image_id)
+        if mask is not None:
+            self.total += leakage(scoremap, mask == 1, mask == IGNORE)
+        else:
+            self.total += leakage(scoremap, boxes_mask(self._gt(image_id), self.grid.shape))
+        self.count += 1
+
+    def accumulate(self, scoremaps: np.ndarray, image_ids: Sequence[str], gt_masks: np.ndarray | None = None) -> None:
+        maps, ids = self.grid.check_batch(scoremaps, image_ids)
+        masks: list[np.ndarray | None] = [None] * len(ids)
+        if gt_masks is not None:
+            masks = list(_given_masks(gt_masks, ids, self.grid.shape))
+        for scoremap, image_id, mask in zip(maps, ids, masks):
+            if not np.isfinite(scoremap).all():
+                raise ScoremapError(image_id, "contains NaN or inf")
+            self.add(scoremap, image_id, mask)
+
+    def compute(self) -> dict[str, Any]:
+        if self.count == 0:
+            raise ValueError("no score maps were accumulated")
+        return {"num_images": self.count, "context_leakage": self.total * 100.0 / self.count}
+
+
+# ----------------------------------------------------------------------------------------- classes
+class ClassificationAccuracy:
+    """Top-1 / Top-5 classification accuracy in percent."""
+
+    def __init__(self, k: int = 5):
+        self.k = k
+        self.top1 = 0
+        self.topk = 0
+        self.count = 0
+
+    def accumulate(self, logits_or_topk: Any, labels: Sequence[int]) -> None:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        topk = topk_from(logits_or_topk, len(labels), self.k)
+        self.top1 += int((topk[:, 0] == labels).sum())
+        self.topk += int((topk == labels[:, None]).any(axis=1).sum())
+        self.count += len(labels)
+
+    def compute(self) -> dict[str, Any]:
+        if self.count == 0:
+            raise ValueError("nothing was accumulated")
+        return {"top1_cls": self.top1 * 100.0 / self.count, f"top{self.k}_cls": self.topk * 100.0 / self.count}
+
+
+# ----------------------------------------------------------------------------------------- all in one
+class WSOLEvaluator:
+    """Every WSOL metric in one pass per batch.
+
+    Boxes (when the metadata has them): single-contour MaxBoxAcc with GT-known / Top-1 / Top-5
+    Loc, and multi-contour MaxBoxAccV2 (mean over the IoU thresholds), from one kernel run. Masks
+    (``masks="auto"``: when the metadata has them, or when ``gt_masks`` are given): PxAP, PIoU.
+    Context leakage against the mask, else the GT boxes. Classification from logits or top-k.
+    """
+
+    def __init__(self, metadata: Metadata, cam_size: int | Sequence[int] = 224,
+                 iou_thresholds: Sequence[int] = (30, 50, 70), cam_curve_interval: float = 0.01,
+                 masks: bool | str = "auto", workers: int | None = None):
+        self.grid = _Grid(metadata, cam_size, cam_curve_interval)
+        self.iou_thresholds = _ious(iou_thresholds)
+        if masks not in ("auto", True, False):
+            raise ValueError(f"masks must be 'auto', True or False, got {masks!r}")
+        self.masks = metadata.has_masks if masks == "auto" else bool(masks)
+        self.boxes = metadata.has_boxes
+        self.workers = workers
+        nt = len(self.grid.thresholds)
+        ious = sorted(set(self.iou_thresholds) | {50})
+        self._gt = _GTBoxes(self.grid)
+        self._single = _BoxCounts(ious, nt)
+        self._multi = _BoxCounts(ious, nt)
+        self._mask_counts = _MaskCounts(self.grid.thresholds)
+        self._mask_reader = MaskEvaluator(metadata, cam_size, cam_curve_interval)
+        self._leak = ContextLeakage(metadata, cam_size, use_masks=self.masks)
+        self._cls = ClassificationAccuracy()
+        self.count = 0
+        self.count_masks = 0
+
+    def accumulate(self, scoremaps: np.ndarray, image_ids: Sequence[str], logits_or_topk: Any = None,
+                   gt_masks: np.ndarray | None = None) -> None:
+        """Score a batch of maps ``[B, H, W]`` in [0, 1]; ``logits_or_topk``: ``[B, C]`` logits or
+        ``[B, k]`` classes best first; ``gt_masks``: ``[B, H, W]`` (1 / 0 / 255 or bool)."""
+        maps, ids = self.grid.check_batch(scoremaps, image_ids)
+        classes = None if logits_or_topk is None else topk_from(logits_or_topk, len(ids))
+        if self.count and (classes is None) != (self._cls.count == 0):
+            raise ValueError("give logits / top-k classes for every batch or for none")
+        labels = _labels(self.grid.metadata, ids)
+        if self.boxes:
+            result = batch_box_ious(maps, [self._gt(i) for i in ids], self.grid.thresholds, ids, self.workers,
+                                    multi_contour=True)
+            top1_ok, top5_ok = _class_hits(classes, labels)
+            self._single.add(result.single, top1_ok, top5_ok)
+            self._multi.add(result.multi, top1_ok, top5_ok)
+        else:
+            self.grid.check_range(maps, ids)
+        masks: list[np.ndarray | None] = [None] * len(ids)
+        if self.masks or gt_masks is not None:
+            masks = self._mask_reader.masks_for(ids, gt_masks)
+            for scoremap, mask in zip(maps, masks):
+                self._mask_counts.add(scoremap, mask)
+            self.count_masks += len(ids)
+        if self.boxes or masks[0] is not None:
+            for scoremap, image_id, mask in zip(maps, ids, masks):
+                self._leak.add(scoremap, image_id, mask)
+        if classes is not None:
+            self._cls.accumulate(classes, labels)
+        self.count += len(ids)
+
+    def compute(self, threshold: float | None = None) -> dict[str, Any]:
+        """Flat, JSON-friendly metrics in percent. ``threshold``: where Top-1 / Top-5 / GT-known Loc
+        are read (e.g. the val split's ``best_threshold["used"]``); default: this split's best."""
+        if self.count == 0:
+            raise ValueError("no score maps were accumulated")
+        with_classes = self._cls.count > 0
+        out: dict[str, Any] = {"num_images": self.count, "iou_thresholds": list(self.iou_thresholds)}
+        out.update(self._cls.compute() if with_classes else {"top1_cls": None, "top5_cls": None})
+        if self.boxes:
+            single = self._single.report(self.grid, self.iou_thresholds, self.count, with_classes, threshold)
+            multi = self._multi.report(self.grid, self.iou_thresholds, self.count, with_classes, None)
+            out.update({key: single[key] for key in ("top1_loc", "top5_loc", "gt_known_loc", "top1_loc_at_best",
+                                                     "top5_loc_at_best", "gt_known_loc_at_best")})
+            out["max_box_acc"] = single["max_box_acc"]
+            out["max_box_acc_v2"] = multi["max_box_acc_mean"]
+            out["max_box_acc_v2_per_iou"] = multi["max_box_acc"]
+            out["best_threshold"] = single["best_threshold"]
+            out["best_threshold_v2"] = {k: v for k, v in multi["best_threshold"].items() if k != "used"}
+            out["box_acc_curve"] = single["box_acc_curve"]
+            out["box_acc_curve_v2"] = multi["box_acc_curve"]
+        if self.count_masks:
+            out.update(self._mask_counts.report())
+        else:
+            out.update({"pxap": None, "piou": None, "piou_threshold": None})
+        out["context_leakage"] = self._leak.compute()["context_leakage"] if self._leak.count else None
+        return out

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdcicam.data.metadata import (
+    DatasetInfo,
+    Metadata,
+    MetadataError,
+    read_dataset_info,
+    read_metadata,
+    write_dataset_info,
+    write_metadata,
+)
+
+IDS = ["a/1.jpg", "a/2.jpg", "b/3.jpg"]
+
+
+def _metadata(**overrides) -> Metadata:
+    fields = {
+        "image_ids": list(IDS),
+        "class_labels": {"a/1.jpg": 0, "a/2.jpg": 0, "b/3.jpg": 1},
+        "image_sizes": {"a/1.jpg": (100, 80), "a/2.jpg": (64, 64), "b/3.jpg": (300, 200)},
+        "boxes": {"a/1.jpg": [(0, 0, 100, 80)], "a/2.jpg": [(1, 2, 30, 40), (10.5, 11.25, 60, 64)],
+                  "b/3.jpg": [(5, 6, 7, 8), (100, 100, 300, 200), (0, 0, 1, 1)]},
+    }
+    fields.update(overrides)
+    return Metadata(**fields)
+
+
+def _touch_images(root: Path, names) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> Path:
+    """A valid split at tmp/ds/test with images under tmp/ds/images and a dataset.yaml (2 classes)."""
+    ds = tmp_path / "ds"
+    _touch_images(ds / "images", IDS)
+    write_metadata(_metadata(), ds / "test")
+    write_dataset_info(ds, DatasetInfo(image_root=ds / "images", class_names=["cat", "dog"], splits=["test"]))
+    return ds / "test"
+
+
+def test_round_trip_boxes(split):
+    md = read_metadata(split)
+    ref = _metadata()
+    assert md.image_ids == ref.image_ids
+    assert md.class_labels == ref.class_labels
+    assert md.image_sizes == ref.image_sizes
+    assert md.boxes == ref.boxes  # several boxes per image, decimals kept
+    assert md.num_classes == 2 and md.class_names == ["cat", "dog"]
+    assert md.image_root == (split.parent / "images").resolve()
+    assert not md.has_masks
+    assert (split / "localization.txt").read_text().splitlines()[0] == "a/1.jpg,0,0,100,80"  # integers as int
+
+
+def test_round_trip_boxes_and_masks(tmp_path):
+    root = tmp_path / "images"
+    masks = {"a/1.jpg": ["a/1_m0.png", "a/1_m1.png"], "a/2.jpg": ["a/2_m.png"], "b/3.jpg": ["b/3_m.png"]}
+    _touch_images(root, IDS + [m for ms in masks.values() for m in ms] + ["b/3_ignore.png"])
+    ref = _metadata(masks=masks, ignore_masks={"b/3.jpg": "b/3_ignore.png"})
+    write_metadata(ref, tmp_path / "train")
+    assert (tmp_path / "train" / "masks.txt").is_file()
+    md = read_metadata(tmp_path / "train", image_root=root)
+    assert md.boxes == ref.boxes and md.masks == masks and md.ignore_masks == {"b/3.jpg": "b/3_ignore.png"}
+    assert md.mask_paths("a/1.jpg") == [root / "a/1_m0.png", root / "a/1_m1.png"]
+
+
+def test_round_trip_mask_only_localization(tmp_path):
+    root = tmp_path / "images"
+    masks = {i: [i.replace(".jpg", "_mask.png")] for i in IDS}
+    _touch_images(root, IDS + [m[0] for m in masks.values()])
+    write_metadata(_metadata(boxes={}, masks=masks), tmp_path / "val")
+    assert not (tmp_path / "val" / "masks.txt").exists()
+    assert (tmp_path / "val" / "localization.txt").read_text().splitlines()[0] == "a/1.jpg,a/1_mask.png,"
+    md = read_metadata(tmp_path / "val", image_root=root)
+    assert md.masks == masks and not md.has_boxes
+
+
+def test_dataset_info_round_trip_and_image_root_storage(tmp_path):
+    inside = DatasetInfo(image_root=tmp_path / "d" / "images", class_names=["x", "y"], splits=["train"],
+                         name="demo", extra={"seed": 3})
+    write_dataset_info(tmp_path / "d", inside)
+    assert "image_root: images\n" in (tmp_path / "d" / "dataset.yaml").read_text()  # movable folder
+    back = read_dataset_info(tmp_path / "d")
+    assert back.image_root == (tmp_path / "d" / "images").resolve()
+    assert (back.class_names, back.splits, back.name, back.extra) == (["x", "y"], ["train"], "demo", {"seed": 3})
+    outside = DatasetInfo(image_root=tmp_path / "elsewhere", class_names=["x"])
+    write_dataset_info(tmp_path / "d2", outside)
+    assert read_dataset_info(tmp_path / "d2").image_root == (tmp_path / "elsewhere").resolve()
+    assert f"image_root: {(tmp_path / 'elsewhere').resolve()}" in (tmp_path / "d2" / "dataset.yaml").read_text()
+
+
+# ------------------------------------------------------------------------------------ validation
+def _edit(split: Path, name: str, line: int, new: str | None) -> None:
+    """Replace (or with None delete) 1-based ``line`` of ``name``; line 0 appends."""
+    lines = (split / name).read_text().splitlines()
+    if line == 0:
+        lines.append(new)
+    elif new is None:
+        del lines[line - 1]
+    else:
+        lines[line - 1] = new
+    (split / name).write_text("\n".join(lines) + "\n")
+
+
+def _fails(split: Path, name: str, line: int | None, words: str, **kwargs) -> MetadataError:
+    with pytest.raises(MetadataError) as err:
+        read_metadata(split, **kwargs)
+    e = err.value
+    assert Path(e.file).name == name, str(e)
+    assert e.line == line, str(e)
+    assert words in str(e)
+    assert str(e).startswith(f"{e.file}:{line}: " if line is not None else f"{e.file}: ")
+    return e
+
+
+def test_missing_image(split):
+    (split.parent / "images" / "a/2.jpg").unlink()
+    _fails(split, "image_ids.txt", 2, "image 'a/2.jpg' not found")
+
+
+def test_duplicate_id(split):
+    _edit(split, "image_ids.txt", 3, "a/1.jpg")
+    _fails(split, "image_ids.txt", 3, "duplicate image id 'a/1.jpg' (first on line 1)")
+
+
+def test_duplicate_in_class_labels(split):
+    _edit(split, "class_labels.txt", 0, "a/1.jpg,1")
+    _fails(split, "class_labels.txt", 4, "duplicate image id 'a/1.jpg'")
+
+
+def test_id_unknown_in_another_file(split):
+    _edit(split, "image_sizes.txt", 2, "a/9.jpg,64,64")
+    _fails(split, "image_sizes.txt", 2, "'a/9.jpg' is not in image_ids.txt")
+
+
+def test_id_missing_from_another_file(split):
+    _edit(split, "class_labels.txt", 2, None)
+    e = _fails(split, "class_labels.txt", None, "'a/2.jpg' (line 2 of image_ids.txt) has no entry here")
+    assert "1 missing" in str(e)
+
+
+def test_class_outside_range(split):
+    _edit(split, "class_labels.txt", 3, "b/3.jpg,2")  # dataset.yaml has 2 classes
+    _fails(split, "class_labels.txt", 3, "class 2 is outside 0..1")
+    _edit(split, "class_labels.txt", 3, "b/3.jpg,-1")
+    _fails(split, "class_labels.txt", 3, "class -1 is outside 0..1")
+    _edit(split, "class_labels.txt", 3, "b/3.jpg,1.5")
+    _fails(split, "class_labels.txt", 3, "not an integer")
+
+
+def test_empty_box(split):
+    _edit(split, "localization.txt", 2, "a/2.jpg,30,2,30,40")
+    _fails(split, "localization.txt", 2, "need x1 > x0")
+    _edit(split, "localization.txt", 2, "a/2.jpg,1,40,30,40")
+    _fails(split, "localization.txt", 2, "need x1 > x0 and y1 > y0")
+
+
+def test_box_outside_image(split):
+    _edit(split, "localization.txt", 5, "b/3.jpg,100,100,301,200")
+    _fails(split, "localization.txt", 5, "lies outside the 300x200 image")
+    _edit(split, "localization.txt", 5, "b/3.jpg,-1,100,300,200")
+    _fails(split, "localization.txt", 5, "lies outside")
+
+
+@pytest.mark.parametrize("name,line,new,words", [
+    ("image_sizes.txt", 1, "a/1.jpg,100", "expected 3 fields"),
+    ("class_labels.txt", 2, "a/2.jpg,0,1", "expected 2 fields"),
+    ("localization.txt", 3, "a/2.jpg,1,2,3", "expected 5 fields"),
+    ("image_ids.txt", 2, "a/2.jpg,0", "expected 1 field"),
+    ("image_sizes.txt", 3, "b/3.jpg,wide,200", "width 'wide' is not a number"),
+    ("localization.txt", 1, "a/1.jpg,0,0,nan,80", "not finite"),
+    ("image_sizes.txt", 3, "b/3.jpg,0,200", "not positive"),
+])
+def test_malformed_line(split, name, line, new, words):
+    _edit(split, name, line, new)
+    _fails(split, name, line, words)
+
+
+def test_absolute_path(split):
+    _edit(split, "image_ids.txt", 1, "/abs/1.jpg")
+    _fails(split, "image_ids.txt", 1, "is absolute")
+
+
+def test_path_escaping_root(split):
+    _edit(split, "image_ids.txt", 2, "a/../../2.jpg")
+    _fails(split, "image_ids.txt", 2, "escapes the image root")
+
+
+def test_mask_path_escaping_root(tmp_path):
+    root = tmp_path / "images"
+    _touch_images(root, IDS)
+    write_metadata(_metadata(masks={i: ["m.png"] for i in IDS}), tmp_path / "s")
+    _edit(tmp_path / "s", "masks.txt", 3, "b/3.jpg,../m.png,")
+    _fails(tmp_path / "s", "masks.txt", 3, "escapes the image root", image_root=root, check_images=False)
+
+
+def test_missing_metadata_file(split):
+    (split / "image_sizes.txt").unlink()
+    _fails(split, "image_sizes.txt", None, "file not found")

@@ -1,0 +1,112 @@
+"""The fast evaluator equals the plain per-threshold findContours loop, exactly, on many maps:
+smooth blobs, flat maps, rings (holes), several blobs, few grey levels (ties), pixel noise."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from _eval_helpers import make_metadata
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kdcicam.evaluation import BoxEvaluator, batch_box_ious, scoremap_to_boxes, threshold_list
+from kdcicam.evaluation.reference import ReferenceBoxEvaluator, reference_best_ious, reference_boxes
+
+KINDS = ("smooth", "flat", "rings", "blobs", "levels", "noise", "sparse")
+
+
+def make_map(kind: str, seed: int, h: int, w: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    if kind == "smooth":
+        low = int(rng.integers(2, 8))
+        m = cv2.resize(rng.random((low, low)), (w, h), interpolation=cv2.INTER_CUBIC)
+    elif kind == "flat":
+        return np.full((h, w), float(rng.choice([0.0, 1.0, rng.random()])))
+    elif kind == "rings":
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        r = np.hypot(yy - cy, xx - cx)
+        m = np.cos(r / rng.uniform(0.8, 4.0)) + 0.3 * rng.random((h, w))
+    elif kind == "blobs":
+        m = np.zeros((h, w))
+        for _ in range(int(rng.integers(2, 6))):
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            s = rng.uniform(0.5, max(h, w) / 3)
+            m += rng.uniform(0.2, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    elif kind == "levels":
+        m = np.floor(rng.random((h, w)) * int(rng.integers(2, 5))) / 4
+        if rng.random() < 0.5:
+            m = cv2.resize(np.floor(rng.random((4, 4)) * 3), (w, h), interpolation=cv2.INTER_NEAREST) / 2
+    elif kind == "sparse":
+        m = (rng.random((h, w)) < 0.1) * rng.choice([0.5, 1.0], size=(h, w))
+    else:
+        m = rng.random((h, w))
+    m = m - m.min()
+    return m / m.max() if m.max() > 0 else m
+
+
+def gt_boxes(seed: int, h: int, w: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    boxes = []
+    for _ in range(int(rng.integers(1, 4))):
+        x0, x1 = sorted(rng.integers(0, w, 2))
+        y0, y1 = sorted(rng.integers(0, h, 2))
+        boxes.append([x0, y0, x1, y1])
+    return np.array(boxes, dtype=np.int64)
+
+
+maps = st.tuples(st.sampled_from(KINDS), st.integers(0, 2**31 - 1), st.integers(3, 40), st.integers(3, 40))
+intervals = st.sampled_from([0.01, 0.05, 0.2, 0.003])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(maps, min_size=1, max_size=3), intervals)
+def test_fast_equals_reference_per_threshold(specs, interval):
+    thresholds = threshold_list(interval)
+    for kind, seed, h, w in specs:
+        scoremap = make_map(kind, seed, h, w)
+        gt = gt_boxes(seed, h, w)
+        fast = batch_box_ious(scoremap[None], [gt], thresholds, workers=1)
+        assert np.array_equal(fast.single[0], reference_best_ious(scoremap, gt, thresholds, False)), (kind, seed)
+        assert np.array_equal(fast.multi[0], reference_best_ious(scoremap, gt, thresholds, True)), (kind, seed)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.sampled_from(KINDS), st.integers(0, 2**31 - 1), st.integers(3, 30), st.integers(3, 30), st.booleans())
+def test_boxes_equal_reference_boxes(kind, seed, h, w, multi):
+    """scoremap_to_boxes traces each distinct binary map once; boxes and their order stay the same."""
+    scoremap = make_map(kind, seed, h, w)
+    thresholds = threshold_list(0.01)
+    fast = scoremap_to_boxes(scoremap, thresholds, multi)
+    ref = reference_boxes(scoremap, thresholds, multi)
+    assert [b.tolist() for b in fast] == [b.tolist() for b in ref]
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 2**31 - 1)), min_size=2, max_size=6),
+       st.booleans(), st.sampled_from([(24, 24), (31, 17)]))
+def test_box_evaluator_equals_reference_evaluator(specs, multi, size):
+    """Whole evaluator (GT rescaled from odd original sizes, several batches, thread pool) against
+    the plain per-image evaluator: the same MaxBoxAcc and the same curves, bit for bit."""
+    w, h = size
+    rng = np.random.default_rng(len(specs))
+    ids = [f"img{i}.jpg" for i in range(len(specs))]
+    sizes = {i: (int(rng.integers(20, 500)), int(rng.integers(20, 500))) for i in ids}
+    boxes = {}
+    for i in ids:
+        iw, ih = sizes[i]
+        x0, x1 = sorted(rng.uniform(0, iw, 2))
+        y0, y1 = sorted(rng.uniform(0, ih, 2))
+        boxes[i] = [(round(x0), round(y0), round(x1) + 1, round(y1) + 1)]
+        boxes[i] = [tuple(min(v, lim) for v, lim in zip(boxes[i][0], (iw, ih, iw, ih)))]
+    metadata = make_metadata(boxes=boxes, sizes=sizes)
+    fast = BoxEvaluator(metadata, cam_size=(w, h), multi_contour=multi, workers=2)
+    ref = ReferenceBoxEvaluator(metadata, cam_size=(w, h), multi_contour=multi)
+    scoremaps = np.stack([make_map(kind, seed, h, w) for kind, seed in specs])
+    for first in range(0, len(ids), 4):
+        fast.accumulate(scoremaps[first:first + 4], ids[first:first + 4])
+    for scoremap, image_id in zip(scoremaps, ids):
+        ref.accumulate(scoremap, image_id)
+    result = fast.compute()
+    assert [result["max_box_acc"][str(i)] for i in (30, 50, 70)] == ref.compute()
+    for iou, curve in ref.curves().items():
+        assert result["box_acc_curve"][str(iou)] == curve.tolist()

@@ -1,0 +1,120 @@
+"""``kdcicam score`` on a tiny temp set: the wsolevaluation layout, the JSON, and every input error."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _eval_helpers import make_metadata, smooth_map, write_split
+
+from kdcicam.cli import main
+from kdcicam.data.metadata import read_metadata
+from kdcicam.evaluation import WSOLEvaluator
+
+IDS = ["001.a/x.jpg", "001.a/y.jpg", "002.b/z.jpg"]
+
+
+@pytest.fixture
+def scored(tmp_path: Path):
+    """Metadata (boxes in original pixels) and one .npy per image id: CAM_DIR/<image_id>.npy."""
+    md = make_metadata(boxes={i: [(30 + 10 * k, 40, 300, 200 + 20 * k)] for k, i in enumerate(IDS)},
+                       sizes={i: (400, 300) for i in IDS}, labels={i: k % 2 for k, i in enumerate(IDS)})
+    split = write_split(tmp_path, md)
+    cams = tmp_path / "cams"
+    rng = np.random.default_rng(0)
+    maps = {}
+    for image_id in IDS:
+        maps[image_id] = smooth_map(rng)
+        path = cams / (image_id + ".npy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, maps[image_id])
+    return split, cams, maps
+
+
+def test_score_writes_metrics(scored, tmp_path: Path, capsys):
+    split, cams, maps = scored
+    out = tmp_path / "m.json"
+    assert main(["score", str(cams), "--metadata", str(split), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "MaxBoxAcc@50" in printed and "MaxBoxAccV2" in printed
+    result = json.loads(out.read_text())
+    ev = WSOLEvaluator(read_metadata(split, check_images=False))
+    ev.accumulate(np.stack([maps[i] for i in IDS]), IDS)
+    expected = ev.compute()
+    assert result["max_box_acc"] == expected["max_box_acc"]
+    assert result["max_box_acc_v2"] == expected["max_box_acc_v2"]
+    assert result["best_threshold"] == expected["best_threshold"]
+    assert result["box_acc_curve"] == expected["box_acc_curve"]
+    assert result["num_images"] == 3 and result["multi_contour"] is False and "pxap" not in result
+    assert not list(tmp_path.glob(".m.json.*"))  # written atomically, no temp file left
+
+
+def test_score_multi_contour_and_options(scored, tmp_path: Path):
+    split, cams, _ = scored
+    out = tmp_path / "m.json"
+    assert main(["score", str(cams), "--metadata", str(split), "--multi-contour", "--iou", "50", "--interval",
+                 "0.05", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["max_box_acc"]) == ["50"] and result["multi_contour"] is True
+    assert result["max_box_acc"]["50"] == result["max_box_acc_v2"]
+    assert len(result["box_acc_curve"]["thresholds"]) == 20
+
+
+def _fails(capsys, args: list[str], *needles: str) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_missing_map(scored, capsys):
+    split, cams, _ = scored
+    (cams / "002.b" / "z.jpg.npy").unlink()
+    _fails(capsys, ["score", str(cams), "--metadata", str(split)], "002.b/z.jpg", "not found")
+
+
+def test_wrong_shape(scored, capsys):
+    split, cams, _ = scored
+    np.save(cams / "001.a" / "y.jpg.npy", np.zeros((100, 224)))
+    _fails(capsys, ["score", str(cams), "--metadata", str(split)], "001.a/y.jpg", "shape (100, 224)")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_inf(scored, capsys, value):
+    split, cams, maps = scored
+    bad = maps["001.a/x.jpg"].copy()
+    bad[3, 3] = value
+    np.save(cams / "001.a" / "x.jpg.npy", bad)
+    _fails(capsys, ["score", str(cams), "--metadata", str(split)], "001.a/x.jpg", "NaN or inf")
+
+
+def test_object_dtype_is_never_unpickled(scored, capsys):
+    split, cams, _ = scored
+    np.save(cams / "001.a" / "x.jpg.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    _fails(capsys, ["score", str(cams), "--metadata", str(split)], "001.a/x.jpg", "unpickling")
+
+
+def test_integer_dtype(scored, capsys):
+    split, cams, _ = scored
+    np.save(cams / "001.a" / "x.jpg.npy", np.zeros((224, 224), dtype=np.int64))
+    _fails(capsys, ["score", str(cams), "--metadata", str(split)], "001.a/x.jpg", "dtype int64")
+
+
+def test_map_for_unknown_image(scored, capsys):
+    split, cams, maps = scored
+    np.save(cams / "001.a" / "extra.jpg.npy", maps["001.a/x.jpg"])
+    _fails(capsys, ["score", str(cams), "--metadata", str(split)], "001.a/extra.jpg", "not in the metadata")
+
+
+def test_out_of_range_needs_normalize(scored, capsys):
+    split, cams, maps = scored
+    np.save(cams / "001.a" / "x.jpg.npy", maps["001.a/x.jpg"] * 7 - 2)
+    _fails(capsys, ["score", str(cams), "--metadata", str(split)], "001.a/x.jpg", "--normalize")
+    assert main(["score", str(cams), "--metadata", str(split), "--normalize"]) == 0
+
+
+def test_bad_folders(scored, tmp_path: Path, capsys):
+    split, cams, _ = scored
+    _fails(capsys, ["score", str(tmp_path / "nope"), "--metadata", str(split)], "CAM folder not found")
+    _fails(capsys, ["score", str(cams), "--metadata", str(tmp_path / "nope")], "metadata folder not found")

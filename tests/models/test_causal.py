@@ -1,0 +1,327 @@
+"""CI-CAM: context pool, intervention, losses, DDP sync, checkpoints (METHOD.md §2, §3.1)."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from kdcicam.errors import ConfigError
+from kdcicam.models.base import Backbone
+from kdcicam.models.cam import combinational_cam
+from kdcicam.models.causal import CausalContextPool, CICAMModel, KDCICAMModel, context_attention, standardize
+from kdcicam.models.registry import create_model
+
+
+class TinyBackbone(Backbone):
+    """A conv stack standing in for a real network: [0, 1] images → [B, D, H/4, W/4]."""
+
+    def __init__(self, d: int = 6):
+        super().__init__()
+        self.out_channels, self.stride = d, 4
+        self.conv = nn.Conv2d(3, d, 3, padding=1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(torch.tanh(self.conv(x)), 4)
+
+
+def _model(c: int = 3, **options) -> CICAMModel:
+    torch.manual_seed(0)
+    return CICAMModel(TinyBackbone(), c, **options)
+
+
+# ------------------------------------------------------------------------------------------ pool
+def test_standardize_by_hand_and_matches_official_batchnorm():
+    m = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    out = standardize(m)
+    # mean 2.5, biased variance 1.25, eps inside the square root
+    expected = (torch.tensor([1.0, 2.0, 3.0, 4.0]) - 2.5) / math.sqrt(1.25 + 1e-5)
+    assert torch.allclose(out[0].flatten(), expected, atol=1e-7)
+    assert torch.equal(out[1], torch.zeros(2, 2))  # an all-zero map stays zero
+    bn = nn.BatchNorm2d(2).train()  # what the official update_mask uses
+    assert torch.allclose(bn(m[None])[0], out, atol=1e-6)
+
+
+def test_one_pool_update_counts_only_correct_samples():
+    pool = CausalContextPool(3, 1, 2, rate=0.1).train()
+    cams = torch.tensor([
+        [[[1.0, 3.0]], [[9.0, 9.0]], [[0.0, 0.0]]],  # y=0, pred=0 → counts CAM_0 = [1, 3]
+        [[[5.0, 0.0]], [[7.0, 8.0]], [[0.0, 0.0]]],  # y=0, pred=1 → wrong, ignored
+        [[[0.0, 0.0]], [[2.0, 6.0]], [[0.0, 0.0]]],  # y=1, pred=1 → counts CAM_1 = [2, 6]
+        [[[0.0, 0.0]], [[4.0, 2.0]], [[0.0, 0.0]]],  # y=1, pred=1 → counts CAM_1 = [4, 2]
+    ])
+    labels = torch.tensor([0, 0, 1, 1])
+    preds = torch.tensor([0, 1, 1, 1])
+    e = CausalContextPool.class_sums(cams, labels, preds, 3)
+    assert torch.equal(e, torch.tensor([[[1.0, 3.0]], [[6.0, 8.0]], [[0.0, 0.0]]]))
+    assert pool.update(cams, labels, preds)
+    # class 0: N(E) = [-1, 1]/sqrt(1 + eps); M = N(0.1·N(E)) = [-a, a] with a = 0.1b/sqrt((0.1b)² + eps)
+    b = 1 / math.sqrt(1 + 1e-5)
+    a = 0.1 * b / math.sqrt((0.1 * b) ** 2 + 1e-5)
+    assert torch.allclose(pool.maps[0], torch.tensor([[-a, a]]), atol=1e-6)
+    assert torch.allclose(pool.maps[1], torch.tensor([[-a, a]]), atol=1e-6)  # E_1 = [6, 8] → same shape
+    assert torch.equal(pool.maps[2], torch.zeros(1, 2))  # no correct sample → stays zero
+    # second step: M ← N(M + r·N(E)) with the previous M
+    before = pool.maps.clone()
+    pool.update(cams, labels, preds)
+    assert torch.allclose(pool.maps, standardize(before + 0.1 * standardize(e)), atol=1e-6)
+
+
+def test_pool_frozen_in_eval_and_lazily_sized():
+    pool = CausalContextPool(2, rate=0.5)
+    assert not pool.is_materialized and pool.maps.shape == (2, 0, 0)
+    pool.eval()
+    assert torch.equal(pool.context(5, 7), torch.zeros(2, 5, 7))  # reads as zeros, size not fixed
+    assert not pool.is_materialized
+    assert not pool.update(torch.ones(1, 2, 3, 4), torch.tensor([0]), torch.tensor([0]))
+    assert not pool.is_materialized
+    pool.train()
+    assert pool.update(torch.rand(1, 2, 3, 4), torch.tensor([0]), torch.tensor([0]))
+    assert pool.maps.shape == (2, 3, 4)
+    with pytest.raises(ValueError, match="feature map"):
+        pool.context(5, 5)  # training at another size is refused
+    pool.eval()
+    assert pool.context(6, 8).shape == (2, 6, 8)  # eval: resized to the feature map
+
+
+# ---------------------------------------------------------------------------------- intervention
+def test_intervention_is_the_conv_on_the_one_hot_context():
+    torch.manual_seed(3)
+    c, d, h, w = 4, 5, 2, 3
+    conv = nn.Conv2d(c, d, 1)
+    ctx = torch.randn(c, h, w)
+    pred = torch.tensor([2, 0, 3])
+    one_hot = torch.zeros(3, c, h, w)
+    for i, k in enumerate(pred):
+        one_hot[i, k] = ctx[k]
+    assert torch.allclose(context_attention(conv, ctx, pred), conv(one_hot), atol=1e-6)
+    # by hand for one entry: A[b, d] = W_m[d, ĉ]·M[ĉ] + b_m[d]
+    assert torch.allclose(context_attention(conv, ctx, pred)[1, 4],
+                          conv.weight[4, 0, 0, 0] * ctx[0] + conv.bias[4], atol=1e-6)
+    # soft variant: every pool entry weighted by p_c
+    p = torch.softmax(torch.randn(3, c), dim=1)
+    soft_in = p[:, :, None, None] * ctx[None]
+    assert torch.allclose(context_attention(conv, ctx, pred, probs=p), conv(soft_in), atol=1e-6)
+
+
+def test_forward_two_branches_share_one_classifier():
+    model = _model(soft_intervention=False).train()
+    model.pool.materialize(4, 4)
+    model.pool.maps.copy_(torch.randn(3, 4, 4))
+    x = torch.rand(2, 3, 16, 16)
+    out = model(x)
+    f = model.backbone(x)
+    assert torch.allclose(out["features"], f)
+    assert torch.equal(out["pred_up"], out["logits_up"].argmax(1))
+    attention = context_attention(model.mask2attention, model.pool.maps, out["pred_up"])
+    assert torch.allclose(out["features_down"], f + attention * f, atol=1e-6)
+    assert torch.allclose(out["logits"], model.head(out["features_down"]), atol=1e-6)
+    assert torch.allclose(out["cams"], model.head.class_cams(out["features_down"]), atol=1e-6)
+    assert torch.allclose(out["cams_up"], model.head.class_cams(f), atol=1e-6)
+    # the test output is the down branch; the map ranks CAM_down by z_down
+    s = model.localization_map(out, "combinational")
+    assert torch.allclose(s, combinational_cam(out["logits"], out["cams"]), atol=1e-6)
+
+
+def test_soft_intervention_uses_softmax_of_up_logits():
+    model = _model(soft_intervention=True).eval()
+    model.pool.materialize(4, 4)
+    model.pool.maps.copy_(torch.randn(3, 4, 4))
+    out = model(torch.rand(2, 3, 16, 16))
+    p = torch.softmax(out["logits_up"], 1)
+    a = context_attention(model.mask2attention, model.pool.maps, out["pred_up"], p)
+    assert torch.allclose(out["features_down"], out["features"] * (1 + a), atol=1e-6)
+
+
+def test_pool_gets_no_gradient_and_the_intervention_conv_does():
+    model = _model().train()
+    model.pool.materialize(4, 4)
+    model.pool.maps.copy_(torch.randn(3, 4, 4))
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    out = model(x)
+    loss, _ = model.loss(x, y, out)
+    loss.backward()
+    assert not model.pool.maps.requires_grad and model.pool.maps.grad is None
+    assert "pool.maps" not in dict(model.named_parameters())
+    assert model.mask2attention.weight.grad is not None and model.mask2attention.weight.grad.abs().sum() > 0
+    assert model.backbone.conv.weight.grad.abs().sum() > 0
+
+
+def test_update_pool_in_training_only_and_loss_leaves_it_alone():
+    model = _model()
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    model.eval()
+    out = model(x)
+    assert not model.update_pool(out, y)
+    assert torch.count_nonzero(model.pool.maps) == 0
+    model.train()
+    out = model(x)
+    y = out["pred_up"].clone()  # all correct → every predicted class gets context
+    model.loss(x, y, out)
+    assert torch.count_nonzero(model.pool.maps) == 0  # the loss is pure
+    expected = CausalContextPool.class_sums(out["cams_up"], y, out["pred_up"], 3)
+    assert model.update_pool(out, y)
+    assert torch.allclose(model.pool.maps, standardize(0.01 * standardize(expected)), atol=1e-6)
+
+
+# -------------------------------------------------------------------------------------- losses
+def _ce_terms(model, x, y, out):
+    return F.cross_entropy(out["logits_up"], y) + F.cross_entropy(out["logits"], y)
+
+
+def _fg_bg(model, x, out, thr, branch=""):
+    s = combinational_cam(out["logits" + branch], out["cams" + branch])
+    s = F.interpolate(s[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+    mask = (s > thr * s.flatten(1).amax(1).view(-1, 1, 1, 1)).float()
+    xn = model.backbone.normalize(x)
+    z_fg = model.head(model.backbone.forward_features(xn * mask))
+    z_bg = model.head(model.backbone.forward_features(xn * (1 - mask)))
+    return z_fg, z_bg, mask
+
+
+def test_fore_and_diff_aux_losses_equal_their_formulas():
+    x, y = torch.rand(3, 3, 16, 16), torch.tensor([2, 0, 1])
+    fore = _model(aux="fore", aux_weight=0.6, mask_threshold=0.15).eval()
+    out = fore(x)
+    z_fg, _, mask = _fg_bg(fore, x, out, 0.15)
+    assert 0 < mask.mean() < 1  # a real split of the image
+    loss, logs = fore.loss(x, y, out)
+    assert torch.allclose(loss, _ce_terms(fore, x, y, out) + 0.6 * F.cross_entropy(z_fg, y), atol=1e-6)
+    assert torch.allclose(logs["loss_fore"], F.cross_entropy(z_fg, y))
+
+    diff = _model(aux="diff_aux", aux_weight=0.5, mask_threshold=0.25).eval()
+    out = diff(x)
+    z_fg, z_bg, _ = _fg_bg(diff, x, out, 0.25)
+    d = z_fg - z_bg
+    expected = _ce_terms(diff, x, y, out) + 0.5 * F.cross_entropy(d, y) + 0.5 * F.cross_entropy((d + out["logits"]) / 2, y)
+    loss, logs = diff.loss(x, y, out)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    # METHOD.md's wording (mask from S_up) is available as an option
+    up = _model(aux="fore", mask_threshold=0.15, aux_mask_branch="up").eval()
+    out = up(x)
+    z_fg, _, _ = _fg_bg(up, x, out, 0.15, branch="_up")
+    loss, _ = up.loss(x, y, out)
+    assert torch.allclose(loss, _ce_terms(up, x, y, out) + F.cross_entropy(z_fg, y), atol=1e-6)
+
+
+def test_sparsity_and_kd_recipe():
+    x, y = torch.rand(2, 3, 16, 16), torch.tensor([1, 0])
+    for upsampled in (False, True):
+        model = _model(sparsity=0.04, sparsity_upsampled=upsampled).eval()
+        out = model(x)
+        s = combinational_cam(out["logits"], out["cams"])
+        if upsampled:
+            s = F.interpolate(s[:, None], size=(16, 16), mode="bilinear", align_corners=False)
+        loss, _ = model.loss(x, y, out)
+        assert torch.allclose(loss, _ce_terms(model, x, y, out) + 0.04 * s.mean(), atol=1e-6)
+    kd = _model(recipe="kd").eval()
+    out = kd(x)
+    loss, logs = kd.loss(x, y, out)
+    assert torch.allclose(loss, F.cross_entropy(out["logits"], y)) and "loss_ce_up" not in logs
+
+
+def test_invalid_options_raise_config_error():
+    with pytest.raises(ConfigError, match="recipe"):
+        _model(recipe="both")
+    with pytest.raises(ConfigError, match="aux"):
+        _model(aux="back")
+    with pytest.raises(ConfigError, match="pool_size"):
+        _model(pool_size="big")
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_restores_pool_and_outputs(tmp_path):
+    model = create_model("ci-cam", TinyBackbone(), num_classes=3, pool_rate=0.3).train()
+    x = torch.rand(4, 3, 16, 16)
+    for _ in range(2):
+        out = model(x)
+        model.update_pool(out, out["pred_up"])  # all correct → pool changes
+    assert torch.count_nonzero(model.pool.maps) > 0
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "hparams": model.hparams()}, path)
+    ckpt = torch.load(path, weights_only=True)
+    assert "pool.maps" in ckpt["state_dict"]
+    h = dict(ckpt["hparams"])
+    assert h.pop("method") == "ci-cam" and h.pop("num_classes") == 3
+    for key in ("backbone", "backbone_options", "output_stride", "freeze_stages"):
+        h.pop(key)
+    fresh = create_model("ci-cam", TinyBackbone(), num_classes=3, **h)
+    assert not fresh.pool.is_materialized
+    fresh.load_state_dict(ckpt["state_dict"], strict=True)  # the lazy pool takes the stored size
+    assert torch.equal(fresh.pool.maps, model.pool.maps)
+    model.eval(), fresh.eval()
+    a, b = model(x), fresh(x)
+    for key in ("logits", "cams", "features_down"):
+        assert torch.equal(a[key], b[key])
+    # a pool of another, fixed size does not load silently
+    other = create_model("ci-cam", TinyBackbone(), num_classes=3, pool_size=[2, 2])
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        other.load_state_dict(ckpt["state_dict"], strict=True)
+
+
+def test_init_pool_sizes_from_the_backbone():
+    model = _model()
+    assert model.init_pool((32, 24)) == (8, 6)
+    assert model.pool.maps.shape == (3, 8, 6) and model.training
+
+
+# ------------------------------------------------------------------------------------ KD student
+def test_kd_student_model_uses_the_objective():
+    torch.manual_seed(0)
+    student = KDCICAMModel(TinyBackbone(), 3, alpha=0.8, temperature=15.0).train()
+    assert student.recipe == "kd" and student.method == "kd-ci-cam"
+    x, y = torch.rand(3, 3, 16, 16), torch.tensor([0, 1, 2])
+    out = student(x)
+    routes = torch.tensor([0, 1, 2])
+    t_logits, t_cams = torch.randn(3, 3), torch.randn(3, 3, 4, 4)
+    loss, _ = student.loss(x, y, out, routes=routes, cls_teacher_logits=t_logits, loc_teacher_cams=t_cams)
+    expected, _ = student.objective(out, y, routes, t_logits, t_cams)
+    assert torch.allclose(loss, expected)
+    assert student.options()["teachers"] == "both" and "recipe" not in student.options()
+
+
+# ------------------------------------------------------------------------------------------- DDP
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        cams, labels, preds = _ddp_data()
+        half = cams.shape[0] // world
+        sl = slice(rank * half, (rank + 1) * half)
+        pool = CausalContextPool(3, 2, 2, rate=0.2).train()
+        for _ in range(2):
+            pool.update(cams[sl], labels[sl], preds[sl])
+        torch.save(pool.maps, os.path.join(out_dir, f"pool{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_data():
+    g = torch.Generator().manual_seed(7)
+    cams = torch.randn(8, 3, 2, 2, generator=g)
+    labels = torch.tensor([0, 1, 2, 0, 1, 1, 0, 2])
+    preds = torch.tensor([0, 1, 0, 0, 2, 1, 0, 2])
+    return cams, labels, preds
+
+
+def test_pool_update_is_synced_across_ddp_ranks(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    p0 = torch.load(tmp_path / "pool0.pt", weights_only=True)
+    p1 = torch.load(tmp_path / "pool1.pt", weights_only=True)
+    assert torch.equal(p0, p1)
+    cams, labels, preds = _ddp_data()
+    single = CausalContextPool(3, 2, 2, rate=0.2).train()
+    for _ in range(2):
+        single.update(cams, labels, preds)
+    assert torch.allclose(p0, single.maps, atol=1e-6)
+    # and the ranks' own halves alone would have given a different pool
+    alone = CausalContextPool(3, 2, 2, rate=0.2).train()
+    alone.update(cams[:4], labels[:4], preds[:4])
+    alone.update(cams[:4], labels[:4], preds[:4])
+    assert not torch.allclose(alone.maps, single.maps, atol=1e-3)

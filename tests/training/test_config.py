@@ -1,0 +1,80 @@
+"""Config round-trip, overrides, and the errors a user sees for a bad key, value or YAML file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdcicam.config import (RunConfig, config_from_dict, config_to_dict, kd_stage_configs, load_config, save_config)
+from kdcicam.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["synthetic", "cub50", "cub", "ilsvrc"])
+def test_shipped_configs_load_and_round_trip(name: str, tmp_path: Path) -> None:
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_overrides_apply_in_order_and_are_typed() -> None:
+    cfg = load_config(REPO / "configs" / "synthetic.yaml", ["optim.lr=0.5", "data.test_splits=[a,b]",
+                                                           "model.aux=fore"], method="ci-cam")
+    assert cfg.method == "ci-cam" and cfg.optim.lr == 0.5 and cfg.data.test_splits == ["a", "b"]
+    assert cfg.model.aux == "fore"
+
+
+def test_unknown_key_lists_valid_keys() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["optim.lrr=1"])
+    msg = str(e.value)
+    assert "optim.lrr" in msg and "optim.lr" in msg and "optim.epochs" in msg
+
+
+def test_unknown_top_level_key_in_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("optimm: {lr: 1}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and "optimm" in str(e.value) and "valid keys" in str(e.value)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("data.batch_size=abc", "data.batch_size"),
+    ("method=resnet", "cam, ci-cam, kd-ci-cam"),
+    ("model.aux=foo", "fore"),
+    ("kd.alpha=2", "kd.alpha"),
+    ("optim.epochs=0", "optim.epochs"),
+    ("novalue", "key.sub=value"),
+])
+def test_bad_values_are_clear(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert needle in str(e.value)
+
+
+def test_yaml_with_object_tags_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text("method: !!python/object/apply:os.system ['echo pwned > /tmp/kdcicam_pwned']\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and ":1" in str(e.value)
+    assert not Path("/tmp/kdcicam_pwned").exists()
+
+
+def test_kd_stages_apply_their_overrides() -> None:
+    cfg = load_config(REPO / "configs" / "cub.yaml", method="kd-ci-cam")
+    stages = kd_stage_configs(cfg)
+    assert stages["cls_teacher"].method == stages["loc_teacher"].method == "ci-cam"
+    assert stages["student"].method == "kd-ci-cam"
+    assert stages["cls_teacher"].model.aux == "fore" and stages["cls_teacher"].eval.monitor == "val/top1_cls"
+    assert stages["loc_teacher"].model.aux == "diff_aux" and stages["loc_teacher"].data.augment.resize == 336
+    assert stages["student"].model.pool_rate == 0.002 and stages["student"].optim.step == 40
+    assert stages["student"].model.aux is None
+
+
+def test_defaults_are_valid() -> None:
+    assert config_from_dict({}) == RunConfig()
