@@ -20,7 +20,7 @@ class SavePool(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         pool = pl_module.model.pool
-        torch.save({"memory": pool.memory.detach().clone(), "world_size": trainer.world_size,
+        torch.save({"memory": pool.maps.detach().clone(), "world_size": trainer.world_size,
                     "updates": int(getattr(pool, "num_updates", torch.tensor(-1)))},
                    self.out / f"pool_rank{trainer.global_rank}.pt")
 

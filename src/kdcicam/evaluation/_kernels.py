@@ -97,9 +97,13 @@ _NONE = np.uint32(0xFFFFFFFF)  #: "not in the set" in a parent array
 
 @njit(cache=True, nogil=True, inline="always")
 def _find(parent, a):
-    """Root of ``a`` with path halving. Indices are unsigned: numba then skips the negative-index
-    wrap-around check, which costs as much as the rest of this loop."""
-    a = np.uint64(a)
+    """Root of ``a``, with path halving when the path is longer than one step (most pixels point
+    straight at their root: no store then). Indices are unsigned: numba then skips the
+    negative-index wrap-around check, which costs as much as the rest of this loop."""
+    r = np.uint64(parent[np.uint64(a)])
+    if np.uint64(parent[r]) == r:
+        return r
+    a = r
     while np.uint64(parent[a]) != a:
         parent[a] = parent[parent[a]]
         a = np.uint64(parent[a])
@@ -157,7 +161,7 @@ def threshold_levels(q, thresholds):
 @njit(cache=True, nogil=True)
 def _band_order(q, levels):
     """Pixels grouped by the threshold at which they turn foreground (counting sort, raster order
-    inside a group), packed as ``(y << 20) | x``, and the groups' starts.
+    inside a group), packed as ``(y << 16) | x``, and the groups' starts.
 
     Group ``b`` holds the pixels that enter the foreground at threshold index ``nt - 1 - b`` (the
     highest index whose level lies below the pixel's grey level); group ``nt`` holds those that
@@ -194,7 +198,7 @@ def _band_order(q, levels):
         acc += count[b]
     start[nt + 1] = acc
     fill = start.copy()
-    order = np.empty(n, dtype=np.int64)
+    order = np.empty(n, dtype=np.int32)
     for y in range(h):
         cur = -1
         ptr = 0
@@ -205,7 +209,7 @@ def _band_order(q, levels):
                     fill[cur] = ptr
                 cur = b
                 ptr = fill[b]
-            order[ptr] = (y << 20) | x
+            order[ptr] = (y << 16) | x
             ptr += 1
         if cur >= 0:
             fill[cur] = ptr
@@ -229,12 +233,12 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
     fg = np.zeros(npad, dtype=np.uint8)
     lab = np.empty(npad, dtype=np.uint32)  # parent pointers, valid where fg
     rank = np.empty(npad, dtype=np.uint8)
-    bx0 = np.empty(npad, dtype=np.int64)
-    by0 = np.empty(npad, dtype=np.int64)
-    bx1 = np.empty(npad, dtype=np.int64)
-    by1 = np.empty(npad, dtype=np.int64)
+    bx0 = np.empty(npad, dtype=np.int32)
+    by0 = np.empty(npad, dtype=np.int32)
+    bx1 = np.empty(npad, dtype=np.int32)
+    by1 = np.empty(npad, dtype=np.int32)
     area2 = np.empty(npad, dtype=np.int64)
-    pos = np.empty(npad, dtype=np.int64)
+    pos = np.empty(npad, dtype=np.int32)
     live = np.empty(start[nt] + 1, dtype=np.uint64)
     nlive = 0
     euler4 = 0
@@ -242,6 +246,7 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
     # area changes of consecutive pixels joining the same root are summed in a register
     pend_root = np.uint64(0)
     pend_area = 0
+    last_p = np.uint64(0)  # the previous pixel; its component is pend_root
 
     for b in range(nt):
         t = nt - 1 - b
@@ -252,8 +257,8 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
             holes[t] = holes[t + 1]
             continue
         for i in range(start[b], start[b + 1]):
-            y = order[i] >> 20
-            x = order[i] & 0xFFFFF
+            y = np.int64(order[i] >> 16)
+            x = np.int64(order[i] & 0xFFFF)
             p = np.uint64((y + 1) * pw + x + 1)
             a = p - upw
             c = p + upw
@@ -275,6 +280,15 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
                 pos[p] = nlive
                 live[nlive] = p
                 nlive += 1
+            elif ng == 1 and (mask & 8) != 0 and p - one == last_p:
+                # one group holding the left neighbour, which was the previous pixel: no find
+                r = pend_root
+                lab[p] = np.uint32(r)
+                if x > bx1[r]:
+                    bx1[r] = x
+                if y < by0[r] or y > by1[r]:
+                    by0[r] = min(by0[r], y)
+                    by1[r] = max(by1[r], y)
             else:
                 r = _find(lab, p + offs[_REPS[mask, 0]])
                 for g in range(1, ng):
@@ -310,6 +324,7 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
                 pend_root = r
                 pend_area = 0
             pend_area += _DAREA2[mask]
+            last_p = p
         area2[pend_root] += pend_area
         pend_area = 0
 
@@ -362,11 +377,11 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max):
 
     lab = np.full(npad, _NONE, dtype=np.uint32)
     rank = np.zeros(npad, dtype=np.uint8)
-    bx0 = np.empty(npad, dtype=np.int64)
-    by0 = np.empty(npad, dtype=np.int64)
-    bx1 = np.empty(npad, dtype=np.int64)
-    by1 = np.empty(npad, dtype=np.int64)
-    pos = np.empty(npad, dtype=np.int64)
+    bx0 = np.empty(npad, dtype=np.int32)
+    by0 = np.empty(npad, dtype=np.int32)
+    bx1 = np.empty(npad, dtype=np.int32)
+    by1 = np.empty(npad, dtype=np.int32)
+    pos = np.empty(npad, dtype=np.int32)
     live = np.empty(order.shape[0] - start[nt - t_max] + 2, dtype=np.uint64)
     # the frame: one component rooted at padded index 0, never a hole
     for x in range(pw):
@@ -388,8 +403,8 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max):
     for t in range(t_max + 1):
         b = nt - t  # the group that turns background at threshold t
         for i in range(start[b], start[b + 1]):
-            y = order[i] >> 20
-            x = order[i] & 0xFFFFF
+            y = np.int64(order[i] >> 16)
+            x = np.int64(order[i] & 0xFFFF)
             p = np.uint64((y + 1) * pw + x + 1)
             r = p
             for k in range(4):

@@ -70,10 +70,10 @@ class LastCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 def check_output_folder(out: Path) -> None:
@@ -147,7 +147,8 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
         check_val_every_n_epoch=cfg.trainer.val_every_n_epochs, use_distributed_sampler=False,
         num_sanity_val_steps=0, deterministic=False, enable_model_summary=False)
     start = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None,
+                weights_only=True)
     if trainer.interrupted:
         raise KdcicamError(f"{out}: training interrupted; resume with --resume")
     summary = {"stage_dir": str(out), "best": str(out / "checkpoints" / "best.ckpt"), "last": str(last),
