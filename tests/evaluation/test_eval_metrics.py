@@ -8,9 +8,19 @@ import numpy as np
 import pytest
 from _eval_helpers import make_metadata, smooth_map
 
-from kdcicam.evaluation import (BoxEvaluator, ClassificationAccuracy, ContextLeakage, MaskEvaluator, ScoremapError,
-                                WSOLEvaluator, leakage, load_gt_mask, normalize_scoremap, prepare_scoremap,
-                                topk_from)
+from kdcicam.evaluation import (
+    BoxEvaluator,
+    ClassificationAccuracy,
+    ContextLeakage,
+    MaskEvaluator,
+    ScoremapError,
+    WSOLEvaluator,
+    leakage,
+    load_gt_mask,
+    normalize_scoremap,
+    prepare_scoremap,
+    topk_from,
+)
 from kdcicam.evaluation.reference import ReferenceBoxEvaluator, reference_pxap
 
 
@@ -47,7 +57,8 @@ def test_box_evaluator_reports_and_perfect_maps(four_images):
     assert out["best_threshold"]["used"] == out["best_threshold"]["50"]
 
 
-def test_threshold_from_val_is_applied(four_images, rng=np.random.default_rng(5)):
+def test_threshold_from_val_is_applied(four_images):
+    rng = np.random.default_rng(5)
     md, ids, _ = four_images
     maps = np.stack([smooth_map(rng) for _ in ids])
     ev = BoxEvaluator(md)
@@ -117,7 +128,8 @@ def test_input_errors_name_the_image(four_images):
         BoxEvaluator(md, iou_thresholds=(0, 50))
 
 
-def test_float32_maps_score_like_float64(four_images, rng=np.random.default_rng(9)):
+def test_float32_maps_score_like_float64(four_images):
+    rng = np.random.default_rng(9)
     md, ids, _ = four_images
     maps = np.stack([smooth_map(rng) for _ in ids]).astype(np.float32)
     a, b = BoxEvaluator(md), ReferenceBoxEvaluator(md)
@@ -127,7 +139,8 @@ def test_float32_maps_score_like_float64(four_images, rng=np.random.default_rng(
     assert [a.compute()["max_box_acc"][k] for k in ("30", "50", "70")] == b.compute()
 
 
-def test_wsol_evaluator_matches_the_single_evaluators(four_images, rng=np.random.default_rng(11)):
+def test_wsol_evaluator_matches_the_single_evaluators(four_images):
+    rng = np.random.default_rng(11)
     md, ids, _ = four_images
     maps = np.stack([smooth_map(rng) for _ in ids])
     logits = rng.normal(size=(4, 4))
@@ -151,7 +164,8 @@ def test_wsol_evaluator_matches_the_single_evaluators(four_images, rng=np.random
         assert key in out
 
 
-def test_masks_pxap_piou_and_leakage_from_files(tmp_path: Path, rng=np.random.default_rng(3)):
+def test_masks_pxap_piou_and_leakage_from_files(tmp_path: Path):
+    rng = np.random.default_rng(3)
     ids = ["a.jpg", "b.jpg"]
     truth = {}
     for k, image_id in enumerate(ids):
@@ -272,3 +286,28 @@ def test_counters_do_not_grow(four_images):
         ev.accumulate(maps, ids)
     assert [a.nbytes for a in (ev._single.correct, ev._multi.correct, ev._mask_counts.fg)] == sizes
     assert ev.compute()["num_images"] == 16
+
+
+def test_merge_shards_equals_one_pass(four_images):
+    """DDP ranks score shards and merge (after pickling, as all_gather_object does): same metrics."""
+    import pickle
+
+    md, ids, _ = four_images
+    rng = np.random.default_rng(21)
+    maps = np.stack([smooth_map(rng) for _ in ids])
+    logits = rng.normal(size=(4, 4))
+    whole = WSOLEvaluator(md)
+    whole.accumulate(maps, ids, logits)
+    a, b = WSOLEvaluator(md), WSOLEvaluator(md)
+    a.accumulate(maps[:1], ids[:1], logits[:1])
+    b.accumulate(maps[1:], ids[1:], logits[1:])
+    a.merge(pickle.loads(pickle.dumps(b)))
+    assert a.compute() == whole.compute()
+    box_a, box_b, box = BoxEvaluator(md), BoxEvaluator(md), BoxEvaluator(md)
+    box_a.accumulate(maps[:2], ids[:2])
+    box_b.accumulate(maps[2:], ids[2:])
+    box.accumulate(maps, ids)
+    box_a.merge(box_b)
+    assert box_a.compute() == box.compute()
+    with pytest.raises(ValueError):
+        box_a.merge(BoxEvaluator(md, multi_contour=True))

@@ -15,8 +15,17 @@ import pytest
 from _eval_helpers import make_metadata
 
 from kdcicam.data.metadata import read_metadata, write_metadata
-from kdcicam.evaluation import (BoxConventionError, BoxEvaluator, MaskEvaluator, MetricUndefinedError, ScoremapError,
-                                box_iou_matrix, resize_box, scoremap_to_boxes)
+from kdcicam.evaluation import (
+    BoxConventionError,
+    BoxEvaluator,
+    MaskEvaluator,
+    MetricUndefinedError,
+    ScoremapError,
+    batch_box_ious,
+    box_iou_matrix,
+    resize_box,
+    scoremap_to_boxes,
+)
 from kdcicam.evaluation.reference import reference_boxes, reference_pxap
 
 THRESHOLDS_02 = np.arange(0, 1, 0.2)
@@ -85,9 +94,6 @@ def test_compute_bboxes(case, boxes_fn):
 def test_compute_bboxes_evaluator_agrees(case):
     """The evaluator's kernel reaches the same boxes: IoU 1 with each expected box at its threshold."""
     scoremap, expected = CASES[case]
-    h, w = scoremap.shape
-    from kdcicam.evaluation import batch_box_ious
-
     for t, box in enumerate(expected):
         result = batch_box_ious(scoremap[None], [np.array([box])], THRESHOLDS_02, multi_contour=False)
         assert result.single[0, t] == 1.0
@@ -146,7 +152,7 @@ def _write_mask_set(root: Path) -> tuple[MaskEvaluator, dict[str, np.ndarray]]:
     """Three images with masks of their counts (image 1 with two instance masks), plus an all-background
     and an all-object image, as PNG files read back through the metadata."""
     rng = np.random.default_rng(0)
-    masks, paths, ignore, truth = {}, {}, {}, {}
+    paths, ignore, truth = {}, {}, {}
     for k, (n_fg, n_bg) in MASK_COUNTS.items():
         labels = np.full(224 * 224, 255, dtype=np.uint8)
         order = rng.permutation(224 * 224)

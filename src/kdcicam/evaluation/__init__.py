@@ -25,7 +25,13 @@ _WHERE = {
     "batch_box_ious": "engine", "load_gt_mask": "masks",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [  # noqa: RUF022 - grouped by module
+    "BoxEvaluator", "ClassificationAccuracy", "ContextLeakage", "MaskEvaluator", "MetricUndefinedError",
+    "WSOLEvaluator", "leakage", "topk_from",
+    "BoxConventionError", "ScoremapError", "box_iou_matrix", "check_scoremap", "normalize_scoremap",
+    "prepare_scoremap", "quantize_scoremap", "resize_box", "scoremap_to_boxes", "threshold_list",
+    "batch_box_ious", "load_gt_mask",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,8 +21,12 @@ tracing a single contour. Why it is exact:
   component of largest (filled) area.
 
 When the largest component is not certain (two components tied, or holes make the area bound
-inconclusive) the threshold is flagged and the caller traces it with ``cv2.findContours``. The
-property tests compare every threshold with the plain loop.
+inconclusive), or a threshold with holes lies beyond the background pass (sparse high ones are
+cheaper to trace than to extend the pass to), the threshold is flagged and the caller traces it
+with ``cv2.findContours``. The property tests compare every threshold with the plain loop.
+
+Indices into the work arrays are unsigned where it matters: numba then skips the negative-index
+wrap-around check, which costs as much as the rest of the inner loop.
 """
 from __future__ import annotations
 
@@ -54,8 +58,7 @@ def _neighbourhood_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
         return area2.get(sum(bits), 0)
 
     def cell_euler4(bits: tuple[int, int, int, int]) -> int:
-        tl, tr, bl, br = bits
-        if sum(bits) == 2 and tl == br:
+        if sum(bits) == 2 and bits[0] == bits[3]:  # TL and BR alike: a diagonal pair
             return -2
         return euler4.get(sum(bits), 0)
 
@@ -92,6 +95,35 @@ def _neighbourhood_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 _DAREA2, _DEULER4, _NGROUPS, _REPS = _neighbourhood_tables()
 
 
+def _background_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Per 8-neighbourhood background mask: the groups of background 4-neighbours (up 1, left 3,
+    right 4, down 6) already 4-connected around the corner (up and left through up-left, ...)."""
+    links = {(1, 3): 0, (1, 4): 2, (3, 6): 5, (4, 6): 7}  # pair of 4-neighbours -> their corner
+    ngroups = np.zeros(256, dtype=np.int64)
+    reps = np.zeros((256, 4), dtype=np.int64)
+    for mask in range(256):
+        on = [i for i in (1, 3, 4, 6) if (mask >> i) & 1]
+        seen: set[int] = set()
+        for i in on:
+            if i in seen:
+                continue
+            reps[mask, ngroups[mask]] = i
+            ngroups[mask] += 1
+            stack = [i]
+            seen.add(i)
+            while stack:
+                j = stack.pop()
+                for k in on:
+                    corner = links.get((min(j, k), max(j, k)))
+                    if k not in seen and corner is not None and (mask >> corner) & 1:
+                        seen.add(k)
+                        stack.append(k)
+    return ngroups, reps
+
+
+_BG_NGROUPS, _BG_REPS = _background_tables()
+
+
 _NONE = np.uint32(0xFFFFFFFF)  #: "not in the set" in a parent array
 
 
@@ -123,15 +155,14 @@ def _best_iou(x0, y0, x1, y1, gt):
         iou = 0.0
         if union > 0:
             iou = inter / union
-        if iou > best:
-            best = iou
+        best = max(best, iou)
     return best
 
 
 @njit(cache=True, nogil=True)
 def quantize(scoremap, q):
-    """``q = uint8(map * 255)`` (truncation, as numpy's cast); returns False, leaving ``q``
-    unspecified, when a value is NaN, infinite or outside [0, 1]."""
+    """``q = uint8(map * 255)`` (truncation, as numpy's cast). Returns the largest grey level, or
+    -1 (``q`` then unspecified) when a value is NaN, infinite or outside [0, 1]."""
     flat = scoremap.ravel()
     out = q.ravel()
     bad = False
@@ -139,19 +170,19 @@ def quantize(scoremap, q):
         v = flat[i]
         bad |= not (v >= 0.0 and v <= 1.0)  # NaN fails both comparisons
     if bad:
-        return False
+        return -1
+    top = np.uint8(0)
     for i in range(flat.shape[0]):
-        out[i] = np.uint8(flat[i] * 255.0)
-    return True
+        v = np.uint8(flat[i] * 255.0)
+        out[i] = v
+        top = max(top, v)
+    return np.int64(top)
 
 
 @njit(cache=True, nogil=True)
-def threshold_levels(q, thresholds):
-    """``int(t * max(q))`` per threshold, as the protocol computes ``cv2.threshold``'s ``thresh``."""
-    top = 0
-    for v in q.ravel():
-        if v > top:
-            top = v
+def threshold_levels(top, thresholds):
+    """``int(t * max(q))`` per threshold, as the protocol computes ``cv2.threshold``'s ``thresh``
+    (float64 product, truncated)."""
     levels = np.empty(thresholds.shape[0], dtype=np.int64)
     for t in range(thresholds.shape[0]):
         levels[t] = np.int64(thresholds[t] * np.float64(top))
@@ -159,17 +190,17 @@ def threshold_levels(q, thresholds):
 
 
 @njit(cache=True, nogil=True)
-def _band_order(q, levels):
-    """Pixels grouped by the threshold at which they turn foreground (counting sort, raster order
-    inside a group), packed as ``(y << 16) | x``, and the groups' starts.
+def _band_order(q, levels, order):
+    """Pixels grouped by the threshold at which they turn foreground (counting sort), packed as
+    ``(y << 16) | x``, and the groups' starts.
 
     Group ``b`` holds the pixels that enter the foreground at threshold index ``nt - 1 - b`` (the
     highest index whose level lies below the pixel's grey level); group ``nt`` holds those that
     never do. A pixel of group ``b`` turns background, going up, at threshold ``nt - b``.
 
-    Smooth maps put long runs of pixels in the same group, so the histogram is split four ways and
-    the fill pointer stays in a register along a run (a read-modify-write chain on one address
-    costs several cycles per pixel)."""
+    ``order`` is a work buffer of ``h * w`` int32. Smooth maps put long runs of pixels in the same group, and a read-modify-write chain on one
+    counter costs several cycles per pixel: the histogram is split four ways and the fill pass
+    interleaves distant columns."""
     h, w = q.shape
     nt = levels.shape[0]
     band = np.empty(256, dtype=np.int64)
@@ -198,26 +229,36 @@ def _band_order(q, levels):
         acc += count[b]
     start[nt + 1] = acc
     fill = start.copy()
-    order = np.empty(n, dtype=np.int32)
+    # four distant columns interleaved: consecutive writes rarely hit the same group, so the
+    # read-modify-write chains on fill[] overlap instead of queueing; inside a group, each quarter
+    # row stays in raster order
+    w4 = w // 4
     for y in range(h):
-        cur = -1
-        ptr = 0
-        for x in range(w):
-            b = band[q[y, x]]
-            if b != cur:
-                if cur >= 0:
-                    fill[cur] = ptr
-                cur = b
-                ptr = fill[b]
-            order[ptr] = (y << 16) | x
-            ptr += 1
-        if cur >= 0:
-            fill[cur] = ptr
-    return order, start
+        for x in range(w4):
+            for k in range(4):
+                xx = x + k * w4
+                b = band[q[y, xx]]
+                order[fill[b]] = (y << 16) | xx
+                fill[b] += 1
+        for xx in range(4 * w4, w):
+            b = band[q[y, xx]]
+            order[fill[b]] = (y << 16) | xx
+            fill[b] += 1
+    return start
 
 
 @njit(cache=True, nogil=True)
-def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, holes):
+def workspace(h, w):
+    """Work buffers for maps of ``h x w``, allocated once per batch rather than per image (a few
+    MB: reallocating them per image costs page faults when glibc returns them to the system)."""
+    npad = (h + 2) * (w + 2)
+    return (np.zeros(npad, dtype=np.uint8), np.empty(npad, dtype=np.uint32), np.empty(npad, dtype=np.uint8),
+            np.empty((4, npad), dtype=np.int32), np.empty(npad, dtype=np.int64), np.empty(npad, dtype=np.int32),
+            np.empty(npad, dtype=np.uint64), np.empty(h * w, dtype=np.int32))
+
+
+@njit(cache=True, nogil=True)
+def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, holes, ws):
     """Top-down union-find over the foreground. Fills the single-contour IoU (or a flag), the best
     IoU over component boxes, and the number of holes, per threshold."""
     h, w = shape
@@ -225,28 +266,26 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
     pw = w + 2
     upw = np.uint64(pw)
     one = np.uint64(1)
-    npad = (h + 2) * pw
     offs = np.empty(8, dtype=np.uint64)
     for i in range(8):
         offs[i] = np.uint64(_NDY[i] * pw + _NDX[i])  # negative offsets wrap, and so does the sum
 
-    fg = np.zeros(npad, dtype=np.uint8)
-    lab = np.empty(npad, dtype=np.uint32)  # parent pointers, valid where fg
-    rank = np.empty(npad, dtype=np.uint8)
-    bx0 = np.empty(npad, dtype=np.int32)
-    by0 = np.empty(npad, dtype=np.int32)
-    bx1 = np.empty(npad, dtype=np.int32)
-    by1 = np.empty(npad, dtype=np.int32)
-    area2 = np.empty(npad, dtype=np.int64)
-    pos = np.empty(npad, dtype=np.int32)
-    live = np.empty(start[nt] + 1, dtype=np.uint64)
+    # tri[p]: foreground bits of p's row window (p - 1, p, p + 1): the 8-neighbourhood is three loads
+    tri, lab, rank, box, area2, pos, live, _ = ws  # lab: parent pointers, valid where foreground
+    tri[:] = 0
+    bx0 = box[0]
+    by0 = box[1]
+    bx1 = box[2]
+    by1 = box[3]
     nlive = 0
     euler4 = 0
     empty_iou = _best_iou(0, 0, 0, 0, gt)
-    # area changes of consecutive pixels joining the same root are summed in a register
-    pend_root = np.uint64(0)
+    # Consecutive pixels mostly join the same component: it is cached ("cur"), its area change
+    # summed in a register, its box checked against registers (written through to the arrays).
+    cur = np.uint64(0)  # padded index 0 is never a pixel
     pend_area = 0
-    last_p = np.uint64(0)  # the previous pixel; its component is pend_root
+    cx0 = cx1 = cy0 = cy1 = 0
+    last_p = np.uint64(0)  # the previous pixel; its component is cur
 
     for b in range(nt):
         t = nt - 1 - b
@@ -262,33 +301,36 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
             p = np.uint64((y + 1) * pw + x + 1)
             a = p - upw
             c = p + upw
-            mask = (np.int64(fg[a - one]) | (np.int64(fg[a]) << 1) | (np.int64(fg[a + one]) << 2)
-                    | (np.int64(fg[p - one]) << 3) | (np.int64(fg[p + one]) << 4)
-                    | (np.int64(fg[c - one]) << 5) | (np.int64(fg[c]) << 6) | (np.int64(fg[c + one]) << 7))
-            fg[p] = 1
+            mid = np.int64(tri[p])
+            mask = np.int64(tri[a]) | ((mid & 1) << 3) | ((mid & 4) << 2) | (np.int64(tri[c]) << 5)
+            tri[p - one] |= 4
+            tri[p] |= 2
+            tri[p + one] |= 1
             euler4 += _DEULER4[mask]
             ng = _NGROUPS[mask]
-            if ng == 0:
-                r = p
+            if ng == 1 and (mask & 8) != 0 and p - one == last_p:
+                # one group holding the left neighbour, which was the previous pixel: no find, and
+                # only the right edge of the box can move
+                lab[p] = np.uint32(cur)
+                if x > cx1:
+                    cx1 = x
+                    bx1[cur] = x
+            elif ng == 0:
+                area2[cur] += pend_area
+                pend_area = 0
+                cur = p
                 lab[p] = np.uint32(p)
                 rank[p] = 0
                 bx0[p] = x
                 bx1[p] = x
                 by0[p] = y
                 by1[p] = y
+                cx0 = cx1 = x
+                cy0 = cy1 = y
                 area2[p] = 0
                 pos[p] = nlive
                 live[nlive] = p
                 nlive += 1
-            elif ng == 1 and (mask & 8) != 0 and p - one == last_p:
-                # one group holding the left neighbour, which was the previous pixel: no find
-                r = pend_root
-                lab[p] = np.uint32(r)
-                if x > bx1[r]:
-                    bx1[r] = x
-                if y < by0[r] or y > by1[r]:
-                    by0[r] = min(by0[r], y)
-                    by1[r] = max(by1[r], y)
             else:
                 r = _find(lab, p + offs[_REPS[mask, 0]])
                 for g in range(1, ng):
@@ -299,9 +341,10 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
                         r, rb = rb, r
                     elif rank[r] == rank[rb]:
                         rank[r] += 1
-                    if pend_root == rb or pend_root == r:  # flush before the stats move
-                        area2[pend_root] += pend_area
+                    if cur == rb or cur == r:  # the cache is about to go stale
+                        area2[cur] += pend_area
                         pend_area = 0
+                        cur = np.uint64(0)
                     lab[rb] = np.uint32(r)
                     bx0[r] = min(bx0[r], bx0[rb])
                     by0[r] = min(by0[r], by0[rb])
@@ -314,18 +357,29 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
                     pos[last] = j
                     nlive -= 1
                 lab[p] = np.uint32(r)
-                if x < bx0[r] or x > bx1[r] or y < by0[r] or y > by1[r]:
-                    bx0[r] = min(bx0[r], x)
-                    bx1[r] = max(bx1[r], x)
-                    by0[r] = min(by0[r], y)
-                    by1[r] = max(by1[r], y)
-            if r != pend_root:
-                area2[pend_root] += pend_area
-                pend_root = r
-                pend_area = 0
+                if r != cur:
+                    area2[cur] += pend_area
+                    pend_area = 0
+                    cur = r
+                    cx0 = bx0[r]
+                    cx1 = bx1[r]
+                    cy0 = by0[r]
+                    cy1 = by1[r]
+                if x < cx0:
+                    cx0 = x
+                    bx0[r] = x
+                elif x > cx1:
+                    cx1 = x
+                    bx1[r] = x
+                if y < cy0:
+                    cy0 = y
+                    by0[r] = y
+                elif y > cy1:
+                    cy1 = y
+                    by1[r] = y
             pend_area += _DAREA2[mask]
             last_p = p
-        area2[pend_root] += pend_area
+        area2[cur] += pend_area
         pend_area = 0
 
         flags[t] = 0
@@ -339,8 +393,7 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
         for j in range(nlive):
             r = live[j]
             iou = _best_iou(bx0[r], by0[r], min(bx1[r] + 1, w - 1), min(by1[r] + 1, h - 1), gt)
-            if iou > best_multi:
-                best_multi = iou
+            best_multi = max(best_multi, iou)
             if area2[r] > area2[winner]:
                 winner = r
         out_multi[t] = best_multi
@@ -353,8 +406,7 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
                 bound = area2[r]
                 if holes[t] > 0:  # filled area <= polygon through the bounding box's corner centres
                     bound = 2 * (bx1[r] - bx0[r]) * (by1[r] - by0[r])
-                if bound > runner_up:
-                    runner_up = bound
+                runner_up = max(runner_up, bound)
             if runner_up >= area2[winner]:
                 flags[t] = FLAG_SINGLE
                 out_single[t] = 0.0
@@ -364,7 +416,7 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
 
 
 @njit(cache=True, nogil=True)
-def _background_pass(shape, order, start, gt, holes, hole_iou, t_max):
+def _background_pass(shape, order, start, gt, holes, hole_iou, t_max, ws):
     """Bottom-up union-find over the background (4-connectivity; the image frame is one outside
     component). Fills the best IoU over hole boxes at every threshold up to ``t_max`` that has
     holes."""
@@ -375,30 +427,40 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max):
     pw = w + 2
     npad = (h + 2) * pw
 
-    lab = np.full(npad, _NONE, dtype=np.uint32)
-    rank = np.zeros(npad, dtype=np.uint8)
-    bx0 = np.empty(npad, dtype=np.int32)
-    by0 = np.empty(npad, dtype=np.int32)
-    bx1 = np.empty(npad, dtype=np.int32)
-    by1 = np.empty(npad, dtype=np.int32)
-    pos = np.empty(npad, dtype=np.int32)
-    live = np.empty(order.shape[0] - start[nt - t_max] + 2, dtype=np.uint64)
-    # the frame: one component rooted at padded index 0, never a hole
+    upw = np.uint64(pw)
+    one = np.uint64(1)
+    offs = np.empty(8, dtype=np.uint64)
+    for i in range(8):
+        offs[i] = np.uint64(_NDY[i] * pw + _NDX[i])
+    # lab: parent pointers, valid where background; tri: background bits of each row window
+    tri, lab, rank, box, _, pos, live, _ = ws
+    tri[:] = 0
+    bx0 = box[0]
+    by0 = box[1]
+    bx1 = box[2]
+    by1 = box[3]
+    # the frame: background, one component rooted at padded index 0, never a hole
+    frame = np.empty(2 * pw + 2 * h, dtype=np.int64)
     for x in range(pw):
-        lab[x] = 0
-        lab[(h + 1) * pw + x] = 0
-    for y in range(h + 2):
-        lab[y * pw] = 0
-        lab[y * pw + w + 1] = 0
+        frame[x] = x
+        frame[pw + x] = (h + 1) * pw + x
+    for y in range(h):
+        frame[2 * pw + y] = (y + 1) * pw
+        frame[2 * pw + h + y] = (y + 1) * pw + w + 1
+    for f in frame:
+        lab[f] = 0
+        if f > 0:
+            tri[f - 1] |= 4
+        tri[f] |= 2
+        if f + 1 < npad:
+            tri[f + 1] |= 1
     rank[0] = 255
     pos[0] = 0
     live[0] = 0
     nlive = 1
-    offs = np.empty(4, dtype=np.uint64)
-    offs[0] = np.uint64(-pw)
-    offs[1] = np.uint64(-1)
-    offs[2] = np.uint64(1)
-    offs[3] = np.uint64(pw)
+    cur = np.uint64(0)  # the cached component (0 = the frame: its box is never read)
+    cx0 = cx1 = cy0 = cy1 = 0
+    last_p = np.uint64(0)
 
     for t in range(t_max + 1):
         b = nt - t  # the group that turns background at threshold t
@@ -406,33 +468,24 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max):
             y = np.int64(order[i] >> 16)
             x = np.int64(order[i] & 0xFFFF)
             p = np.uint64((y + 1) * pw + x + 1)
-            r = p
-            for k in range(4):
-                nb = p + offs[k]
-                if lab[nb] == _NONE:
-                    continue
-                rb = _find(lab, nb)
-                if r == p:
-                    r = rb
-                    continue
-                if rb == r:
-                    continue
-                if rank[r] < rank[rb]:
-                    r, rb = rb, r
-                elif rank[r] == rank[rb]:
-                    rank[r] += 1
-                lab[rb] = np.uint32(r)
-                bx0[r] = min(bx0[r], bx0[rb])
-                by0[r] = min(by0[r], by0[rb])
-                bx1[r] = max(bx1[r], bx1[rb])
-                by1[r] = max(by1[r], by1[rb])
-                j = pos[rb]
-                last = live[nlive - 1]
-                live[j] = last
-                pos[last] = j
-                nlive -= 1
-            lab[p] = np.uint32(r)
-            if r == p:
+            mid = np.int64(tri[p])
+            mask = (np.int64(tri[p - upw]) | ((mid & 1) << 3) | ((mid & 4) << 2)
+                    | (np.int64(tri[p + upw]) << 5))
+            tri[p - one] |= 4
+            tri[p] |= 2
+            tri[p + one] |= 1
+            ng = _BG_NGROUPS[mask]
+            if ng == 1 and (mask & 8) != 0 and p - one == last_p:
+                lab[p] = np.uint32(cur)
+                if x > cx1:
+                    cx1 = x
+                    bx1[cur] = x
+                last_p = p
+                continue
+            if ng == 0:
+                r = p
+                lab[p] = np.uint32(p)
+                rank[p] = 0
                 bx0[p] = x
                 bx1[p] = x
                 by0[p] = y
@@ -440,11 +493,48 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max):
                 pos[p] = nlive
                 live[nlive] = p
                 nlive += 1
-            elif x < bx0[r] or x > bx1[r] or y < by0[r] or y > by1[r]:
-                bx0[r] = min(bx0[r], x)
-                bx1[r] = max(bx1[r], x)
-                by0[r] = min(by0[r], y)
-                by1[r] = max(by1[r], y)
+            else:
+                r = _find(lab, p + offs[_BG_REPS[mask, 0]])
+                for g in range(1, ng):
+                    rb = _find(lab, p + offs[_BG_REPS[mask, g]])
+                    if rb == r:
+                        continue
+                    if rank[r] < rank[rb]:
+                        r, rb = rb, r
+                    elif rank[r] == rank[rb]:
+                        rank[r] += 1
+                    if cur == rb or cur == r:
+                        cur = np.uint64(p)  # stale: reload below (p is not a root yet)
+                    lab[rb] = np.uint32(r)
+                    bx0[r] = min(bx0[r], bx0[rb])
+                    by0[r] = min(by0[r], by0[rb])
+                    bx1[r] = max(bx1[r], bx1[rb])
+                    by1[r] = max(by1[r], by1[rb])
+                    j = pos[rb]
+                    last = live[nlive - 1]
+                    live[j] = last
+                    pos[last] = j
+                    nlive -= 1
+                lab[p] = np.uint32(r)
+            if r != cur:
+                cur = r
+                cx0 = bx0[r]
+                cx1 = bx1[r]
+                cy0 = by0[r]
+                cy1 = by1[r]
+            if x < cx0:
+                cx0 = x
+                bx0[r] = x
+            elif x > cx1:
+                cx1 = x
+                bx1[r] = x
+            if y < cy0:
+                cy0 = y
+                by0[r] = y
+            elif y > cy1:
+                cy1 = y
+                by1[r] = y
+            last_p = p
         if holes[t] > 0:
             outside = _find(lab, 0)
             best = 0.0
@@ -453,8 +543,7 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max):
                 if r == outside:
                     continue
                 iou = _best_iou(bx0[r] - 1, by0[r] - 1, min(bx1[r] + 2, w - 1), min(by1[r] + 2, h - 1), gt)
-                if iou > best:
-                    best = iou
+                best = max(best, iou)
             hole_iou[t] = best
 
 
@@ -486,19 +575,21 @@ def _background_extent(levels, start, holes):
 
 
 @njit(cache=True, nogil=True)
-def box_ious(q, thresholds, gt, out_single, out_multi, flags, with_holes):
+def box_ious(q, top, thresholds, gt, out_single, out_multi, flags, with_holes, ws):
     """Best IoU per threshold of the single-contour box (``out_single``) and of all contour boxes
-    (``out_multi``; holes' boxes left out unless ``with_holes``). Where ``flags`` has FLAG_SINGLE
-    or FLAG_MULTI, the caller must trace that threshold. Returns the thresholds' grey levels."""
-    levels = threshold_levels(q, thresholds)
+    (``out_multi``; holes' boxes left out unless ``with_holes``) for the uint8 map ``q`` whose
+    largest value is ``top``. Where ``flags`` has FLAG_SINGLE or FLAG_MULTI, the caller must trace
+    that threshold. Returns the thresholds' grey levels."""
+    levels = threshold_levels(top, thresholds)
     nt = levels.shape[0]
-    order, start = _band_order(q, levels)
+    order = ws[7]
+    start = _band_order(q, levels, order)
     holes = np.zeros(nt, dtype=np.int64)
-    _foreground_pass(q.shape, order, start, gt, out_single, out_multi, flags, holes)
+    _foreground_pass(q.shape, order, start, gt, out_single, out_multi, flags, holes, ws)
     if with_holes:
         t_cut = _background_extent(levels, start, holes)
         hole_iou = np.zeros(nt, dtype=np.float64)
-        _background_pass(q.shape, order, start, gt, holes, hole_iou, t_cut)
+        _background_pass(q.shape, order, start, gt, holes, hole_iou, t_cut, ws)
         for t in range(nt):
             if holes[t] == 0:
                 continue
@@ -518,13 +609,14 @@ def batch_box_ious(maps, thresholds, gt_boxes, gt_offsets, first, stop, out_sing
     h = maps.shape[1]
     w = maps.shape[2]
     q = np.empty((h, w), dtype=np.uint8)
+    ws = workspace(h, w)
     for i in range(first, stop):
-        if not quantize(maps[i], q):
-            valid[i] = False
+        top = quantize(maps[i], q)
+        valid[i] = top >= 0
+        if top < 0:
             continue
-        valid[i] = True
         gt = gt_boxes[gt_offsets[i]:gt_offsets[i + 1]]
-        levels[i] = box_ious(q, thresholds, gt, out_single[i], out_multi[i], flags[i], with_holes)
+        levels[i] = box_ious(q, top, thresholds, gt, out_single[i], out_multi[i], flags[i], with_holes, ws)
 
 
 @njit(cache=True, nogil=True)

@@ -15,7 +15,7 @@ changes MaxBoxAcc:
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -23,9 +23,18 @@ import numpy as np
 from ..errors import KdcicamError
 
 __all__ = [
-    "ScoremapError", "BoxConventionError", "check_scoremap", "normalize_scoremap", "prepare_scoremap", "threshold_list",
-    "quantize_scoremap", "threshold_levels", "resize_box", "box_iou_matrix", "scoremap_to_boxes",
+    "BoxConventionError",
+    "ScoremapError",
     "as_size",
+    "box_iou_matrix",
+    "check_scoremap",
+    "normalize_scoremap",
+    "prepare_scoremap",
+    "quantize_scoremap",
+    "resize_box",
+    "scoremap_to_boxes",
+    "threshold_levels",
+    "threshold_list",
 ]
 
 
@@ -191,9 +200,9 @@ def scoremap_to_boxes(scoremap: np.ndarray, thresholds: Sequence[float] | np.nda
     cache: dict[int, np.ndarray] = {}
     out = []
     for level in levels:
-        key = int(above[min(int(level), 255) + 1])
+        key = int(above[min(max(int(level), -1), 255) + 1])
         if key not in cache:
-            binary = np.where(q > level, np.uint8(255), np.uint8(0))
+            binary = cv2.threshold(q, int(level), 255, cv2.THRESH_BINARY)[1]
             cache[key] = _contour_boxes(binary, multi_contour)
         out.append(cache[key].copy())
     return out

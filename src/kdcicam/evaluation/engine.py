@@ -9,8 +9,8 @@ releases the GIL.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -87,28 +87,10 @@ def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresh
     levels = np.zeros((b, nt), dtype=np.int64)
     valid = np.ones(b, dtype=np.bool_)
 
-    def run(first: int, stop: int) -> None:
-        _kernels.batch_box_ious(maps, thresholds, flat_gt, offsets, first, stop, single, multi, flags,
-                                levels, valid, multi_contour)
-
-    workers = default_workers() if workers is None else max(1, int(workers))
-    chunks = min(workers, b)
-    if chunks <= 1:
-        run(0, b)
-    else:
-        bounds = np.linspace(0, b, chunks + 1).astype(int)
-        if pool is not None:
-            list(pool.map(run, bounds[:-1], bounds[1:]))
-        else:
-            with ThreadPoolExecutor(max_workers=chunks) as ex:
-                list(ex.map(run, bounds[:-1], bounds[1:]))
-
     ids = list(image_ids) if image_ids is not None else list(range(b))
-    bad = np.flatnonzero(~valid)
-    if bad.size:
-        raise _invalid(maps[bad[0]], ids[bad[0]])
-    traced = 0
-    for i in np.flatnonzero(flags.any(axis=1)):
+
+    def trace(i: int) -> int:
+        """Answer image i's flagged thresholds with findContours; returns how many maps it traced."""
         q = quantize_scoremap(maps[i])
         done: dict[int, tuple[float, float]] = {}
         for t in np.flatnonzero(flags[i]):
@@ -119,5 +101,29 @@ def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresh
                 single[i, t] = done[level][0]
             if flags[i, t] & _kernels.FLAG_MULTI:
                 multi[i, t] = done[level][1]
-        traced += len(done)
+        return len(done)
+
+    def run(first: int, stop: int) -> int:
+        _kernels.batch_box_ious(maps, thresholds, flat_gt, offsets, first, stop, single, multi, flags,
+                                levels, valid, multi_contour)
+        if not valid[first:stop].all():
+            return 0  # reported below
+        return sum(trace(i) for i in range(first, stop) if flags[i].any())
+
+    workers = default_workers() if workers is None else max(1, int(workers))
+    # a few chunks per worker, so that one slow chunk does not leave a core idle
+    chunks = min(b, 1 if workers == 1 else 4 * workers)
+    if chunks <= 1:
+        traced = run(0, b)
+    else:
+        bounds = np.linspace(0, b, chunks + 1).astype(int)
+        if pool is not None:
+            traced = sum(pool.map(run, bounds[:-1], bounds[1:]))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as ex:
+                traced = sum(ex.map(run, bounds[:-1], bounds[1:]))
+
+    bad = np.flatnonzero(~valid)
+    if bad.size:
+        raise _invalid(maps[bad[0]], ids[bad[0]])
     return BoxIoUs(single, multi, traced)

@@ -7,7 +7,7 @@ instances are merged; the ignore mask (binarised the same way) minus the object 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ImageReadError
 from .boxes import ScoremapError, as_size
 
-__all__ = ["IGNORE", "load_mask_image", "load_gt_mask", "check_gt_mask", "boxes_mask"]
+__all__ = ["IGNORE", "boxes_mask", "check_gt_mask", "load_gt_mask", "load_mask_image"]
 
 IGNORE = 255  #: mask value of pixels that count neither as object nor as background
 

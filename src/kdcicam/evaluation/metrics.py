@@ -13,7 +13,8 @@ images), takes batches ``[B, H, W]`` of score maps in [0, 1] on the evaluation g
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,16 @@ from .boxes import ScoremapError, as_size, resize_box, threshold_list
 from .engine import batch_box_ious
 from .masks import IGNORE, boxes_mask, check_gt_mask, load_gt_mask
 
-__all__ = ["BoxEvaluator", "MaskEvaluator", "ContextLeakage", "ClassificationAccuracy", "WSOLEvaluator",
-           "MetricUndefinedError", "topk_from", "leakage"]
+__all__ = [
+    "BoxEvaluator",
+    "ClassificationAccuracy",
+    "ContextLeakage",
+    "MaskEvaluator",
+    "MetricUndefinedError",
+    "WSOLEvaluator",
+    "leakage",
+    "topk_from",
+]
 
 
 class MetricUndefinedError(KdcicamError, RuntimeError):
@@ -116,6 +125,13 @@ class _BoxCounts:
         self.correct = np.zeros((len(ious), nt), dtype=np.int64)
         self.top1 = np.zeros((len(ious), nt), dtype=np.int64)
         self.top5 = np.zeros((len(ious), nt), dtype=np.int64)
+
+    def merge(self, other: _BoxCounts) -> None:
+        if other.ious != self.ious or other.correct.shape != self.correct.shape:
+            raise ValueError("cannot merge box counts of different IoU or CAM thresholds")
+        self.correct += other.correct
+        self.top1 += other.top1
+        self.top5 += other.top5
 
     def add(self, best: np.ndarray, top1_ok: np.ndarray | None, top5_ok: np.ndarray | None) -> None:
         for k, iou in enumerate(self.ious):
@@ -218,6 +234,17 @@ class BoxEvaluator:
         self.count += len(ids)
         self.count_with_classes += 0 if classes is None else len(ids)
 
+    def merge(self, other: BoxEvaluator) -> None:
+        """Add another evaluator's counts (e.g. another DDP rank's share of the split)."""
+        if other.multi_contour != self.multi_contour:
+            raise ValueError("cannot merge single- and multi-contour evaluators")
+        if self.count_with_classes and other.count and not other.count_with_classes or \
+                other.count_with_classes and self.count and not self.count_with_classes:
+            raise ValueError("cannot merge evaluators with and without top-k classes")
+        self._counts.merge(other._counts)
+        self.count += other.count
+        self.count_with_classes += other.count_with_classes
+
     def compute(self, threshold: float | None = None) -> dict[str, Any]:
         """Metrics in percent. ``threshold`` (on this grid) is where GT-known / Top-1 / Top-5 Loc are
         read, e.g. the best threshold found on val; by default the best one here (IoU 50)."""
@@ -251,6 +278,12 @@ class _MaskCounts:
 
     def add(self, scoremap: np.ndarray, mask: np.ndarray) -> None:
         _kernels.mask_histograms(scoremap, mask, self.edges, self.fg, self.bg)
+
+    def merge(self, other: _MaskCounts) -> None:
+        if not np.array_equal(other.edges, self.edges):
+            raise ValueError("cannot merge mask histograms of different CAM thresholds")
+        self.fg += other.fg
+        self.bg += other.bg
 
     def report(self) -> dict[str, Any]:
         """PxAP (wsolevaluation's formula) and PIoU = best pixel IoU ``tp / (tp + fp + fn)`` over
@@ -305,6 +338,10 @@ class MaskEvaluator:
             self._counts.add(scoremap, mask)
         self.count += len(ids)
 
+    def merge(self, other: MaskEvaluator) -> None:
+        self._counts.merge(other._counts)
+        self.count += other.count
+
     def compute(self) -> dict[str, Any]:
         if self.count == 0:
             raise ValueError("no score maps were accumulated")
@@ -357,6 +394,10 @@ class ContextLeakage:
                 raise ScoremapError(image_id, "contains NaN or inf")
             self.add(scoremap, image_id, mask)
 
+    def merge(self, other: ContextLeakage) -> None:
+        self.total += other.total
+        self.count += other.count
+
     def compute(self) -> dict[str, Any]:
         if self.count == 0:
             raise ValueError("no score maps were accumulated")
@@ -379,6 +420,13 @@ class ClassificationAccuracy:
         self.top1 += int((topk[:, 0] == labels).sum())
         self.topk += int((topk == labels[:, None]).any(axis=1).sum())
         self.count += len(labels)
+
+    def merge(self, other: ClassificationAccuracy) -> None:
+        if other.k != self.k:
+            raise ValueError("cannot merge top-k accuracies of different k")
+        self.top1 += other.top1
+        self.topk += other.topk
+        self.count += other.count
 
     def compute(self) -> dict[str, Any]:
         if self.count == 0:
@@ -447,6 +495,23 @@ class WSOLEvaluator:
         if classes is not None:
             self._cls.accumulate(classes, labels)
         self.count += len(ids)
+
+    def merge(self, other: WSOLEvaluator) -> None:
+        """Add another evaluator's counts: the shards of a split scored apart (DDP ranks, several
+        processes) give the metrics of the whole split. Evaluators pickle, so they can be gathered."""
+        if other.iou_thresholds != self.iou_thresholds or not np.array_equal(other.grid.thresholds,
+                                                                                self.grid.thresholds):
+            raise ValueError("cannot merge evaluators with different IoU or CAM thresholds")
+        if self._cls.count and other.count and not other._cls.count or \
+                other._cls.count and self.count and not self._cls.count:
+            raise ValueError("cannot merge evaluators with and without logits / top-k classes")
+        self._single.merge(other._single)
+        self._multi.merge(other._multi)
+        self._mask_counts.merge(other._mask_counts)
+        self._leak.merge(other._leak)
+        self._cls.merge(other._cls)
+        self.count += other.count
+        self.count_masks += other.count_masks
 
     def compute(self, threshold: float | None = None) -> dict[str, Any]:
         """Flat, JSON-friendly metrics in percent. ``threshold``: where Top-1 / Top-5 / GT-known Loc

@@ -6,15 +6,20 @@ baseline of ``benchmarks/evaluator_speed.py``; it follows clovaai/wsolevaluation
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
 from .boxes import as_size, box_iou_matrix, check_scoremap, resize_box
 
-__all__ = ["reference_boxes", "reference_best_ious", "ReferenceBoxEvaluator", "reference_pxap_curve",
-           "reference_pxap"]
+__all__ = [
+    "ReferenceBoxEvaluator",
+    "reference_best_ious",
+    "reference_boxes",
+    "reference_pxap",
+    "reference_pxap_curve",
+]
 
 
 def reference_boxes(scoremap: np.ndarray, thresholds: Sequence[float],

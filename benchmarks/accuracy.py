@@ -1,0 +1,148 @@
+"""Does causal intervention and distillation beat CAM? Train CAM, CI-CAM and KD-CI-CAM with the shipped
+configs, evaluate each on test (and test_conflict on the synthetic data), one JSON per run.
+
+    MALLOC_MMAP_THRESHOLD_=10000000000 MALLOC_TRIM_THRESHOLD_=10000000000 \\
+        .venv/bin/python benchmarks/accuracy.py --suite synthetic --seeds 0 1 2
+
+Resumable: a run whose results file exists is skipped; a run killed midway resumes from its last.ckpt.
+Box thresholds are chosen on val by `kdcicam evaluate`; test is touched once per run. Every run is a
+child process so that its wall time and peak memory are its own.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SUITES = {
+    "synthetic": {"config": "configs/synthetic.yaml", "data": "data/synth"},
+    "cub50": {"config": "configs/cub50.yaml", "data": "data/cub50"},
+}
+METHODS = ("cam", "ci-cam", "kd-ci-cam")
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "cuda": torch.cuda.is_available(),
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "configs"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def result_path(suite: str, method: str, seed: int, tag: str) -> Path:
+    return RESULTS / f"accuracy_{suite}{('_' + tag) if tag else ''}_{method}_seed{seed}.json"
+
+
+def ensure_data(suite: str) -> Path:
+    data = REPO / SUITES[suite]["data"]
+    if (data / "dataset.yaml").is_file():
+        return data
+    if suite == "synthetic":
+        from kdcicam.data.synthetic import SyntheticConfig, generate_synthetic
+
+        generate_synthetic(data, SyntheticConfig())
+    else:
+        src = REPO.parent / "shared" / "data" / "cub50"
+        if not src.is_dir():
+            sys.exit(f"cub50 suite: {src} not found")
+        from kdcicam.data.cub import convert_cub
+
+        convert_cub(src, data)
+    return data
+
+
+def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str]) -> dict:
+    """Train + evaluate one (suite, method, seed) in this process; write its results file."""
+    from kdcicam.config import config_to_dict, load_config
+    from kdcicam.data.metadata import atomic_write_text
+    from kdcicam.training.evaluate import evaluate
+    from kdcicam.training.pipeline import train
+
+    data = ensure_data(suite)
+    cfg = load_config(REPO / SUITES[suite]["config"], [f"data.root={data}", f"trainer.seed={seed}",
+                                                       "trainer.progress_bar=false", *overrides], method=method)
+    run_dir = REPO / "runs" / "bench" / f"{suite}{('_' + tag) if tag else ''}" / f"{method}-seed{seed}"
+    start = time.time()
+    resume = (run_dir / "checkpoints").is_dir() or (run_dir / "cls_teacher").is_dir()
+    summary = train(cfg, run_dir, resume=resume)
+    train_seconds = time.time() - start
+    t = time.time()
+    metrics = evaluate(run_dir, list(cfg.data.test_splits), progress=False)
+    result = {
+        "suite": suite, "method": method, "seed": seed, "tag": tag, "overrides": overrides,
+        "metrics": {s: metrics[s] for s in cfg.data.test_splits},
+        "box_threshold": metrics["box_threshold"], "box_threshold_chosen_on": metrics["box_threshold_chosen_on"],
+        "train_summary": summary, "config": config_to_dict(cfg),
+        "wall_seconds": {"train": round(train_seconds, 1), "evaluate": round(time.time() - t, 1),
+                         "total": round(time.time() - start, 1), "resumed": resume},
+        "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "commit": commit(), "machine": machine(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/accuracy.py", "--suite", suite, "--seeds", str(seed),
+                             "--methods", method] + (["--tag", tag] if tag else []) + overrides),
+    }
+    atomic_write_text(result_path(suite, method, seed, tag), json.dumps(result, indent=2))
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=sorted(SUITES), required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--tag", default="", help="names an ablation (its overrides are recorded)")
+    p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (ablations; use with --tag)")
+    args = p.parse_args()
+    if args.single:
+        run_one(args.suite, args.methods[0], args.seeds[0], args.tag, args.overrides)
+        return 0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    ensure_data(args.suite)
+    for seed in args.seeds:
+        for method in args.methods:
+            path = result_path(args.suite, method, seed, args.tag)
+            if path.is_file():
+                print(f"[skip] {path.name} exists")
+                continue
+            print(f"[run] {args.suite} {method} seed {seed}", flush=True)
+            cmd = [sys.executable, __file__, "--single", "--suite", args.suite, "--seeds", str(seed), "--methods",
+                   method] + (["--tag", args.tag] if args.tag else []) + args.overrides
+            subprocess.run(cmd, check=True, cwd=REPO)
+            r = json.loads(path.read_text())
+            split = "test_conflict" if "test_conflict" in r["metrics"] else "test"
+            m = r["metrics"][split]
+            print(f"  {split}: top1_cls {m['top1_cls']:.2f} top1_loc {m['top1_loc']:.2f} "
+                  f"maxboxaccv2 {m['max_box_acc_v2']:.2f} leakage {m.get('context_leakage', float('nan')):.2f} "
+                  f"({r['wall_seconds']['total']:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""`Localizer`: a trained checkpoint applied to your own images → classes, CAM heatmaps and boxes.
+
+>>> loc = Localizer.from_checkpoint("runs/cub50")          # doctest: +SKIP
+>>> [r] = loc.predict("bird.jpg")                            # doctest: +SKIP
+>>> r.class_names[0], r.scores[0], r.boxes                   # doctest: +SKIP
+
+The path from pixels to boxes is the evaluation path, so the boxes a user gets are the boxes the
+metrics scored:
+
+1. the image is decoded to 8-bit RGB (``load_image_rgb``: EXIF orientation, alpha on white) and
+   passed through the model's eval transform, ``Resize((S, S))`` with ``S = data.image_size``;
+2. the localization map of the test branch (``model.localization_map``, the kind the run was
+   evaluated with) is resized bicubically to ``S × S`` and min-max normalised
+   (``scoremaps_for_evaluation``);
+3. boxes come from the evaluator's own ``scoremap_to_boxes`` at the box threshold chosen on the
+   validation split during training (stored in the checkpoint), largest contour or all contours;
+4. grid boxes are scaled back to the image's original pixels by ``(w / S, h / S)``.
+
+Box coordinates are ``x0, y0, x1, y1`` with ``x1, y1`` the right/bottom *edges* (``x + width``, the
+convention of the metadata's CUB boxes); like the evaluator, a box touching the grid's right or
+bottom border ends one grid cell short of the image edge.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import tv_tensors
+
+from .errors import KdcicamError
+
+log = logging.getLogger(__name__)
+
+#: one image: a file path, a PIL image, an HxW / HxWxC numpy array or a CxHxW tensor
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+
+
+class ImageInputError(KdcicamError, ValueError):
+    """An input that is not an image the Localizer understands; the message names which input."""
+
+
+# ------------------------------------------------------------------------------------------ result
+@dataclass
+class LocalizationResult:
+    """What the model says about one image.
+
+    ``class_ids`` / ``class_names`` / ``scores``: the top-k classes, best first, with softmax
+    probabilities. ``boxes``: float ``[n, 4]`` in the original image's pixels (``n`` = 1 in
+    largest-contour mode, 0 when the map has no foreground at the threshold). ``cam``: float32
+    ``[S, S]`` in [0, 1], the score map the boxes were extracted from (the model-input grid);
+    :meth:`cam_resized` gives it at the original image size. ``grid_boxes``: the same boxes on the
+    ``S × S`` grid, exactly as the evaluator computes them.
+    """
+
+    width: int
+    height: int
+    class_ids: list[int]
+    class_names: list[str]
+    scores: list[float]
+    boxes: np.ndarray
+    cam: np.ndarray = field(repr=False)
+    threshold: float
+    grid_boxes: np.ndarray
+    multi_contour: bool = False
+    source: str | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of the image as given."""
+        return self.width, self.height
+
+    @property
+    def class_id(self) -> int:
+        return self.class_ids[0]
+
+    @property
+    def class_name(self) -> str:
+        return self.class_names[0]
+
+    @property
+    def score(self) -> float:
+        return self.scores[0]
+
+    def cam_resized(self, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The CAM at ``size`` = ``(w, h)`` (default: the original image size), bicubic and clipped
+        to [0, 1], for display. Boxes are not recomputed at this size (they come from the grid)."""
+        w, h = size or self.size
+        cam = cv2.resize(self.cam, (int(w), int(h)), interpolation=cv2.INTER_CUBIC)
+        return np.clip(cam, 0.0, 1.0).astype(np.float32, copy=False)
+
+    def to_dict(self, decimals: int = 2) -> dict[str, Any]:
+        """JSON-friendly summary (no CAM): size, top-k, and boxes labelled with the top-1 class.
+
+        The protocol's box is class-agnostic (one box per image, shared by every top-k class), so
+        each box carries the top-1 class and its probability.
+        """
+        topk = [{"class_id": int(c), "class_name": n, "score": round(float(s), 6)}
+                for c, n, s in zip(self.class_ids, self.class_names, self.scores)]
+        boxes = [{"x0": round(float(b[0]), decimals), "y0": round(float(b[1]), decimals),
+                  "x1": round(float(b[2]), decimals), "y1": round(float(b[3]), decimals),
+                  "class_id": int(self.class_id), "class_name": self.class_name, "score": round(float(self.score), 6)}
+                 for b in self.boxes]
+        out: dict[str, Any] = {"width": self.width, "height": self.height, "topk": topk, "boxes": boxes,
+                               "threshold": self.threshold}
+        if self.source is not None:
+            out = {"file": self.source, **out}
+        return out
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _rgba_to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
+    """RGBA uint8 HWC → RGB composited on white, the same way ``load_image_rgb`` treats a PNG."""
+    from .data.dataset import _to_rgb
+
+    return np.array(_to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode="RGBA")))  # a writable copy
+
+
+def _from_numpy(arr: np.ndarray, name: str) -> torch.Tensor:
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageInputError(f"{name}: a numpy image must be HxW (grey) or HxWxC with C in 1, 3, 4 "
+                              f"(RGB order), got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageInputError(f"{name}: empty image of shape {arr.shape}")
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # e.g. np.asarray(pil_image); torch.from_numpy wants a writable buffer
+        arr = arr.copy()
+    if arr.dtype == np.uint8:
+        if arr.shape[2] == 4:
+            arr = _rgba_to_rgb_uint8(arr)
+        t = torch.from_numpy(arr).permute(2, 0, 1)
+    elif np.issubdtype(arr.dtype, np.floating):
+        t = torch.from_numpy(arr.astype(np.float32, copy=False)).permute(2, 0, 1)
+    else:
+        raise ImageInputError(f"{name}: numpy images must be uint8 (0-255) or float (0-1), got dtype {arr.dtype}")
+    return _from_chw(t, name)
+
+
+def _from_chw(t: torch.Tensor, name: str) -> torch.Tensor:
+    """CHW (C in 1, 3, 4) uint8 or float in [0, 1] → 3-channel CHW of the same dtype family."""
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+        raise ImageInputError(f"{name}: a tensor image must be CxHxW with C in 1, 3, 4 (or HxW), got shape "
+                              f"{tuple(t.shape)}")
+    if t.shape[1] < 1 or t.shape[2] < 1:
+        raise ImageInputError(f"{name}: empty image of shape {tuple(t.shape)}")
+    t = t.detach().cpu()
+    if t.dtype == torch.uint8:
+        if t.shape[0] == 4:
+            t = torch.from_numpy(_rgba_to_rgb_uint8(t.permute(1, 2, 0).numpy())).permute(2, 0, 1)
+    elif t.is_floating_point():
+        t = t.float()
+        if not torch.isfinite(t).all():
+            raise ImageInputError(f"{name}: the image contains NaN or inf")
+        lo, hi = float(t.min()), float(t.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ImageInputError(f"{name}: float images must lie in [0, 1], got min {lo:g}, max {hi:g} "
+                                  "(pass uint8, or divide by 255)")
+        if t.shape[0] == 4:
+            rgb, alpha = t[:3], t[3:]
+            t = rgb * alpha + (1.0 - alpha)  # on white, as load_image_rgb does
+    else:
+        raise ImageInputError(f"{name}: tensor images must be uint8 or floating point, got {t.dtype}")
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    return t
+
+
+def to_image_tensor(image: ImageInput, name: str = "image") -> tuple[torch.Tensor, str | None]:
+    """Any supported input → (3xHxW tensor, uint8 or float in [0, 1]; the file path if it was one).
+
+    Paths are decoded with :func:`kdcicam.data.dataset.load_image_rgb` (raises
+    :class:`~kdcicam.errors.ImageReadError` naming the file); PIL images of any mode are converted the
+    same way (alpha composited on white).
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    from .data.dataset import _to_rgb, load_image_rgb
+
+    if isinstance(image, (str, os.PathLike)):
+        pil = load_image_rgb(image)
+        return TF.pil_to_tensor(pil), str(image)
+    if isinstance(image, Image.Image):
+        return TF.pil_to_tensor(_to_rgb(image)), None
+    if isinstance(image, np.ndarray):
+        return _from_numpy(image, name), None
+    if isinstance(image, torch.Tensor):
+        return _from_chw(image, name), None
+    raise ImageInputError(f"{name}: expected a path, PIL image, numpy array or torch tensor, got "
+                          f"{type(image).__name__}")
+
+
+def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    """One image or many: 4-D arrays / tensors are batches ([B,H,W,C] / [B,C,H,W])."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, Iterable):
+        return list(images)
+    raise ImageInputError(f"images: expected an image or a sequence of images, got {type(images).__name__}")
+
+
+# ------------------------------------------------------------------------------------------ localizer
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; an unavailable CUDA request is a clear error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise KdcicamError(f"device {device!r}: not a device ({e}); use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise KdcicamError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def _check_threshold(threshold: float, where: str) -> float:
+    t = float(threshold)
+    if not (math.isfinite(t) and 0.0 <= t < 1.0):
+        raise KdcicamError(f"{where}: box threshold must be in [0, 1), got {threshold!r}")
+    return t
+
+
+def threshold_from_run(ckpt: Path, stored: float | None) -> tuple[float | None, str]:
+    """The threshold chosen on val: the checkpoint's (set by the last validation before it was
+    saved), else the ``box_threshold`` that ``kdcicam evaluate`` wrote into the run's metrics.json."""
+    if stored is not None:
+        return float(stored), "checkpoint (chosen on the validation split)"
+    metrics = ckpt.parent.parent / "metrics.json"
+    if metrics.is_file():
+        try:
+            value = json.loads(metrics.read_text()).get("box_threshold")
+        except (OSError, ValueError):
+            value = None
+        if value is not None:
+            return float(value), f"{metrics} (chosen on the validation split)"
+    return None, ""
+
+
+class Localizer:
+    """Batched inference: images → :class:`LocalizationResult` (top-k classes, CAM, boxes).
+
+    Build it with :meth:`from_checkpoint` (a run folder or a ``.ckpt``), or directly around any model
+    with the kdcicam contract (``model(x) -> {"logits", "cams", ...}`` and ``model.localization_map``);
+    the model is put in eval mode, moved to ``device`` (and to channels_last) in place.
+    """
+
+    def __init__(self, model: nn.Module, image_size: int, threshold: float, class_names: Sequence[str] | None = None,
+                 topk: int = 5, multi_contour: bool = False, batch_size: int = 32,
+                 device: str | torch.device | None = "auto", channels_last: bool = True,
+                 map_kind: str = "combinational"):
+        from .data.dataset import build_eval_transform
+
+        if int(image_size) < 1:
+            raise KdcicamError(f"image_size must be >= 1, got {image_size}")
+        if int(topk) < 1:
+            raise KdcicamError(f"topk must be >= 1, got {topk}")
+        if int(batch_size) < 1:
+            raise KdcicamError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.image_size = int(image_size)
+        self.threshold = _check_threshold(threshold, "threshold")
+        self.topk = int(topk)
+        self.multi_contour = bool(multi_contour)
+        self.batch_size = int(batch_size)
+        self.channels_last = bool(channels_last)
+        self.map_kind = map_kind
+        self.model = model.eval().to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        num_classes = int(getattr(model, "num_classes", 0) or 0)
+        if class_names is None:
+            class_names = [str(i) for i in range(num_classes)]
+        self.class_names = list(class_names)
+        self.transform = build_eval_transform(self.image_size)
+        self.checkpoint: Path | None = None
+        self.method: str | None = getattr(model, "method", None)
+        self.threshold_source = "given"
+
+    # -------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_checkpoint(cls, path_or_run_dir: str | os.PathLike, device: str | torch.device | None = "auto",
+                        threshold: float | None = None, topk: int = 5, multi_contour: bool = False,
+                        batch_size: int = 32) -> Localizer:
+        """Load a run (single-stage or KD: the student is used) or a checkpoint file.
+
+        ``threshold=None`` uses the box threshold chosen on the validation split during training.
+        """
+        from .training.module import load_module
+        from .training.pipeline import resolve_checkpoint
+
+        ckpt = resolve_checkpoint(path_or_run_dir)
+        module = load_module(str(ckpt))
+        cfg = module.cfg
+        if threshold is None:
+            threshold, source = threshold_from_run(ckpt, module.box_threshold)
+            if threshold is None:
+                raise KdcicamError(f"{ckpt}: the checkpoint stores no box threshold (no validation ran) and the run "
+                                   "has no metrics.json; pass a threshold (--threshold T)")
+        else:
+            source = "given"
+        num_classes = module.num_classes
+        names = list(module.class_names) if module.class_names else [str(i) for i in range(num_classes)]
+        loc = cls(module.model, image_size=cfg.data.image_size, threshold=threshold, class_names=names, topk=topk,
+                  multi_contour=multi_contour, batch_size=batch_size, device=device,
+                  channels_last=cfg.trainer.channels_last, map_kind=cfg.model.localization_map)
+        loc.checkpoint = ckpt
+        loc.method = cfg.method
+        loc.threshold_source = source
+        return loc
+
+    # -------------------------------------------------------------------------------- inference
+    def preprocess(self, image: ImageInput, name: str = "image") -> tuple[torch.Tensor, tuple[int, int], str | None]:
+        """One input → (float [3, S, S] model input, original (w, h), source path)."""
+        tensor, source = to_image_tensor(image, name)
+        h, w = int(tensor.shape[-2]), int(tensor.shape[-1])
+        x = self.transform(tv_tensors.Image(tensor))
+        return x.as_subclass(torch.Tensor), (w, h), source
+
+    @torch.inference_mode()
+    def forward_batch(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Model input [B, 3, S, S] → (softmax probabilities [B, C], score maps [B, S, S] float32)."""
+        from .training.module import scoremaps_for_evaluation
+
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.model(x)
+        maps = self.model.localization_map(out, kind=self.map_kind)  # type: ignore[operator]
+        probs = torch.softmax(out["logits"].float(), dim=1).cpu().numpy()
+        return probs, scoremaps_for_evaluation(maps, self.image_size)
+
+    def boxes_on_grid(self, cam: np.ndarray) -> np.ndarray:
+        """The evaluator's boxes for one score map at this threshold; no foreground → ``[0, 4]``."""
+        from .evaluation import scoremap_to_boxes
+
+        boxes = scoremap_to_boxes(cam, [self.threshold], multi_contour=self.multi_contour)[0]
+        return boxes[(boxes != 0).any(axis=1)]  # the protocol's "no contour" box is [0, 0, 0, 0]
+
+    def _result(self, probs: np.ndarray, cam: np.ndarray, size: tuple[int, int], source: str | None) -> LocalizationResult:
+        k = min(self.topk, probs.shape[0])
+        order = np.argsort(-probs, kind="stable")[:k]
+        grid = self.boxes_on_grid(cam)
+        w, h = size
+        scale = np.array([w / self.image_size, h / self.image_size] * 2, dtype=np.float64)
+        names = [self.class_names[i] if i < len(self.class_names) else str(i) for i in order]
+        return LocalizationResult(width=w, height=h, class_ids=[int(i) for i in order], class_names=names,
+                                  scores=[float(probs[i]) for i in order], boxes=grid.astype(np.float64) * scale,
+                                  cam=cam, threshold=self.threshold, grid_boxes=grid,
+                                  multi_contour=self.multi_contour, source=source)
+
+    def predict(self, images: ImageInput | Iterable[ImageInput]) -> list[LocalizationResult]:
+        """Localize one image or a sequence of images (paths, PIL images, HxWxC / HxW numpy arrays,
+        CxHxW tensors; uint8, or float in [0, 1]), in batches of ``batch_size``."""
+        items = _as_list(images)
+        results: list[LocalizationResult] = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            prepared = [self.preprocess(im, f"images[{start + i}]") for i, im in enumerate(chunk)]
+            probs, cams = self.forward_batch(torch.stack([p[0] for p in prepared]))
+            results += [self._result(probs[i], cams[i], p[1], p[2]) for i, p in enumerate(prepared)]
+        return results
+
+    __call__ = predict
+
+    def describe(self) -> dict[str, Any]:
+        """Settings worth recording next to results (which model, which threshold and why)."""
+        return {"checkpoint": None if self.checkpoint is None else str(self.checkpoint), "method": self.method,
+                "image_size": self.image_size, "threshold": self.threshold, "threshold_source": self.threshold_source,
+                "multi_contour": self.multi_contour, "topk": self.topk, "map_kind": self.map_kind,
+                "device": str(self.device), "class_names": list(self.class_names)}
+
+
+__all__ = ["ImageInputError", "LocalizationResult", "Localizer", "resolve_device", "to_image_tensor"]
