@@ -8,11 +8,12 @@ Datasets:
   into a temporary folder, with the same kind of maps.
 
 For each: single-contour (MaxBoxAcc) and multi-contour (MaxBoxAccV2) evaluation, reference vs
-ours, metrics asserted equal (every curve, bit for bit), images/s and the speed ratio. Also the
-combined ``WSOLEvaluator`` (both modes in one pass). Results go to
+ours, metrics asserted equal (every curve, bit for bit), images/s and the speed ratio (fastest of
+``--repeat`` alternating runs on each side: the machine is shared). Also the combined
+``WSOLEvaluator`` (both modes in one pass). Results go to
 ``benchmarks/results/evaluator_speed.json`` with the commit, machine and library versions.
 
-    python benchmarks/evaluator_speed.py [--images N] [--out PATH]
+    python benchmarks/evaluator_speed.py [--images N] [--repeat R] [--out PATH]
 """
 from __future__ import annotations
 
@@ -106,54 +107,67 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def compare(metadata: Metadata, maps: np.ndarray) -> dict[str, Any]:
+def compare(metadata: Metadata, maps: np.ndarray, repeat: int) -> dict[str, Any]:
+    """Reference and ours, alternately, ``repeat`` times each; the fastest run of each counts (the
+    machine is shared: the minimum is the least disturbed measurement, for both sides alike)."""
     ids = metadata.image_ids
     n = len(ids)
     out: dict[str, Any] = {"images": n}
     for multi in (False, True):
         mode = "multi_contour" if multi else "single_contour"
-        ref = ReferenceBoxEvaluator(metadata, multi_contour=multi)
-        fast = BoxEvaluator(metadata, multi_contour=multi)
+        t_ref: list[float] = []
+        t_fast: list[float] = []
+        for _ in range(repeat):
+            ref = ReferenceBoxEvaluator(metadata, multi_contour=multi)
+            fast = BoxEvaluator(metadata, multi_contour=multi)
 
-        def run_ref(ref: ReferenceBoxEvaluator = ref) -> None:
-            for scoremap, image_id in zip(maps, ids):
-                ref.accumulate(scoremap, image_id)
+            def run_ref(ref: ReferenceBoxEvaluator = ref) -> None:
+                for scoremap, image_id in zip(maps, ids):
+                    ref.accumulate(scoremap, image_id)
 
-        def run_fast(fast: BoxEvaluator = fast) -> None:
-            for first in range(0, n, BATCH):
-                fast.accumulate(maps[first:first + BATCH], ids[first:first + BATCH])
+            def run_fast(fast: BoxEvaluator = fast) -> None:
+                for first in range(0, n, BATCH):
+                    fast.accumulate(maps[first:first + BATCH], ids[first:first + BATCH])
 
-        t_ref, t_fast = timed(run_ref), timed(run_fast)
-        result = fast.compute()
-        reference = ref.compute()
-        assert [result["max_box_acc"][k] for k in ("30", "50", "70")] == reference, (mode, result, reference)
-        for iou, curve in ref.curves().items():
-            assert result["box_acc_curve"][str(iou)] == curve.tolist(), (mode, iou)
+            t_ref.append(timed(run_ref))
+            t_fast.append(timed(run_fast))
+            result = fast.compute()
+            reference = ref.compute()
+            assert [result["max_box_acc"][k] for k in ("30", "50", "70")] == reference, (mode, result, reference)
+            for iou, curve in ref.curves().items():
+                assert result["box_acc_curve"][str(iou)] == curve.tolist(), (mode, iou)
+        best_ref, best_fast = min(t_ref), min(t_fast)
         out[mode] = {
-            "reference_s": round(t_ref, 3), "ours_s": round(t_fast, 3),
-            "reference_images_per_s": round(n / t_ref, 1), "ours_images_per_s": round(n / t_fast, 1),
-            "ratio": round(t_ref / t_fast, 2), "max_box_acc": result["max_box_acc"],
-            "max_box_acc_mean": result["max_box_acc_mean"], "equal_to_reference": True,
+            "reference_s": round(best_ref, 3), "ours_s": round(best_fast, 3),
+            "reference_images_per_s": round(n / best_ref, 1), "ours_images_per_s": round(n / best_fast, 1),
+            "ratio": round(best_ref / best_fast, 2),
+            "all_runs_s": {"reference": [round(t, 3) for t in t_ref], "ours": [round(t, 3) for t in t_fast]},
+            "max_box_acc": result["max_box_acc"], "max_box_acc_mean": result["max_box_acc_mean"],
+            "equal_to_reference": True,
         }
-        print(f"  {mode:15s} reference {n / t_ref:7.1f} img/s   ours {n / t_fast:8.1f} img/s   "
-              f"ratio {t_ref / t_fast:5.1f}x   MaxBoxAcc {result['max_box_acc']}", flush=True)
+        print(f"  {mode:15s} reference {n / best_ref:7.1f} img/s   ours {n / best_fast:8.1f} img/s   "
+              f"ratio {best_ref / best_fast:5.1f}x   MaxBoxAcc {result['max_box_acc']}", flush=True)
 
-    combined = WSOLEvaluator(metadata, masks=False)
+    t_all: list[float] = []
+    for _ in range(repeat):
+        combined = WSOLEvaluator(metadata, masks=False)
 
-    def run_combined() -> None:
-        for first in range(0, n, BATCH):
-            combined.accumulate(maps[first:first + BATCH], ids[first:first + BATCH])
+        def run_combined(combined: WSOLEvaluator = combined) -> None:
+            for first in range(0, n, BATCH):
+                combined.accumulate(maps[first:first + BATCH], ids[first:first + BATCH])
 
-    t_all = timed(run_combined)
-    both = combined.compute()
-    assert both["max_box_acc"] == out["single_contour"]["max_box_acc"]
-    assert both["max_box_acc_v2_per_iou"] == out["multi_contour"]["max_box_acc"]
+        t_all.append(timed(run_combined))
+        both = combined.compute()
+        assert both["max_box_acc"] == out["single_contour"]["max_box_acc"]
+        assert both["max_box_acc_v2_per_iou"] == out["multi_contour"]["max_box_acc"]
+    best_all = min(t_all)
     t_ref_both = out["single_contour"]["reference_s"] + out["multi_contour"]["reference_s"]
     out["wsol_evaluator_both_modes"] = {
-        "ours_s": round(t_all, 3), "ours_images_per_s": round(n / t_all, 1),
-        "ratio_vs_two_reference_runs": round(t_ref_both / t_all, 2), "max_box_acc_v2": both["max_box_acc_v2"],
+        "ours_s": round(best_all, 3), "ours_images_per_s": round(n / best_all, 1),
+        "ratio_vs_two_reference_runs": round(t_ref_both / best_all, 2), "max_box_acc_v2": both["max_box_acc_v2"],
     }
-    print(f"  both modes, one pass: {n / t_all:.1f} img/s, {t_ref_both / t_all:.1f}x the two reference runs", flush=True)
+    print(f"  both modes, one pass: {n / best_all:.1f} img/s, {t_ref_both / best_all:.1f}x the two reference runs",
+          flush=True)
     return out
 
 
@@ -182,6 +196,7 @@ def commit() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1389, help="synthetic maps (default 1389, CUB-50 test's size)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fastest counts (default 3)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evaluator_speed.json"))
     args = parser.parse_args(argv)
 
@@ -193,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"synthetic: {args.images} maps of 224 x 224", flush=True)
     md = synthetic_metadata(args.images, rng)
     maps = np.stack([cam_like(rng) for _ in range(args.images)])
-    results["synthetic"] = compare(md, maps)
+    results["synthetic"] = compare(md, maps, args.repeat)
     with tempfile.TemporaryDirectory() as tmp:
         cub = cub50_metadata(Path(tmp))
         if cub is None:
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"cub50_test: {len(cub)} images, CUB-50 test metadata converted on the fly", flush=True)
             cub_maps = np.stack([cam_like(rng) for _ in range(len(cub))])
-            results["cub50_test"] = compare(cub, cub_maps)
+            results["cub50_test"] = compare(cub, cub_maps, args.repeat)
 
     record = {
         "benchmark": "evaluator_speed",
@@ -210,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
         "machine": machine(),
         "settings": {"cam_size": 224, "cam_curve_interval": 0.01, "iou_thresholds": [30, 50, 70], "batch": BATCH,
-                     "workers": default_workers(), "reference": "kdcicam.evaluation.reference (one findContours "
+                     "workers": default_workers(), "repeat": args.repeat, "timing": "fastest of the repeats", "reference": "kdcicam.evaluation.reference (one findContours "
                      "per image and threshold, wsolevaluation's algorithm), one thread"},
         "note": "the machine is shared with other jobs; the ratio (both timed in this run) matters more than img/s",
         "results": results,

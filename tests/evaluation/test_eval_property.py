@@ -54,7 +54,7 @@ def gt_boxes(seed: int, h: int, w: int) -> np.ndarray:
     return np.array(boxes, dtype=np.int64)
 
 
-maps = st.tuples(st.sampled_from(KINDS), st.integers(0, 2**31 - 1), st.integers(3, 40), st.integers(3, 40))
+maps = st.tuples(st.sampled_from(KINDS), st.integers(0, 2**31 - 1), st.integers(1, 40), st.integers(1, 40))
 intervals = st.sampled_from([0.01, 0.05, 0.2, 0.003])
 
 

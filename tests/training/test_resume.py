@@ -2,6 +2,7 @@
 uninterrupted run (CPU, same seed), also when killed mid-epoch after a step checkpoint."""
 from __future__ import annotations
 
+import csv
 import signal
 import subprocess
 import sys
@@ -50,6 +51,9 @@ def test_kill_and_resume_gives_identical_weights(tiny_data: Path, tmp_path: Path
     assert not (killed / "done.json").is_file(), "the run finished before it could be killed"
     torch.load(last, map_location="cpu", weights_only=True)  # what a kill leaves is loadable
     subprocess.run([*_cmd(tiny_data, killed), "--resume"], check=True, env=env, cwd=tmp_path, capture_output=True)
+    with open(killed / "metrics.csv") as f:
+        epochs = {r["epoch"] for r in csv.DictReader(f)}
+    assert {"0", "2"} <= epochs  # the resumed run appended to the log instead of replacing it
     a, b = _state(ref / "checkpoints" / "last.ckpt"), _state(killed / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys()
     for k in a:

@@ -35,9 +35,10 @@ from numba import njit
 
 FLAG_SINGLE = 1  #: the single-contour answer at this threshold needs the plain findContours
 FLAG_MULTI = 2   #: the multi-contour answer at this threshold needs the plain findContours
-#: one plain findContours costs about as much as this many pixels of the background pass, so
-#: sparse high thresholds with holes are traced rather than paid for with the whole pass
-_TRACE_PIXELS = 4000
+#: one plain findContours (with the Python around it) costs about as much as this many pixels of
+#: the background pass (measured 4,000-10,000), so sparse high thresholds with holes are traced
+#: rather than paid for with the whole pass
+_TRACE_PIXELS = 8000
 
 # Neighbour order of the 8-bit neighbourhood mask: bit i set when neighbour i is foreground.
 #   0 1 2        (-1,-1) (-1,0) (-1,1)

@@ -143,7 +143,7 @@ def score(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: l
             "best_threshold": m["best_threshold" + key],
             "box_acc_curve": m["box_acc_curve" + key],
             "gt_known_loc": m["gt_known_loc"],
-            "best_threshold_single_contour": m["best_threshold"]["used"],
+            "gt_known_threshold": m["best_threshold"]["used"],
         })
     if m["pxap"] is not None:
         out.update({"pxap": m["pxap"], "piou": m["piou"], "piou_threshold": m["piou_threshold"]})

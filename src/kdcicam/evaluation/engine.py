@@ -65,13 +65,17 @@ def _invalid(scoremap: np.ndarray, image_id: object) -> ScoremapError:
 
 def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresholds: np.ndarray,
                    image_ids: Sequence[object] | None = None, workers: int | None = None,
-                   pool: ThreadPoolExecutor | None = None, multi_contour: bool = True) -> BoxIoUs:
+                   pool: ThreadPoolExecutor | None = None, multi_contour: bool = True,
+                   single_contour: bool = True) -> BoxIoUs:
     """Best IoU per image and threshold for score maps ``[B, H, W]`` (float, in [0, 1]) against
-    each image's GT boxes ``[k, 4]`` on the same grid. ``multi_contour=False`` skips the holes'
-    boxes (``multi`` then covers outer contours only) and is faster."""
+    each image's GT boxes ``[k, 4]`` on the same grid. Either mode can be left out, which is
+    faster: ``multi_contour=False`` skips the holes' boxes (``multi`` then covers outer contours
+    only), ``single_contour=False`` leaves ``single`` unresolved where it needs tracing."""
     maps = np.ascontiguousarray(scoremaps, dtype=np.float64)
     if maps.ndim != 3:
         raise ValueError(f"score maps must be [B, H, W], got shape {maps.shape}")
+    if maps.shape[1] >= 1 << 15 or maps.shape[2] >= 1 << 15:
+        raise ValueError(f"score maps up to 32767 x 32767 are supported, got {maps.shape[1:]}")
     b = maps.shape[0]
     if len(gt_boxes) != b:
         raise ValueError(f"{b} score maps but {len(gt_boxes)} GT box sets")
@@ -88,12 +92,13 @@ def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresh
     valid = np.ones(b, dtype=np.bool_)
 
     ids = list(image_ids) if image_ids is not None else list(range(b))
+    wanted = np.uint8((_kernels.FLAG_SINGLE if single_contour else 0) | (_kernels.FLAG_MULTI if multi_contour else 0))
 
     def trace(i: int) -> int:
         """Answer image i's flagged thresholds with findContours; returns how many maps it traced."""
         q = quantize_scoremap(maps[i])
         done: dict[int, tuple[float, float]] = {}
-        for t in np.flatnonzero(flags[i]):
+        for t in np.flatnonzero(flags[i] & wanted):
             level = int(levels[i, t])
             if level not in done:
                 done[level] = _plain(q, level, gts[i])
@@ -108,7 +113,7 @@ def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresh
                                 levels, valid, multi_contour)
         if not valid[first:stop].all():
             return 0  # reported below
-        return sum(trace(i) for i in range(first, stop) if flags[i].any())
+        return sum(trace(i) for i in range(first, stop) if (flags[i] & wanted).any())
 
     workers = default_workers() if workers is None else max(1, int(workers))
     # a few chunks per worker, so that one slow chunk does not leave a core idle

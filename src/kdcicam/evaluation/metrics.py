@@ -227,7 +227,8 @@ class BoxEvaluator:
         if (classes is None) != (self.count_with_classes == 0) and self.count:
             raise ValueError("give top-k classes for every batch or for none")
         gts = [self._gt(i) for i in ids]
-        result = batch_box_ious(maps, gts, self.grid.thresholds, ids, self.workers, multi_contour=self.multi_contour)
+        result = batch_box_ious(maps, gts, self.grid.thresholds, ids, self.workers, multi_contour=self.multi_contour,
+                                single_contour=not self.multi_contour)
         best = result.multi if self.multi_contour else result.single
         top1_ok, top5_ok = _class_hits(classes, _labels(self.grid.metadata, ids))
         self._counts.add(best, top1_ok, top5_ok)

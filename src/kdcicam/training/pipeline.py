@@ -13,6 +13,7 @@ KD-CI-CAM puts one such folder per stage under runs/NAME/{cls_teacher,loc_teache
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -27,6 +28,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from ..config import RunConfig, config_to_dict, kd_stage_configs, save_config
 from ..data.metadata import atomic_write_text
@@ -74,6 +77,27 @@ class LastCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run must keep its history."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(next(csv.reader(f), []))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``metrics.csv`` in the run folder, appended to when the run is resumed."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.log_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def check_output_folder(out: Path) -> None:
@@ -142,7 +166,7 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
         default_root_dir=out, max_epochs=cfg.optim.epochs, accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=strategy,
         precision=_precision(cfg), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-        logger=[CSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tb", version="")],
+        logger=[ResumableCSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tb", version="")],
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.progress_bar,
         check_val_every_n_epoch=cfg.trainer.val_every_n_epochs, use_distributed_sampler=False,
         num_sanity_val_steps=0, deterministic=False, enable_model_summary=False)

@@ -1,0 +1,188 @@
+"""Turn every results file in benchmarks/results/ into docs/benchmarks.md. Nothing in that file is typed
+by hand: tables, targets met / not met and speed ratios all come from the JSON files.
+
+    .venv/bin/python benchmarks/report.py
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+OUT = REPO / "docs" / "benchmarks.md"
+METHODS = ("cam", "ci-cam", "kd-ci-cam")
+LABEL = {"cam": "CAM", "ci-cam": "CI-CAM", "kd-ci-cam": "KD-CI-CAM"}
+
+# (label, getter) — all in percent except train time
+COLUMNS = [
+    ("Top-1 Cls", lambda m, r: m["top1_cls"]),
+    ("Top-1 Loc", lambda m, r: m["top1_loc"]),
+    ("GT-known Loc", lambda m, r: m["gt_known_loc"]),
+    ("MaxBoxAccV2 @30", lambda m, r: m["max_box_acc_v2_per_iou"]["30"]),
+    ("@50", lambda m, r: m["max_box_acc_v2_per_iou"]["50"]),
+    ("@70", lambda m, r: m["max_box_acc_v2_per_iou"]["70"]),
+    ("MaxBoxAccV2", lambda m, r: m["max_box_acc_v2"]),
+    ("PxAP", lambda m, r: m.get("pxap")),
+    ("Leakage ↓", lambda m, r: m.get("context_leakage")),
+    ("Train min", lambda m, r: r["wall_seconds"]["train"] / 60),
+]
+
+# The authors' own test logs (shaofeifei11/KG-CI-CAM table_*.sh), CUB-200, VGG16 — see docs/method.md §6.
+PAPER_CUB_VGG16 = {
+    "NL-CCAM baseline": {"Top-1 Cls": 74.75, "Top-1 Loc": 65.53, "GT-known Loc": 87.45},
+    "CI-CAM (KD-paper training)": {"Top-1 Cls": 75.15, "Top-1 Loc": 66.53, "GT-known Loc": 88.09},
+    "KD-CI-CAM": {"Top-1 Cls": 79.24, "Top-1 Loc": 73.02, "GT-known Loc": 91.59},
+}
+
+
+def load() -> dict[tuple[str, str], dict[str, list[dict]]]:
+    """(suite, tag) -> method -> list of run results (one per seed)."""
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(RESULTS.glob("accuracy_*.json")):
+        r = json.loads(path.read_text())
+        groups[(r["suite"], r.get("tag", ""))][r["method"]].append(r)
+    return groups
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "–"
+    m, s = mean_std(vals)
+    return f"{m:.2f} ± {s:.2f}" if len(vals) > 1 else f"{m:.2f}"
+
+
+def table(runs: dict[str, list[dict]], split: str) -> list[str]:
+    lines = ["| method | seeds | " + " | ".join(c for c, _ in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for method in METHODS:
+        rs = [r for r in runs.get(method, []) if split in r["metrics"]]
+        if not rs:
+            continue
+        cells = [fmt([get(r["metrics"][split], r) for r in rs]) for _, get in COLUMNS]
+        lines.append(f"| {LABEL[method]} | {','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def metric_mean(runs: dict[str, list[dict]], method: str, split: str, key: str) -> float | None:
+    vals = [r["metrics"][split][key] for r in runs.get(method, []) if split in r["metrics"]]
+    vals = [v for v in vals if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def targets(suite: str, runs: dict[str, list[dict]]) -> list[str]:
+    out = []
+    if suite == "synthetic":
+        split = "test_conflict"
+        cam_leak = metric_mean(runs, "cam", split, "context_leakage")
+        cam_v2 = metric_mean(runs, "cam", split, "max_box_acc_v2")
+        for method in ("ci-cam", "kd-ci-cam"):
+            leak = metric_mean(runs, method, split, "context_leakage")
+            v2 = metric_mean(runs, method, split, "max_box_acc_v2")
+            if None in (cam_leak, cam_v2, leak, v2):
+                out.append(f"- {LABEL[method]}: not measured yet.")
+                continue
+            cut = 100 * (cam_leak - leak) / cam_leak
+            gain = v2 - cam_v2
+            out.append(f"- {LABEL[method]} on test_conflict: context leakage {leak:.2f} vs CAM {cam_leak:.2f} "
+                       f"(cut {cut:+.1f} %, target ≥ 30 %: **{'met' if cut >= 30 else 'not met'}**); MaxBoxAccV2 "
+                       f"{v2:.2f} vs {cam_v2:.2f} ({gain:+.2f} points, target ≥ +5: **{'met' if gain >= 5 else 'not met'}**).")
+    elif suite == "cub50":
+        split = "test"
+        vals = {k: (metric_mean(runs, "kd-ci-cam", split, k), metric_mean(runs, "cam", split, k))
+                for k in ("top1_loc", "max_box_acc_v2", "top1_cls")}
+        if any(None in v for v in vals.values()):
+            return ["- KD-CI-CAM vs CAM: not measured yet."]
+        d_loc = vals["top1_loc"][0] - vals["top1_loc"][1]
+        d_v2 = vals["max_box_acc_v2"][0] - vals["max_box_acc_v2"][1]
+        d_cls = vals["top1_cls"][0] - vals["top1_cls"][1]
+        ok = d_loc >= 3 and d_v2 >= 3 and d_cls >= -0.5
+        out.append(f"- KD-CI-CAM vs CAM on test: Top-1 Loc {d_loc:+.2f}, MaxBoxAccV2 {d_v2:+.2f} (targets ≥ +3), "
+                   f"Top-1 Cls {d_cls:+.2f} (target ≥ −0.5): **{'met' if ok else 'not met'}**.")
+    return out
+
+
+def speed_section() -> list[str]:
+    lines = []
+    ev = RESULTS / "evaluator_speed.json"
+    if ev.is_file():
+        data = json.loads(ev.read_text())
+        lines += ["### Evaluator speed (`benchmarks/evaluator_speed.py`)", "",
+                  f"Commit `{data.get('commit', '?')}`, {data.get('machine', {}).get('cpu', '?')}, "
+                  f"{data.get('machine', {}).get('cores', '?')} cores; command `{data.get('command', '?')}`.", "",
+                  "| data | mode | reference img/s | ours img/s | ratio | equal metrics |", "|---|---|---|---|---|---|"]
+        for case in data.get("cases", []):
+            lines.append(f"| {case.get('data')} | {case.get('mode')} | {case.get('reference_images_per_s', 0):.1f} | "
+                         f"{case.get('ours_images_per_s', 0):.1f} | {case.get('ratio', 0):.1f}× | "
+                         f"{case.get('equal', '?')} |")
+        lines.append("")
+    tp = RESULTS / "throughput.json"
+    if tp.is_file():
+        data = json.loads(tp.read_text())
+        inf = data.get("inference", {})
+        if inf:
+            lines += ["### Inference throughput (`benchmarks/throughput.py`)", "",
+                      f"Commit `{inf.get('run', {}).get('commit', '?')}`, command `{inf.get('run', {}).get('command', '?')}`.", "",
+                      f"- `Localizer`: {inf.get('localizer_images_per_s')} img/s vs the bare backbone's forward "
+                      f"{inf.get('backbone_images_per_s')} img/s on the same batch: ratio "
+                      f"{inf.get('ratio', float('nan')):.2f} (goal ≥ 0.8)."]
+        step = data.get("train_step", {})
+        if step:
+            lines.append(f"- Training step, CI-CAM over CAM on the same backbone and batch: "
+                         f"{step.get('ratio', float('nan')):.2f}× (goal ≤ 1.15×).")
+        lines.append("")
+    return lines
+
+
+def main() -> int:
+    groups = load()
+    lines = ["# Benchmarks", "",
+             "Generated by `benchmarks/report.py` from `benchmarks/results/*.json` (written by "
+             "`benchmarks/accuracy.py`, `benchmarks/evaluator_speed.py`, `benchmarks/throughput.py`). "
+             "Values are mean ± std over seeds (std over the seeds listed; a single seed shows no ±). Every run's JSON "
+             "holds its config, commit, machine, wall time and peak memory. Box thresholds (Top-1 / GT-known Loc) were "
+             "chosen on val; MaxBoxAccV2 and PxAP are threshold-free; test was evaluated once per run.", ""]
+    for (suite, tag), runs in sorted(groups.items()):
+        any_run = next(iter(next(iter(runs.values()))))
+        title = f"## {suite}" + (f" — ablation `{tag}`: `{' '.join(any_run.get('overrides', []))}`" if tag else "")
+        lines += [title, ""]
+        cfg = any_run["config"]
+        lines.append(f"Config `{SUITE_CONFIG.get(suite, '?')}`: backbone {cfg['model']['backbone']} "
+                     f"(pretrained={cfg['model']['pretrained']}, output stride {cfg['model']['output_stride'] or 32}, "
+                     f"frozen blocks {cfg['model']['freeze_stages']}), {cfg['data']['image_size']} px, "
+                     f"{cfg['optim']['epochs']} epochs per stage, batch {cfg['data']['batch_size']}. "
+                     f"Machine: {any_run['machine']['cpu']}, {any_run['machine']['cores']} cores, torch "
+                     f"{any_run['machine']['torch']}. Commit(s): "
+                     + ", ".join(sorted({f"`{r['commit'][:12]}`" for rs in runs.values() for r in rs})) + ".")
+        lines.append("")
+        splits = sorted({s for rs in runs.values() for r in rs for s in r["metrics"]}, key=lambda s: (s != "test", s))
+        for split in splits:
+            lines += [f"**{split}**", ""] + table(runs, split) + [""]
+        if not tag:
+            lines += ["Targets:", ""] + targets(suite, runs) + [""]
+        if suite == "cub50":
+            lines += ["For context only — the authors' CUB-200 numbers with VGG16 (their test logs; different backbone, "
+                      "all 200 classes, full resolution, thresholds tuned on test): "
+                      + "; ".join(f"{k}: " + ", ".join(f"{m} {v:.2f}" for m, v in d.items())
+                                  for k, d in PAPER_CUB_VGG16.items()) + ".", ""]
+    lines += speed_section()
+    from kdcicam.data.metadata import atomic_write_text
+
+    atomic_write_text(OUT, "\n".join(lines).rstrip() + "\n")
+    print(f"wrote {OUT}")
+    return 0
+
+
+SUITE_CONFIG = {"synthetic": "configs/synthetic.yaml", "cub50": "configs/cub50.yaml"}
+
+if __name__ == "__main__":
+    sys.exit(main())

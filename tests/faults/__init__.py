@@ -1,0 +1,1 @@
+"""Reliability and security fault suite: every test injects one fault and records how it was handled."""
