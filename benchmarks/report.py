@@ -116,14 +116,19 @@ def speed_section() -> list[str]:
     ev = RESULTS / "evaluator_speed.json"
     if ev.is_file():
         data = json.loads(ev.read_text())
+        machine = data.get("machine", {})
         lines += ["### Evaluator speed (`benchmarks/evaluator_speed.py`)", "",
-                  f"Commit `{data.get('commit', '?')}`, {data.get('machine', {}).get('cpu', '?')}, "
-                  f"{data.get('machine', {}).get('cores', '?')} cores; command `{data.get('command', '?')}`.", "",
-                  "| data | mode | reference img/s | ours img/s | ratio | equal metrics |", "|---|---|---|---|---|---|"]
-        for case in data.get("cases", []):
-            lines.append(f"| {case.get('data')} | {case.get('mode')} | {case.get('reference_images_per_s', 0):.1f} | "
-                         f"{case.get('ours_images_per_s', 0):.1f} | {case.get('ratio', 0):.1f}× | "
-                         f"{case.get('equal', '?')} |")
+                  (f"Commit `{data.get('commit', '?')}`, {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
+                   f"date {data.get('date', '?')}; command `{data.get('command', '?')}`. {data.get('note', '')}"), "",
+                  "| maps | mode | reference img/s | ours img/s | ratio (floor 5×, aim 20×) | equal metrics |",
+                  "|---|---|---|---|---|---|"]
+        for name, cases in data.get("results", {}).items():
+            for mode in ("single_contour", "multi_contour"):
+                c = cases.get(mode)
+                if c:
+                    lines.append(f"| {name} ({cases.get('images')}) | {mode.replace('_', '-')} | "
+                                 f"{c['reference_images_per_s']:.0f} | {c['ours_images_per_s']:.0f} | {c['ratio']:.1f}× | "
+                                 f"{c['equal_to_reference']} |")
         lines.append("")
     tp = RESULTS / "throughput.json"
     if tp.is_file():

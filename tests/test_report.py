@@ -62,12 +62,12 @@ def test_report_is_valid_self_contained_html_with_every_number(runs, tmp_path: P
     from kdcicam.viz import write_report
 
     plain, kd = runs
-    first = write_report([plain], tmp_path / "first.html", splits=["test"], num_images=0)
+    first = write_report([plain], tmp_path / "first.html", splits=["test", "test_conflict"], num_images=0)
     assert first.is_file() and (plain / "metrics.json").is_file()  # evaluated on the fly, written by evaluate
     metrics = json.loads((plain / "metrics.json").read_text())
-    edited = json.loads(json.dumps(metrics))  # the KD run gets hand-edited metrics: its numbers must differ
-    edited["test"]["top1_cls"] = 12.345
-    edited["test"]["context_leakage"] = 77.777
+    # the KD run gets hand-edited metrics (its numbers must differ) for test only: test_conflict is missing
+    edited = {k: v for k, v in metrics.items() if k != "test_conflict"}
+    edited["test"] = {**metrics["test"], "top1_cls": 12.345, "context_leakage": 77.777}
     (kd / "student" / "metrics.json").write_text(json.dumps(edited))
 
     out = write_report([plain, kd], tmp_path / "sub" / "report.html", splits=["test_conflict", "test"], num_images=4)

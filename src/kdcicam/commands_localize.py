@@ -23,6 +23,9 @@ CSV_FIELDS = ("file", "width", "height", "box", "x0", "y0", "x1", "y1", "class_i
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("exit status: 0 when every image was processed; 1 when some files could not be read (each is "
+                "named on stderr and skipped, the others are written); 2 for usage errors (no images found, a "
+                "missing path, a bad checkpoint)")
     p.add_argument("checkpoint", metavar="CKPT", help="a run folder (KD runs: the student is used) or a .ckpt file")
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files and/or folders (recursive)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for boxes.json/csv and overlays")

@@ -157,7 +157,8 @@ class WSOLDataset(Dataset):
             except ImageReadError as e:
                 self._bad_indices.add(j)
                 self.bad_images.append(e.path)
-                log.warning("skipping unreadable image %s (%s); using the next one", e.path, e.reason)
+                log.warning("skipping unreadable image %s (%s); using the next one (%d unreadable so far in %s)",
+                            e.path, e.reason, len(self.bad_images), self.metadata.split_dir or "this split")
         raise ImageReadError(self.metadata.split_dir or "split", "no readable image in the whole split")
 
     def load_raw(self, index: int) -> dict[str, Any]:

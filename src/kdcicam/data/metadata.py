@@ -154,7 +154,8 @@ def read_dataset_info(dataset_dir: str | os.PathLike) -> DatasetInfo:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise MetadataError(path, mark.line + 1 if mark else None, f"invalid YAML: {e}") from None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]  # one line: the CLI prints one
+        raise MetadataError(path, mark.line + 1 if mark else None, f"invalid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise MetadataError(path, None, "expected a mapping with image_root and class_names")
     for key in ("image_root", "class_names"):

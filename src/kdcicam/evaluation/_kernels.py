@@ -161,21 +161,31 @@ def _best_iou(x0, y0, x1, y1, gt):
 
 
 @njit(cache=True, nogil=True)
-def quantize(scoremap, q):
-    """``q = uint8(map * 255)`` (truncation, as numpy's cast). Returns the largest grey level, or
-    -1 (``q`` then unspecified) when a value is NaN, infinite or outside [0, 1]."""
+def quantize(scoremap, q, hist):
+    """``q = uint8(map * 255)`` (truncation, as numpy's cast), and the grey-level histogram (split
+    four ways: ``hist [4, 256]``, summed by the caller). Returns the largest grey level, or -1
+    (``q`` then unspecified) when a value is NaN, infinite or outside [0, 1]."""
     flat = scoremap.ravel()
     out = q.ravel()
+    n = flat.shape[0]
     bad = False
-    for i in range(flat.shape[0]):
+    for i in range(n):
         v = flat[i]
         bad |= not (v >= 0.0 and v <= 1.0)  # NaN fails both comparisons
     if bad:
         return -1
+    hist[:] = 0
     top = np.uint8(0)
-    for i in range(flat.shape[0]):
+    for i in range(0, n - 3, 4):
+        for k in range(4):
+            v = np.uint8(flat[i + k] * 255.0)
+            out[i + k] = v
+            hist[k, v] += 1
+            top = max(top, v)
+    for i in range(n - n % 4, n):
         v = np.uint8(flat[i] * 255.0)
         out[i] = v
+        hist[0, v] += 1
         top = max(top, v)
     return np.int64(top)
 
@@ -191,7 +201,7 @@ def threshold_levels(top, thresholds):
 
 
 @njit(cache=True, nogil=True)
-def _band_order(q, levels, order):
+def _band_order(q, hist, levels, order):
     """Pixels grouped by the threshold at which they turn foreground (counting sort), packed as
     ``(y << 16) | x``, and the groups' starts.
 
@@ -199,9 +209,10 @@ def _band_order(q, levels, order):
     highest index whose level lies below the pixel's grey level); group ``nt`` holds those that
     never do. A pixel of group ``b`` turns background, going up, at threshold ``nt - b``.
 
-    ``order`` is a work buffer of ``h * w`` int32. Smooth maps put long runs of pixels in the same group, and a read-modify-write chain on one
-    counter costs several cycles per pixel: the histogram is split four ways and the fill pass
-    interleaves distant columns."""
+    ``hist`` is the four-way grey-level histogram from :func:`quantize`; ``order`` a work buffer
+    of ``h * w`` int32. Smooth maps put long runs of pixels in the same group, and a
+    read-modify-write chain on one counter costs several cycles per pixel: hence the split
+    histogram, and a fill pass that interleaves distant columns."""
     h, w = q.shape
     nt = levels.shape[0]
     band = np.empty(256, dtype=np.int64)
@@ -210,16 +221,6 @@ def _band_order(q, levels, order):
         while t >= 0 and levels[t] >= v:
             t -= 1
         band[v] = nt - 1 - t  # t = -1: never foreground -> group nt
-    hist = np.zeros((4, 256), dtype=np.int64)
-    qf = q.ravel()
-    n = qf.shape[0]
-    for i in range(0, n - 3, 4):
-        hist[0, qf[i]] += 1
-        hist[1, qf[i + 1]] += 1
-        hist[2, qf[i + 2]] += 1
-        hist[3, qf[i + 3]] += 1
-    for i in range(n - n % 4, n):
-        hist[0, qf[i]] += 1
     count = np.zeros(nt + 1, dtype=np.int64)
     for v in range(256):
         count[band[v]] += hist[0, v] + hist[1, v] + hist[2, v] + hist[3, v]
@@ -259,9 +260,9 @@ def workspace(h, w):
 
 
 @njit(cache=True, nogil=True)
-def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, holes, ws):
+def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, holes, ws, with_multi):
     """Top-down union-find over the foreground. Fills the single-contour IoU (or a flag), the best
-    IoU over component boxes, and the number of holes, per threshold."""
+    IoU over component boxes (when ``with_multi``), and the number of holes, per threshold."""
     h, w = shape
     nt = start.shape[0] - 2
     pw = w + 2
@@ -389,15 +390,17 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
             out_single[t] = empty_iou
             out_multi[t] = empty_iou
             continue
-        best_multi = 0.0
         winner = live[0]
-        for j in range(nlive):
-            r = live[j]
-            iou = _best_iou(bx0[r], by0[r], min(bx1[r] + 1, w - 1), min(by1[r] + 1, h - 1), gt)
-            best_multi = max(best_multi, iou)
-            if area2[r] > area2[winner]:
-                winner = r
-        out_multi[t] = best_multi
+        for j in range(1, nlive):
+            if area2[live[j]] > area2[winner]:
+                winner = live[j]
+        if with_multi:
+            best_multi = 0.0
+            for j in range(nlive):
+                r = live[j]
+                iou = _best_iou(bx0[r], by0[r], min(bx1[r] + 1, w - 1), min(by1[r] + 1, h - 1), gt)
+                best_multi = max(best_multi, iou)
+            out_multi[t] = best_multi
         if nlive > 1:
             runner_up = -1  # the largest area (bound) among the others
             for j in range(nlive):
@@ -576,17 +579,17 @@ def _background_extent(levels, start, holes):
 
 
 @njit(cache=True, nogil=True)
-def box_ious(q, top, thresholds, gt, out_single, out_multi, flags, with_holes, ws):
+def box_ious(q, hist, top, thresholds, gt, out_single, out_multi, flags, with_holes, ws):
     """Best IoU per threshold of the single-contour box (``out_single``) and of all contour boxes
-    (``out_multi``; holes' boxes left out unless ``with_holes``) for the uint8 map ``q`` whose
+    (``out_multi``, only computed ``with_holes``, the multi-contour mode) for the uint8 map ``q`` whose
     largest value is ``top``. Where ``flags`` has FLAG_SINGLE or FLAG_MULTI, the caller must trace
     that threshold. Returns the thresholds' grey levels."""
     levels = threshold_levels(top, thresholds)
     nt = levels.shape[0]
     order = ws[7]
-    start = _band_order(q, levels, order)
+    start = _band_order(q, hist, levels, order)
     holes = np.zeros(nt, dtype=np.int64)
-    _foreground_pass(q.shape, order, start, gt, out_single, out_multi, flags, holes, ws)
+    _foreground_pass(q.shape, order, start, gt, out_single, out_multi, flags, holes, ws, with_holes)
     if with_holes:
         t_cut = _background_extent(levels, start, holes)
         hole_iou = np.zeros(nt, dtype=np.float64)
@@ -610,14 +613,15 @@ def batch_box_ious(maps, thresholds, gt_boxes, gt_offsets, first, stop, out_sing
     h = maps.shape[1]
     w = maps.shape[2]
     q = np.empty((h, w), dtype=np.uint8)
+    hist = np.empty((4, 256), dtype=np.int64)
     ws = workspace(h, w)
     for i in range(first, stop):
-        top = quantize(maps[i], q)
+        top = quantize(maps[i], q, hist)
         valid[i] = top >= 0
         if top < 0:
             continue
         gt = gt_boxes[gt_offsets[i]:gt_offsets[i + 1]]
-        levels[i] = box_ious(q, top, thresholds, gt, out_single[i], out_multi[i], flags[i], with_holes, ws)
+        levels[i] = box_ious(q, hist, top, thresholds, gt, out_single[i], out_multi[i], flags[i], with_holes, ws)
 
 
 @njit(cache=True, nogil=True)

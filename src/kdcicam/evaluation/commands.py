@@ -50,6 +50,8 @@ def cam_path(cam_dir: Path, image_id: str) -> Path:
 
 def load_cam(cam_dir: Path, image_id: str, shape: tuple[int, int], normalize: bool):
     """Load and check one map (never unpickles)."""
+    import zipfile
+
     import numpy as np
 
     from .boxes import normalize_scoremap
@@ -61,7 +63,7 @@ def load_cam(cam_dir: Path, image_id: str, shape: tuple[int, int], normalize: bo
         cam = np.load(path, allow_pickle=False)
     except ValueError as e:
         raise CamFileError(image_id, path, f"cannot load without unpickling (dtype object?): {e}") from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile) as e:  # BadZipFile: a file that starts like an .npz
         raise CamFileError(image_id, path, f"not a readable .npy file: {e}") from None
     if not isinstance(cam, np.ndarray):
         raise CamFileError(image_id, path, "not a single array")

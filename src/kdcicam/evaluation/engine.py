@@ -9,6 +9,7 @@ releases the GIL.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +28,20 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One long-lived pool per size: starting threads for every batch costs more than the work
+    of a small batch."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kdcicam-eval")
+        return pool
 
 
 class BoxIoUs:
@@ -69,8 +84,8 @@ def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresh
                    single_contour: bool = True) -> BoxIoUs:
     """Best IoU per image and threshold for score maps ``[B, H, W]`` (float, in [0, 1]) against
     each image's GT boxes ``[k, 4]`` on the same grid. Either mode can be left out, which is
-    faster: ``multi_contour=False`` skips the holes' boxes (``multi`` then covers outer contours
-    only), ``single_contour=False`` leaves ``single`` unresolved where it needs tracing."""
+    faster: ``multi_contour=False`` leaves ``multi`` unspecified (except where a threshold was traced),
+    ``single_contour=False`` leaves ``single`` unresolved where it needs tracing."""
     maps = np.ascontiguousarray(scoremaps, dtype=np.float64)
     if maps.ndim != 3:
         raise ValueError(f"score maps must be [B, H, W], got shape {maps.shape}")
@@ -122,11 +137,7 @@ def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresh
         traced = run(0, b)
     else:
         bounds = np.linspace(0, b, chunks + 1).astype(int)
-        if pool is not None:
-            traced = sum(pool.map(run, bounds[:-1], bounds[1:]))
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as ex:
-                traced = sum(ex.map(run, bounds[:-1], bounds[1:]))
+        traced = sum((pool or _pool(workers)).map(run, bounds[:-1], bounds[1:]))
 
     bad = np.flatnonzero(~valid)
     if bad.size:

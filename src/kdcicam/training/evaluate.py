@@ -51,7 +51,7 @@ def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device
             for image_id, cam in zip(batch["image_id"], scoremaps):
                 path = save_cams / f"{image_id}.npy"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(path, cam.astype(np.float32))
+                np.save(path, cam)
     return evaluator
 
 
@@ -66,6 +66,9 @@ def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str |
     dev = _device(device)
     module.to(dev).eval()
     datamodule = WSOLDataModule(module.cfg)
+    if datamodule.num_classes != module.num_classes:  # metrics against another label space would be meaningless
+        raise ConfigError(f"{datamodule.root}: the dataset has {datamodule.num_classes} classes but {ckpt} was "
+                          f"trained on {module.num_classes}")
     val_split = module.cfg.data.val_split
     val_eval = run_split(module, datamodule, val_split, dev, progress=progress)
     val_metrics = val_eval.compute()

@@ -7,7 +7,6 @@ import logging
 import math
 from typing import Any
 
-import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -49,14 +48,11 @@ def build_model(cfg: RunConfig, num_classes: int, pretrained: Any = None) -> nn.
 
 def scoremaps_for_evaluation(maps: torch.Tensor, size: int) -> np.ndarray:
     """Localization maps → the evaluator's input: resized to the evaluation grid with bicubic
-    interpolation and min-max normalised, as wsolevaluation's inference does (cv2, per image)."""
-    from ..evaluation import normalize_scoremap
+    interpolation and min-max normalised, exactly as wsolevaluation's inference does."""
+    from ..evaluation import prepare_scoremap
 
-    arr = maps.detach().float().cpu().numpy()
-    out = np.empty((arr.shape[0], size, size), dtype=np.float32)
-    for i, m in enumerate(arr):
-        out[i] = normalize_scoremap(cv2.resize(m, (size, size), interpolation=cv2.INTER_CUBIC))
-    return out
+    arr = maps.detach().double().cpu().numpy()
+    return np.stack([prepare_scoremap(m, size) for m in arr])
 
 
 def lr_factor(epoch: int, cfg: RunConfig) -> float:
@@ -89,7 +85,12 @@ class WSOLModule(L.LightningModule):
             from ..models.distill import freeze_teacher
 
             for role, path in (teacher_checkpoints or {}).items():
-                self._teachers[role] = freeze_teacher(load_model(path))
+                teacher = load_model(path)
+                classes = getattr(teacher, "num_classes", num_classes)
+                if classes != num_classes:  # else a shape error at the first distillation step
+                    raise KdcicamError(f"{path}: the {role} teacher has {classes} classes but the student has "
+                                       f"{num_classes}; train the teachers on the student's dataset")
+                self._teachers[role] = freeze_teacher(teacher)
         self.box_threshold: float | None = None
         self._evaluator = None
 

@@ -61,7 +61,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except Exception as e:  # a corrupt file or one that needs code to load: one clear line, not a traceback
+            lines = str(e).splitlines() or [type(e).__name__]
+            reason = next((ln.strip() for ln in lines if "GLOBAL" in ln), lines[0])  # what was refused, if that
+            raise KdcicamError(f"{path}: cannot resume from this checkpoint ({reason}); only tensors and plain "
+                               "data are loaded (weights_only=True)") from None
 
 
 class LastCheckpoint(Callback):
@@ -72,6 +78,8 @@ class LastCheckpoint(Callback):
         self.every_n_steps = every_n_steps
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return  # the epoch-end checkpoint follows; Lightning resumes a last-batch checkpoint wrongly
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             trainer.save_checkpoint(self.path, weights_only=False)
 
