@@ -71,10 +71,16 @@ def machine(device: torch.device) -> dict[str, Any]:
                             "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                             "platform": platform.platform(), "python": platform.python_version(),
                             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                            "device": str(device), "malloc_env": {k: os.environ.get(k) for k in MALLOC_VARS}}
+                            "device": str(device), "malloc_env": {k: os.environ.get(k) for k in MALLOC_VARS},
+                            "load_average_at_start": load_average()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: how busy the machine was (a shared machine skews timings)."""
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def commit() -> str:
@@ -190,6 +196,7 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str,
         "localizer_phases_s": {"preprocess": round(t1 - t0, 4), "model_and_maps": round(t2 - t1, 4),
                                "topk_and_boxes": round(t3 - t2, 4)},
         "samples_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
+        "load_average_after": load_average(),
     }
 
 
@@ -244,6 +251,7 @@ def bench_train_step(args: argparse.Namespace, device: torch.device) -> dict[str
         "goal": "<= 1.15",
         "meets_goal": ratio <= 1.15,
         "samples_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
+        "load_average_after": load_average(),
     }
 
 

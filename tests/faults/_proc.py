@@ -13,8 +13,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 _PRELOAD = ["kdcicam.cli", "kdcicam.training.commands_train", "kdcicam.training.pipeline", "faults._proc"]
 _CTX = None

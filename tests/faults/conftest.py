@@ -14,9 +14,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -28,13 +28,27 @@ DEFAULT_RESULTS = REPO / "build" / "faults" / "results.json"
 
 CATEGORIES = ("bad images", "bad metadata and CAM files", "hostile files", "crashes", "fuzzing", "wrong use")
 
-#: a tiny, fast training recipe: 32 px, frozen backbone (only the head trains), one epoch
+#: a tiny, fast training recipe: 32 px, frozen backbone (only the head trains), one epoch, one CPU
+#: thread (on a shared 2-core machine two torch threads made these runs 20x slower, not faster)
 FAST = [
     "model.backbone=efficientnet_lite0", "model.pretrained=true", "model.freeze_stages=12",
     "data.image_size=32", "data.batch_size=16", "data.eval_batch_size=32", "data.augment.resize=36",
     "optim.epochs=1", "optim.lr=0.003", "trainer.progress_bar=false", "trainer.seed=0",
-    "trainer.log_every_n_steps=1", "data.test_splits=[test]",
+    "trainer.log_every_n_steps=1", "data.test_splits=[test]", "trainer.num_threads=1",
 ]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread (see FAST), and give the rest of the test session its setting back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def results_path() -> Path:
@@ -62,11 +76,11 @@ class FaultLog:
     records: list[FaultRecord] = field(default_factory=list)
     seconds: float = 0.0
 
-    def write(self, path: Path) -> None:
+    def write(self, path: Path, args: list[str]) -> None:
         if not self.records:
             return
         doc = {"generated": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(self.seconds, 1),
-               "records": [asdict(r) for r in self.records]}
+               "pytest_args": args, "records": [asdict(r) for r in self.records]}
         atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
@@ -82,7 +96,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _LOG.write(results_path())
+    _LOG.write(results_path(), [str(a) for a in session.config.invocation_params.args])
 
 
 def _first_line(text: str) -> str:
@@ -158,7 +172,7 @@ def run_cli(*argv: object) -> CliResult:
     from kdcicam.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with one_thread(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             rc = main([str(a) for a in argv])
         except SystemExit as e:  # argparse usage errors
@@ -202,7 +216,8 @@ def fault_run(tmp_path_factory: pytest.TempPathFactory, fault_data: Path) -> Pat
     from kdcicam.training.pipeline import train
 
     run = tmp_path_factory.mktemp("faults_run") / "cam"
-    train(load_config(None, [f"data.root={fault_data}", *FAST], method="cam"), run)
+    with one_thread():
+        train(load_config(None, [f"data.root={fault_data}", *FAST], method="cam"), run)
     return run
 
 

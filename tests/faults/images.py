@@ -3,9 +3,9 @@ metadata (size, box, mask), so the only fault left is the file itself."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -111,7 +111,7 @@ def _scale_box(box: tuple[float, ...], old: tuple[int, int], new: tuple[int, int
     sx, sy = new[0] / old[0], new[1] / old[1]
     x0, y0, x1, y1 = box
     x0, y0 = min(int(x0 * sx), new[0] - 1), min(int(y0 * sy), new[1] - 1)
-    x1, y1 = max(int(round(x1 * sx)), x0 + 1), max(int(round(y1 * sy)), y0 + 1)
+    x1, y1 = max(round(x1 * sx), x0 + 1), max(round(y1 * sy), y0 + 1)
     return (x0, y0, min(x1, new[0]), min(y1, new[1]))
 
 

@@ -110,7 +110,7 @@ def odd(fault_data: Path, fault_run: Path, tmp_path_factory: pytest.TempPathFact
 
 def _expected(kind: Kind, src: np.ndarray, decoded: np.ndarray) -> None:
     """What a viewer would show, per kind."""
-    diff = lambda a, b: float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())  # noqa: E731
+    diff = lambda a, b: float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
     if kind.name.startswith("16-bit"):
         assert (decoded == grey(src)[..., None]).all(), "16-bit values must scale by 255/65535, not clip"
     elif kind.name.startswith("RGBA"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -83,17 +83,27 @@ CASES: list[Case] = [
      lambda s: _field(s / "localization.txt", 3, 1, "1e999")),
     ("masks.txt: 2 fields", "masks.txt", 2, "expected 3 fields",
      lambda s: _edit_line(s / "masks.txt", 2, ",".join((s / "masks.txt").read_text().splitlines()[1].split(",")[:2]))),
+    ("class_labels.txt: empty image path", "class_labels.txt", 2, "empty image path",
+     lambda s: _field(s / "class_labels.txt", 2, 0, "")),
+    ("masks.txt: ignore-mask path with ..", "masks.txt", 2, "escapes the image root",
+     lambda s: _field(s / "masks.txt", 2, 2, "../../ignore.png")),
+    ("metadata folder missing", "", None, "metadata folder not found",
+     lambda s: __import__("shutil").rmtree(s)),
     ("dataset.yaml: invalid YAML", "dataset.yaml", 2, "invalid YAML",
      lambda s: (s.parent / "dataset.yaml").write_text("name: x\nimage_root: : images\nclass_names: [a]\n")),
     ("dataset.yaml: class_names missing", "dataset.yaml", None, "missing key 'class_names'",
      lambda s: (s.parent / "dataset.yaml").write_text("image_root: images\n")),
     ("dataset.yaml: class_names not a list of strings", "dataset.yaml", None, "class_names must be",
      lambda s: (s.parent / "dataset.yaml").write_text("image_root: images\nclass_names: {a: 1}\n")),
+    ("dataset.yaml: image_root missing", "dataset.yaml", None, "missing key 'image_root'",
+     lambda s: (s.parent / "dataset.yaml").write_text("class_names: [a, b, c, d]\n")),
+    ("dataset.yaml: a list, not a mapping", "dataset.yaml", None, "expected a mapping",
+     lambda s: (s.parent / "dataset.yaml").write_text("- images\n- [a, b]\n")),
 ]
 
 
 def _where(split: Path, file: str, line: int | None) -> str:
-    path = split.parent / file if file == "dataset.yaml" else split / file
+    path = split.parent / file if file == "dataset.yaml" else split / file if file else split
     return f"{path}:{line}:" if line is not None else f"{path}:"
 
 
@@ -140,6 +150,44 @@ def test_missing_image_file_through_train(dataset: Path, empty_config: Path, tmp
     assert f"{dataset / 'train' / 'image_ids.txt'}:7:" in message and image_id in message
 
 
+def _no_image_root(dataset: Path) -> None:
+    info = dataset / "dataset.yaml"
+    info.write_text(info.read_text().replace("image_root: images", "image_root: moved_away"))
+
+
+def _no_mask(dataset: Path) -> None:
+    line = (dataset / "train" / "masks.txt").read_text().splitlines()[3]
+    (dataset / "images" / line.split(",")[1]).unlink()
+
+
+@pytest.mark.parametrize("name, mutate, where, words", [
+    # the mask check runs before the root check, so the first error names a mask file under the moved root
+    ("dataset.yaml image_root is not a folder", _no_image_root, "masks.txt:1:", "moved_away"),
+    ("mask file listed in masks.txt missing on disk", _no_mask, "train/masks.txt:4:", "not found under"),
+])
+def test_missing_files_through_train(name, mutate, where, words, dataset: Path, empty_config: Path, tmp_path: Path,
+                                     cli, fault):
+    rec = fault(f"{name} (training)", CAT, "`kdcicam train` exits 2 with one line naming the file (and line)")
+    mutate(dataset)
+    r = cli(*train_args(empty_config, dataset, tmp_path / "run"))
+    rec.observed = r.error_lines("train")[0] if r.error_lines("train") else f"exit {r.rc}: {r.err[-300:]}"
+    message = r.one_line_error("train")
+    assert where in message and words in message
+
+
+def test_missing_mask_file_through_score(dataset: Path, tmp_path: Path, cli, fault):
+    rec = fault("mask file listed in masks.txt missing on disk (`kdcicam score`)", CAT,
+                "exit 2 with one line naming the mask file")
+    line = (dataset / "test" / "masks.txt").read_text().splitlines()[3]
+    mask = dataset / "images" / line.split(",")[1]
+    mask.unlink()
+    cams = tmp_path / "cams"
+    _write_cams(dataset / "test", cams)
+    r = cli("score", cams, "--metadata", dataset / "test", "--cam-size", SIZE)
+    rec.observed = r.error_lines("score")[0] if r.error_lines("score") else f"exit {r.rc}: {r.err[-300:]}"
+    assert str(mask) in r.one_line_error("score")
+
+
 def test_debug_shows_the_traceback(dataset: Path, tmp_path: Path, fault):
     rec = fault("bad metadata with --debug", CAT, "the MetadataError propagates (full traceback for debugging)")
     _edit_line(dataset / "test" / "image_ids.txt", 5, _id(dataset / "test", 1))
@@ -157,7 +205,7 @@ def test_real_process_prints_one_line_and_no_traceback(dataset: Path, tmp_path: 
     (tmp_path / "cams").mkdir()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     p = subprocess.run([sys.executable, "-m", "kdcicam.cli", "score", str(tmp_path / "cams"), "--metadata",
-                        str(dataset / "test")], capture_output=True, text=True, env=env, timeout=120)
+                        str(dataset / "test")], capture_output=True, text=True, env=env, timeout=120, check=False)
     rec.observed = f"exit {p.returncode}, stderr: {p.stderr.strip()}"
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "image_ids.txt:5:" in p.stderr
 

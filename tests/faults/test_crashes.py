@@ -9,8 +9,8 @@ import shutil
 import signal
 import time
 from collections import namedtuple
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -75,18 +75,28 @@ Kill = namedtuple("Kill", "name sig when")
 
 def test_kills_at_random_points_leave_a_loadable_checkpoint_and_resume_exactly(fault_data: Path, tmp_path: Path,
                                                                               fault):
+    """One run, interrupted five times (each process resumes the last), then finished; every kill
+    point is a separate record. Kill points are events (a temp file appearing, a checkpoint being
+    replaced) or random delays scaled to the uninterrupted run's duration on this machine."""
     seed = int(os.environ.get(SEED_ENV) or time.time_ns() % 100_000)
     rng = random.Random(seed)
     config = tmp_path / "empty.yaml"
     config.write_text("{}\n")
-    # CI-CAM (it also checkpoints its context pool); 3 epochs of 2 steps, a checkpoint after every step
-    args = lambda out: train_args(config, fault_data, out, "optim.epochs=3",  # noqa: E731
+    # CI-CAM (it also checkpoints its context pool); 5 epochs of 2 steps, a checkpoint after every step
+    args = lambda out: train_args(config, fault_data, out, "optim.epochs=5",
                                   "trainer.checkpoint_every_n_steps=1", method="ci-cam")
+    # the uninterrupted run first: its checkpoint times scale the random delays to this machine's speed
     reference = _proc.start(args(tmp_path / "ref"), tmp_path, tmp_path / "ref.log")
+    ref_last = tmp_path / "ref" / "checkpoints" / "last.ckpt"
+    first_write = written(ref_last, 1)
+    reference.when(first_write, 0)  # signal 0: no signal, just wait for the first checkpoint
+    t_first = reference.elapsed
+    assert reference.wait() == 0, reference.output()[-2000:]
+    span = reference.elapsed - t_first  # from the first checkpoint to the end of the run
     run = tmp_path / "killed"
     ckpts = run / "checkpoints"
     last = ckpts / "last.ckpt"
-    d1, d2 = rng.uniform(0.0, 1.5), rng.uniform(0.0, 1.0)
+    d1, d2 = rng.uniform(0.05, 0.3) * span, rng.uniform(0.05, 0.2) * span
     # each kill's condition is made when its process starts (temp files left by earlier kills are old)
     kills = [
         Kill("SIGKILL during the first checkpoint write", signal.SIGKILL, lambda: writing(ckpts)),
@@ -94,6 +104,8 @@ def test_kills_at_random_points_leave_a_loadable_checkpoint_and_resume_exactly(f
              "used to resume one epoch short)", signal.SIGKILL, lambda: written(last, 2)),
         Kill(f"SIGKILL at a random moment mid-run ({d1:.2f} s after this process's first checkpoint write; "
              f"seed {seed})", signal.SIGKILL, lambda: after(writing(ckpts), d1)),
+        Kill("SIGKILL while a checkpoint write replaces an existing last.ckpt", signal.SIGKILL,
+             lambda: writing(ckpts, need=last)),
         Kill(f"Ctrl-C (SIGINT) at a random moment mid-run ({d2:.2f} s after a checkpoint write)", signal.SIGINT,
              lambda: after(writing(ckpts), d2)),
     ]
@@ -110,7 +122,7 @@ def test_kills_at_random_points_leave_a_loadable_checkpoint_and_resume_exactly(f
         assert not (run / "done.json").exists()
         leftovers = sorted(n for n in os.listdir(ckpts) if n.endswith(".tmp")) if ckpts.is_dir() else []
         left = _load(last)  # raises if a kill left a half-written last.ckpt
-        step = lambda c: None if c is None else c["global_step"]  # noqa: E731
+        step = lambda c: None if c is None else c["global_step"]
         rec.observed = (f"exit {rc}; last.ckpt before: step {step(before)}, after: step {step(left)}"
                         f"{'; leftover temp files: ' + ', '.join(leftovers) if leftovers else ''}")
         rec.data_lost = before is not None and (left is None or left["global_step"] < before["global_step"])
@@ -125,8 +137,7 @@ def test_kills_at_random_points_leave_a_loadable_checkpoint_and_resume_exactly(f
                   "equal) as an uninterrupted run with the same seed")
     rc = _proc.start(args(run) + ["--resume"], tmp_path, tmp_path / "final.log").wait()
     assert rc == 0, (tmp_path / "final.log").read_text()[-2000:]
-    assert reference.wait() == 0, (tmp_path / "ref.log").read_text()[-2000:]
-    a, b = _load(tmp_path / "ref" / "checkpoints" / "last.ckpt"), _load(last)
+    a, b = _load(ref_last), _load(last)
     different = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
     final.observed = (f"{len(a['state_dict'])} tensors, {len(different)} differ; global step {b['global_step']} vs "
                       f"{a['global_step']}")

@@ -34,6 +34,7 @@ class _Payload:
 def evil_checkpoint(path: Path, marker: Path) -> Path:
     """A file shaped like a kdcicam checkpoint (state_dict, hyper_parameters) carrying the payload."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # it may be a hard link into the shared run (see conftest.link_run)
     torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {"config": {}, "num_classes": 4},
                 "payload": _Payload(marker)}, path)
     return path
@@ -233,7 +234,10 @@ def _unsafe_loads(path: Path) -> list[str]:
             continue
         owner, name = node.func.value.id, node.func.attr
         kw = {k.arg: k.value for k in node.keywords}
-        true = lambda key: isinstance(kw.get(key), ast.Constant) and kw[key].value is True  # noqa: E731
+
+        def true(key: str, kw: dict = kw) -> bool:
+            return isinstance(kw.get(key), ast.Constant) and kw[key].value is True
+
         if (owner == "pickle" and name in ("load", "loads")) or \
                 (owner == "yaml" and name in ("load", "unsafe_load", "full_load", "load_all")) or \
                 (owner == "torch" and name == "load" and not true("weights_only")) or \

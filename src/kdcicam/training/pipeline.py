@@ -63,7 +63,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
         try:
             return torch.load(path, map_location=map_location or "cpu", weights_only=True)
-        except Exception as e:  # a corrupt file or one that needs code to load: one clear line, not a traceback
+        except Exception as e:  # noqa: BLE001 - corrupt, or needs code to load: one clear line, not a traceback
             lines = str(e).splitlines() or [type(e).__name__]
             reason = next((ln.strip() for ln in lines if "GLOBAL" in ln), lines[0])  # what was refused, if that
             raise KdcicamError(f"{path}: cannot resume from this checkpoint ({reason}); only tensors and plain "
