@@ -179,13 +179,28 @@ def main() -> int:
                       "all 200 classes, full resolution, thresholds tuned on test): "
                       + "; ".join(f"{k}: " + ", ".join(f"{m} {v:.2f}" for m, v in d.items())
                                   for k, d in PAPER_CUB_VGG16.items()) + ".", ""]
-    lines += speed_section()
+    lines += NOTES + [""] + speed_section()
     from kdcicam.data.metadata import atomic_write_text
 
     atomic_write_text(OUT, "\n".join(lines).rstrip() + "\n")
     print(f"wrote {OUT}")
     return 0
 
+
+NOTES = [
+    "## Notes and status",
+    "",
+    "- Coverage: the suites and seeds present above are all that have been run; a missing suite or seed has no "
+    "results file yet (`benchmarks/accuracy.py` resumes where it stopped). Train times were measured while other "
+    "jobs shared the 2 cores, so they are upper bounds.",
+    "- Why CI-CAM does not move the synthetic numbers (a hypothesis, not yet an ablation): the causal context pool "
+    "is a per-class *spatial* map (C×h×w) averaged over correctly classified samples. On this dataset objects are "
+    "placed uniformly at random, so a class's average CAM is nearly flat and the intervention `F ⊙ (1 + A)` "
+    "re-weights every position alike; in the CPU recipe the intervention conv also trains at lr·bk for 3 epochs "
+    "only. Distillation (KD-CI-CAM) changes the student more: its CAM-distillation route and random-resized-crop "
+    "augmentation differ from CAM's training, which is a confound of its own. Ablations to run next, chosen on val: "
+    "pool rate, the intervention conv at full lr, α and T.",
+]
 
 SUITE_CONFIG = {"synthetic": "configs/synthetic.yaml", "cub50": "configs/cub50.yaml"}
 
