@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdcicam.training.evaluate import evaluate
+from kdcicam.training.evaluate import evaluate, evaluate_official_protocol
 from kdcicam.training.module import load_module
 from kdcicam.training.pipeline import train
 
@@ -46,6 +46,9 @@ def test_two_epochs_loss_falls_and_checkpoint_reloads(method: str, fast_config, 
     for key in ("top1_cls", "top5_cls", "top1_loc", "gt_known_loc", "max_box_acc_v2", "pxap", "context_leakage"):
         assert key in results["test"]
     assert json.loads((run / "metrics.json").read_text())["test"]["max_box_acc_v2"] == results["test"]["max_box_acc_v2"]
+    official = evaluate_official_protocol(run, ["test"])
+    assert official["protocol"] == "official" and 0 <= official["test"]["gt_known"] <= 100
+    assert official["test"]["top1_cls"] == pytest.approx(results["test"]["top1_cls"], abs=25)  # other crop
 
 
 def test_kd_pipeline_runs_three_stages_and_skips_finished(fast_config, tmp_path: Path):

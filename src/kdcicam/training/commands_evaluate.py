@@ -12,6 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--data-root", help="dataset folder, if it moved since training")
     p.add_argument("--json", help="also write the metrics to this file")
+    p.add_argument("--protocol", choices=["wsol", "official"], default="wsol",
+                   help="wsol: clovaai/wsolevaluation (default); official: the papers' box protocol (METHOD §5)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,6 +21,18 @@ def run(args: argparse.Namespace) -> int:
     from .evaluate import check_splits, evaluate, format_table
 
     splits = check_splits(args.split)
+    if args.protocol == "official":
+        from .evaluate import evaluate_official_protocol
+
+        results = evaluate_official_protocol(args.run, splits, device=args.device, data_root=args.data_root)
+        print(f"checkpoint: {results['checkpoint']}  (official protocol: resize {results['resize']}, crop "
+              f"{results['crop']}, segThr {results['seg_threshold']})")
+        for split in splits:
+            print(split + ": " + ", ".join(f"{k} {v:.2f}" for k, v in results[split].items()
+                                           if isinstance(v, (int, float))))
+        if args.json:
+            atomic_write_text(args.json, json.dumps(results, indent=2))
+        return 0
     results = evaluate(args.run, splits, save_cams=args.save_cams, device=args.device, data_root=args.data_root)
     print(f"checkpoint: {results['checkpoint']}  (box threshold {results['box_threshold']:.2f}, chosen on "
           f"{results['box_threshold_chosen_on']})")

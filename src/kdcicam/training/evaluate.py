@@ -55,6 +55,30 @@ def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device
     return evaluator
 
 
+def evaluate_official_protocol(run_or_ckpt: str | os.PathLike, splits: list[str], device: str | None = None,
+                               data_root: str | None = None) -> dict[str, Any]:
+    """The papers' own box protocol (METHOD.md §5), for parity with their tables only: resize R×R + centre
+    crop, the segThr/mean box rule, +1 IoU. segThr and R come from the config (eval.official_*); they must be
+    chosen on val, never on test."""
+    from ..models.official_protocol import evaluate_official
+
+    ckpt = resolve_checkpoint(run_or_ckpt)
+    module = load_module(str(ckpt))
+    if data_root is not None:
+        module.cfg.data.root = data_root
+    dev = _device(device)
+    module.to(dev).eval()
+    datamodule = WSOLDataModule(module.cfg)
+    e, crop = module.cfg.eval, module.cfg.data.image_size
+    resize = e.official_resize or int(round(crop * 8 / 7))
+    results: dict[str, Any] = {"checkpoint": str(ckpt), "method": module.cfg.method, "protocol": "official",
+                               "resize": resize, "crop": crop, "seg_threshold": e.official_seg_threshold}
+    for split in splits:
+        results[split] = evaluate_official(module.model, datamodule.metadata(split), resize=resize, crop=crop,
+                                           seg_thr=e.official_seg_threshold, device=dev)
+    return results
+
+
 def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str | os.PathLike | None = None,
              device: str | None = None, data_root: str | None = None, progress: bool = True,
              write: bool = True) -> dict[str, Any]:
