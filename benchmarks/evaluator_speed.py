@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from kdcicam.data.metadata import Metadata, atomic_write_text, read_metadata
 from kdcicam.evaluation import BoxEvaluator, WSOLEvaluator
 from kdcicam.evaluation.engine import default_workers
 from kdcicam.evaluation.reference import ReferenceBoxEvaluator
+from provenance import cpu_model, git_commit
 
 CUB50 = ROOT / ".." / "shared" / "data" / "cub50"
 BATCH = 64
@@ -171,25 +171,13 @@ def compare(metadata: Metadata, maps: np.ndarray, repeat: int) -> dict[str, Any]
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": default_workers(), "platform": platform.platform(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "cores_usable": default_workers(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
             "numba": numba.__version__}
 
 
 def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return git_commit(ROOT, mark_dirty=False)
 
 
 def main(argv: list[str] | None = None) -> int:

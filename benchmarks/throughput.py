@@ -39,7 +39,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -53,21 +52,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from kdcicam import Localizer, create_model
+from provenance import cpu_model, git_commit  # noqa: E402  (benchmarks/ is on sys.path)
 
 MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 # ------------------------------------------------------------------------------------------ context
 def machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(),
+    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(),
                             "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                             "platform": platform.platform(), "python": platform.python_version(),
                             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -84,14 +76,7 @@ def load_average() -> list[float] | None:
 
 
 def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return git_commit(ROOT)
 
 
 def run_info(device: torch.device) -> dict[str, Any]:
