@@ -116,8 +116,6 @@ def _diverged(fault_run: Path, tmp_path: Path) -> Path:
     return run
 
 
-@pytest.mark.xfail(strict=True, reason="NaN logits reach evaluation.metrics.topk_from, which raises a plain "
-                   "ValueError: `kdcicam evaluate` ends with a traceback (exit 1)")
 def test_evaluate_a_diverged_checkpoint(fault_run: Path, fault_data: Path, tmp_path: Path, cli, fault):
     rec = fault("`kdcicam evaluate` on a checkpoint with inf weights (NaN logits)", CAT,
                 "exit 2 with one line naming the checkpoint (non-finite outputs)")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.metadata import atomic_write_text
-from ..errors import ConfigError
+from ..errors import ConfigError, KdcicamError
 from .datamodule import WSOLDataModule
 from .module import WSOLModule, load_module, scoremaps_for_evaluation
 from .pipeline import resolve_checkpoint
@@ -33,7 +33,7 @@ def _device(name: str | None) -> torch.device:
 
 @torch.inference_mode()
 def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device: torch.device,
-              save_cams: Path | None = None, progress: bool = True):
+              save_cams: Path | None = None, progress: bool = True, source: str = "the model"):
     """Score one split; returns the evaluator (so thresholds can be applied after)."""
     cfg = module.cfg
     evaluator = module._new_evaluator(datamodule.metadata(split))
@@ -44,6 +44,9 @@ def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device
         loader = tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False)
     for batch in loader:
         out = module(batch["image"].to(device))
+        if not torch.isfinite(out["logits"]).all():
+            raise KdcicamError(f"{source}: the model's outputs are NaN or inf on split {split!r} (first batch: "
+                               f"{batch['image_id'][0]}); the checkpoint has diverged")
         maps = module.model.localization_map(out, kind=cfg.model.localization_map)
         scoremaps = scoremaps_for_evaluation(maps, cfg.data.image_size)
         evaluator.accumulate(scoremaps, batch["image_id"], out["logits"].float().cpu().numpy())
@@ -94,7 +97,7 @@ def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str |
         raise ConfigError(f"{datamodule.root}: the dataset has {datamodule.num_classes} classes but {ckpt} was "
                           f"trained on {module.num_classes}")
     val_split = module.cfg.data.val_split
-    val_eval = run_split(module, datamodule, val_split, dev, progress=progress)
+    val_eval = run_split(module, datamodule, val_split, dev, progress=progress, source=str(ckpt))
     val_metrics = val_eval.compute()
     threshold = float(val_metrics["best_threshold"]["50"])
     results: dict[str, Any] = {"checkpoint": str(ckpt), "method": module.cfg.method,
@@ -104,7 +107,8 @@ def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str |
             metrics = val_eval.compute(threshold=threshold)
         else:
             cams = Path(save_cams) / split if save_cams is not None else None
-            metrics = run_split(module, datamodule, split, dev, save_cams=cams, progress=progress).compute(threshold=threshold)
+            metrics = run_split(module, datamodule, split, dev, save_cams=cams, progress=progress,
+                                source=str(ckpt)).compute(threshold=threshold)
         results[split] = metrics
     if write:
         run_dir = ckpt.parent.parent
