@@ -58,6 +58,17 @@ def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device
     return evaluator
 
 
+def _load_for_evaluation(run_or_ckpt: str | os.PathLike, device: str | None, data_root: str | None
+                         ) -> tuple[Path, WSOLModule, torch.device, WSOLDataModule]:
+    ckpt = resolve_checkpoint(run_or_ckpt)
+    module = load_module(str(ckpt))
+    if data_root is not None:
+        module.cfg.data.root = data_root
+    dev = _device(device)
+    module.to(dev).eval()
+    return ckpt, module, dev, WSOLDataModule(module.cfg)
+
+
 def evaluate_official_protocol(run_or_ckpt: str | os.PathLike, splits: list[str], device: str | None = None,
                                data_root: str | None = None) -> dict[str, Any]:
     """The papers' own box protocol (METHOD.md §5), for parity with their tables only: resize R×R + centre
@@ -65,13 +76,7 @@ def evaluate_official_protocol(run_or_ckpt: str | os.PathLike, splits: list[str]
     chosen on val, never on test."""
     from ..models.official_protocol import evaluate_official
 
-    ckpt = resolve_checkpoint(run_or_ckpt)
-    module = load_module(str(ckpt))
-    if data_root is not None:
-        module.cfg.data.root = data_root
-    dev = _device(device)
-    module.to(dev).eval()
-    datamodule = WSOLDataModule(module.cfg)
+    ckpt, module, dev, datamodule = _load_for_evaluation(run_or_ckpt, device, data_root)
     e, crop = module.cfg.eval, module.cfg.data.image_size
     resize = e.official_resize or int(round(crop * 8 / 7))
     results: dict[str, Any] = {"checkpoint": str(ckpt), "method": module.cfg.method, "protocol": "official",
@@ -86,13 +91,7 @@ def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str |
              device: str | None = None, data_root: str | None = None, progress: bool = True,
              write: bool = True) -> dict[str, Any]:
     """Evaluate on each split; the val split picks the box threshold. Writes metrics.json beside the run."""
-    ckpt = resolve_checkpoint(run_or_ckpt)
-    module = load_module(str(ckpt))
-    if data_root is not None:
-        module.cfg.data.root = data_root
-    dev = _device(device)
-    module.to(dev).eval()
-    datamodule = WSOLDataModule(module.cfg)
+    ckpt, module, dev, datamodule = _load_for_evaluation(run_or_ckpt, device, data_root)
     if datamodule.num_classes != module.num_classes:  # metrics against another label space would be meaningless
         raise ConfigError(f"{datamodule.root}: the dataset has {datamodule.num_classes} classes but {ckpt} was "
                           f"trained on {module.num_classes}")
