@@ -340,6 +340,9 @@ class Localizer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.model(x)
+        if not torch.isfinite(out["logits"]).all():  # never write NaN scores into boxes.json
+            raise KdcicamError(f"{self.checkpoint or 'the model'}: the model's outputs are NaN or inf; "
+                               "the checkpoint has diverged")
         maps = self.model.localization_map(out, kind=self.map_kind)  # type: ignore[operator]
         probs = torch.softmax(out["logits"].float(), dim=1).cpu().numpy()
         return probs, scoremaps_for_evaluation(maps, self.image_size)

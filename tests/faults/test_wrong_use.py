@@ -129,8 +129,6 @@ def test_evaluate_a_diverged_checkpoint(fault_run: Path, fault_data: Path, tmp_p
     assert str(run) in r.one_line_error("evaluate")
 
 
-@pytest.mark.xfail(strict=True, reason="`kdcicam localize` with a diverged checkpoint writes NaN class scores "
-                   "into boxes.json (not valid JSON) and exits 0")
 def test_localize_with_a_diverged_checkpoint(fault_run: Path, fault_data: Path, tmp_path: Path, cli, fault):
     rec = fault("`kdcicam localize` with a checkpoint with inf weights (NaN scores)", CAT,
                 "exit 2 naming the checkpoint, or valid JSON without NaN")
