@@ -4,10 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from kdcicam.errors import ConfigError
-from kdcicam.models.base import Backbone
 from kdcicam.models.cam import (
     CAMHead,
     CAMModel,
@@ -18,17 +16,7 @@ from kdcicam.models.cam import (
     top1_cam,
 )
 
-
-class TinyBackbone(Backbone):
-    """A conv stack standing in for a real network: [0, 1] images → [B, D, H/4, W/4]."""
-
-    def __init__(self, d: int = 6):
-        super().__init__()
-        self.out_channels, self.stride = d, 4
-        self.conv = nn.Conv2d(3, d, 3, padding=1)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(torch.tanh(self.conv(x)), 4)
+from _tiny import TinyBackbone  # noqa: E402 (tests/models is on sys.path under pytest)
 
 
 def test_class_cams_are_weighted_feature_sums():

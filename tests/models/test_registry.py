@@ -5,25 +5,12 @@ import importlib.util
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import kdcicam
 from kdcicam.errors import ConfigError
-from kdcicam.models.base import Backbone
 from kdcicam.models.registry import create_model, list_models, model_options
 
-
-class TinyBackbone(Backbone):
-    """A conv stack standing in for a real network: [0, 1] images → [B, D, H/4, W/4]."""
-
-    def __init__(self, d: int = 6):
-        super().__init__()
-        self.out_channels, self.stride = d, 4
-        self.conv = nn.Conv2d(3, d, 3, padding=1)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(torch.tanh(self.conv(x)), 4)
+from _tiny import TinyBackbone  # noqa: E402 (tests/models is on sys.path under pytest)
 
 
 def test_list_models_and_lazy_package_attribute():
