@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"kdcicam {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print(f"kdcicam {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -17,3 +17,10 @@ class ImageReadError(KdcicamError, OSError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: cannot read image ({reason})")
+
+
+class TrainingInterrupted(KdcicamError):
+    """Ctrl-C during training. The CLI exits 130 (the shell's code for SIGINT) with the message,
+    which says how to resume; the last complete checkpoint is intact."""
+
+    exit_code = 130

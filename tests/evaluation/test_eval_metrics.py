@@ -93,6 +93,14 @@ def test_topk_from_logits_and_classes():
         topk_from(np.ones((3, 4)), 2)
 
 
+def test_nan_logits_are_a_clear_error_naming_the_image():
+    from kdcicam.errors import KdcicamError
+
+    logits = np.array([[0.1, 0.9], [np.nan, 0.0]])
+    with pytest.raises(KdcicamError, match="'b.png'.*NaN or inf"):
+        topk_from(logits, 2, ids=["a.png", "b.png"])
+
+
 def test_multi_contour_sees_every_blob():
     """Object B is the smaller, dimmer blob: the largest contour is always A, but multi-contour
     evaluation also boxes B."""

@@ -70,9 +70,6 @@ def test_skip_bad_images_in_training_logs_each_file_and_a_count(dataset: Path, e
     assert (tmp_path / "run" / "done.json").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="WSOLDataset(skip_bad_images=True) replaces an unreadable image by the "
-                   "next readable one, so validation during training scores that image twice and the "
-                   "unreadable one is not excluded (val metrics are over N images with one duplicate)")
 def test_skip_bad_images_in_validation_scores_each_image_once(dataset: Path, fault):
     rec = fault("unreadable validation image with data.skip_bad_images=true", CAT,
                 "the validation loader skips the file: every other image scored exactly once")

@@ -75,7 +75,7 @@ Kill = namedtuple("Kill", "name sig when")
 
 def test_kills_at_random_points_leave_a_loadable_checkpoint_and_resume_exactly(fault_data: Path, tmp_path: Path,
                                                                               fault):
-    """One run, interrupted five times (each process resumes the last), then finished; every kill
+    """One run, interrupted six times (each process resumes the last), then finished; every kill
     point is a separate record. Kill points are events (a temp file appearing, a checkpoint being
     replaced) or random delays scaled to the uninterrupted run's duration on this machine."""
     seed = int(os.environ.get(SEED_ENV) or time.time_ns() % 100_000)
@@ -106,6 +106,8 @@ def test_kills_at_random_points_leave_a_loadable_checkpoint_and_resume_exactly(f
              f"seed {seed})", signal.SIGKILL, lambda: after(writing(ckpts), d1)),
         Kill("SIGKILL while a checkpoint write replaces an existing last.ckpt", signal.SIGKILL,
              lambda: writing(ckpts, need=last)),
+        Kill("Ctrl-C (SIGINT) while a checkpoint write replaces an existing last.ckpt", signal.SIGINT,
+             lambda: writing(ckpts, need=last)),
         Kill(f"Ctrl-C (SIGINT) at a random moment mid-run ({d2:.2f} s after a checkpoint write)", signal.SIGINT,
              lambda: after(writing(ckpts), d2)),
     ]
@@ -134,13 +136,15 @@ def test_kills_at_random_points_leave_a_loadable_checkpoint_and_resume_exactly(f
         else:
             rec.handled = True
     final = fault("resume after the kills above", CAT, "the resumed run ends with the same weights (every tensor "
-                  "equal) as an uninterrupted run with the same seed")
+                  "equal) as an uninterrupted run with the same seed; no temp file of a killed write is left")
     rc = _proc.start(args(run) + ["--resume"], tmp_path, tmp_path / "final.log").wait()
     assert rc == 0, (tmp_path / "final.log").read_text()[-2000:]
     a, b = _load(ref_last), _load(last)
     different = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    stale = sorted(n for n in os.listdir(ckpts) if n.endswith(".tmp"))
     final.observed = (f"{len(a['state_dict'])} tensors, {len(different)} differ; global step {b['global_step']} vs "
-                      f"{a['global_step']}")
+                      f"{a['global_step']}; temp files left: {len(stale)}")
+    assert not stale, stale
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert not different, different[:5]
     assert a["global_step"] == b["global_step"]

@@ -177,10 +177,6 @@ def _fuzz_logits(logits: np.ndarray) -> None:
         pass
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="evaluation.metrics.topk_from raises a plain ValueError ('logits contain NaN or inf'), "
-                   "not a KdcicamError, so a diverged checkpoint's NaN logits end `kdcicam evaluate` with a "
-                   "traceback (see test_wrong_use.py)")
 def test_fuzz_evaluator_logits(fault):
     fault(f"evaluator: {EXAMPLES} random logits (NaN/inf)", CAT, "only KdcicamError subclasses or success")
     _fuzz_logits()

@@ -106,16 +106,19 @@ class WSOLDataset(Dataset):
     it to :meth:`apply_transform`, which a subclass may override to pick a transform per sample
     (the KD student draws a "route" per sample, each with its own augmentation).
 
-    With ``skip_bad_images``, an image that cannot be decoded is replaced by the next readable
-    index (deterministic), its path is added to ``bad_images`` and a warning is logged; the
-    returned ``index`` is that of the image actually loaded. In DataLoader worker processes
+    With ``skip_bad_images``, an image that cannot be decoded is skipped: its path is added to
+    ``bad_images`` and a warning is logged. For training (``replace_bad_images=True``) it is replaced
+    by the next readable index (deterministic; batches keep their size), and the returned ``index``
+    is that of the image actually loaded. For evaluation (``replace_bad_images=False``) the sample is
+    ``None``, which :func:`collate_wsol` drops, so every other image is scored exactly once and the
+    unreadable one not at all. In DataLoader worker processes
     ``bad_images`` fills in the worker's copy only. Without it, :class:`ImageReadError` propagates.
     A decoded size that differs from ``image_sizes.txt`` is a metadata error (boxes would be
     wrong) and is always raised.
     """
 
     def __init__(self, metadata: Metadata | str | os.PathLike, transform: Callable | None = None,
-                 load_masks: bool = False, skip_bad_images: bool = False):
+                 load_masks: bool = False, skip_bad_images: bool = False, replace_bad_images: bool = True):
         if not isinstance(metadata, Metadata):
             metadata = read_metadata(metadata)
         where = metadata.split_dir if metadata.split_dir is not None else "metadata"
@@ -127,6 +130,7 @@ class WSOLDataset(Dataset):
         self.transform = transform
         self.load_masks = load_masks
         self.skip_bad_images = skip_bad_images
+        self.replace_bad_images = replace_bad_images
         self.bad_images: list[str] = []
         self._bad_indices: set[int] = set()
 
@@ -137,17 +141,26 @@ class WSOLDataset(Dataset):
     def num_classes(self) -> int:
         return self.metadata.num_classes
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
         sample = self.load_sample(index)
-        return self.apply_transform(sample["index"], sample)
+        return None if sample is None else self.apply_transform(sample["index"], sample)
 
-    def load_sample(self, index: int) -> dict[str, Any]:
-        """The raw sample at ``index`` (or, with ``skip_bad_images``, the next readable one)."""
+    def load_sample(self, index: int) -> dict[str, Any] | None:
+        """The raw sample at ``index``; with ``skip_bad_images``, the next readable one (training) or
+        ``None`` (evaluation) when it cannot be decoded."""
         n = len(self)
         if not 0 <= index < n:
             raise IndexError(f"index {index} out of range for a split of {n} images")
         if not self.skip_bad_images:
             return self.load_raw(index)
+        if not self.replace_bad_images:
+            if index in self._bad_indices:
+                return None
+            try:
+                return self.load_raw(index)
+            except ImageReadError as e:
+                self._skip(index, e, "not scored")
+                return None
         for step in range(n):
             j = (index + step) % n
             if j in self._bad_indices:
@@ -155,11 +168,14 @@ class WSOLDataset(Dataset):
             try:
                 return self.load_raw(j)
             except ImageReadError as e:
-                self._bad_indices.add(j)
-                self.bad_images.append(e.path)
-                log.warning("skipping unreadable image %s (%s); using the next one (%d unreadable so far in %s)",
-                            e.path, e.reason, len(self.bad_images), self.metadata.split_dir or "this split")
+                self._skip(j, e, "using the next one")
         raise ImageReadError(self.metadata.split_dir or "split", "no readable image in the whole split")
+
+    def _skip(self, index: int, error: ImageReadError, action: str) -> None:
+        self._bad_indices.add(index)
+        self.bad_images.append(error.path)
+        log.warning("skipping unreadable image %s (%s); %s (%d unreadable so far in %s)", error.path, error.reason,
+                    action, len(self.bad_images), self.metadata.split_dir or "this split")
 
     def load_raw(self, index: int) -> dict[str, Any]:
         md = self.metadata
@@ -209,10 +225,15 @@ def transform_sample(sample: dict[str, Any], transform: Callable | None) -> dict
     return sample
 
 
-def collate_wsol(batch: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_wsol(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Stack images, labels, indices (and masks); keep boxes, ids and sizes as lists. Any other key
     every sample has (e.g. a subclass's per-sample ``route``) is kept too: ints become a LongTensor,
-    floats a float tensor, same-shape tensors are stacked, anything else stays a list."""
+    floats a float tensor, same-shape tensors are stacked, anything else stays a list. ``None``
+    samples (unreadable images skipped during evaluation) are dropped; a batch of only those is
+    ``None``."""
+    batch = [s for s in batch if s is not None]
+    if not batch:
+        return None
     out: dict[str, Any] = {
         "image": torch.stack([torch.as_tensor(s["image"]) for s in batch]),
         "label": torch.tensor([s["label"] for s in batch], dtype=torch.long),

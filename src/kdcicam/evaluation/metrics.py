@@ -29,6 +29,7 @@ __all__ = [
     "BoxEvaluator",
     "ClassificationAccuracy",
     "ContextLeakage",
+    "LogitsError",
     "MaskEvaluator",
     "MetricUndefinedError",
     "WSOLEvaluator",
@@ -92,20 +93,29 @@ class _Grid:
                                 f"max {maps[i].max():g} (min-max normalise it first)")
 
 
-def topk_from(logits_or_topk: Any, batch: int, k: int = 5) -> np.ndarray:
+class LogitsError(KdcicamError, ValueError):
+    """Logits or top-k classes the evaluator cannot use (wrong shape, NaN/inf, non-integer classes);
+    the message names the image when its id is known. NaN logits usually mean a diverged model."""
+
+
+def topk_from(logits_or_topk: Any, batch: int, k: int = 5, ids: Sequence[str] | None = None) -> np.ndarray:
     """Predicted classes, best first, ``[B, <=k]``: from logits ``[B, C]`` (float; ties go to the
-    lower class index) or from class indices already sorted (integer)."""
+    lower class index) or from class indices already sorted (integer). ``ids`` only names the
+    image in an error."""
     arr = np.asarray(logits_or_topk)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2 or arr.shape[0] != batch:
-        raise ValueError(f"logits/top-k must be [B, C] with B = {batch}, got shape {arr.shape}")
+        raise LogitsError(f"logits/top-k must be [B, C] with B = {batch}, got shape {arr.shape}")
     if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise ValueError("logits contain NaN or inf")
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            where = f"image {ids[row]!r}" if ids is not None and row < len(ids) else f"row {row}"
+            raise LogitsError(f"logits of {where} contain NaN or inf (a diverged model?)")
         return np.argsort(-arr, axis=1, kind="stable")[:, :k]
     if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"top-k classes must be integers, got {arr.dtype}")
+        raise LogitsError(f"top-k classes must be integers or logits floats, got {arr.dtype}")
     return arr[:, :k].astype(np.int64)
 
 
@@ -223,7 +233,7 @@ class BoxEvaluator:
         """Score a batch. ``topk``: predicted classes best first ``[B, k]`` (or logits ``[B, C]``),
         needed for Top-1 / Top-5 Loc; give it for every batch or for none."""
         maps, ids = self.grid.check_batch(scoremaps, image_ids)
-        classes = None if topk is None else topk_from(topk, len(ids))
+        classes = None if topk is None else topk_from(topk, len(ids), ids=ids)
         if (classes is None) != (self.count_with_classes == 0) and self.count:
             raise ValueError("give top-k classes for every batch or for none")
         gts = [self._gt(i) for i in ids]
@@ -472,7 +482,7 @@ class WSOLEvaluator:
         """Score a batch of maps ``[B, H, W]`` in [0, 1]; ``logits_or_topk``: ``[B, C]`` logits or
         ``[B, k]`` classes best first; ``gt_masks``: ``[B, H, W]`` (1 / 0 / 255 or bool)."""
         maps, ids = self.grid.check_batch(scoremaps, image_ids)
-        classes = None if logits_or_topk is None else topk_from(logits_or_topk, len(ids))
+        classes = None if logits_or_topk is None else topk_from(logits_or_topk, len(ids), ids=ids)
         if self.count and (classes is None) != (self._cls.count == 0):
             raise ValueError("give logits / top-k classes for every batch or for none")
         labels = _labels(self.grid.metadata, ids)

@@ -47,11 +47,14 @@ class EpochSampler(Sampler[int]):
     def __init__(self, size: int, shuffle: bool, seed: int, pad: bool):
         self.size, self.shuffle, self.seed, self.pad = size, shuffle, seed, pad
         self.epoch = 0
-        self.skip = 0  # samples of this rank's shard to skip once (resume mid-epoch)
+        self.skip = 0  # samples of this rank's shard to skip once (resume mid-epoch) ...
+        self.skip_epoch = 0  # ... in this epoch only: a skip meant for another epoch is dropped
         self.listeners: list[Callable[[int], None]] = []
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if epoch != self.skip_epoch:
+            self.skip = 0
         for listener in self.listeners:
             listener(epoch)
 
@@ -101,7 +104,9 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         sampler: EpochSampler = self.sampler  # type: ignore[assignment]
-        sampler.set_epoch(int(state.get("epoch", 0)))
+        epoch = int(state.get("epoch", 0))
+        sampler.skip_epoch = epoch
+        sampler.set_epoch(epoch)
         sampler.skip = int(state.get("consumed_batches", 0)) * int(self.batch_size or 1)
 
 
@@ -190,7 +195,8 @@ class WSOLDataModule(L.LightningDataModule):
     def eval_dataset(self, split: str, load_masks: bool = True) -> WSOLDataset:
         md = self.metadata(split)
         return WSOLDataset(md, transform=build_eval_transform(self.config.data.image_size),
-                           load_masks=load_masks and md.has_masks, skip_bad_images=self.config.data.skip_bad_images)
+                           load_masks=load_masks and md.has_masks, skip_bad_images=self.config.data.skip_bad_images,
+                           replace_bad_images=False)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: WSOLDataset, train: bool) -> DataLoader:

@@ -43,6 +43,8 @@ def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device
 
         loader = tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False)
     for batch in loader:
+        if batch is None:  # only unreadable images, skipped (data.skip_bad_images)
+            continue
         out = module(batch["image"].to(device))
         if not torch.isfinite(out["logits"]).all():
             raise KdcicamError(f"{source}: the model's outputs are NaN or inf on split {split!r} (first batch: "

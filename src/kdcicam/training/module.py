@@ -161,7 +161,9 @@ class WSOLModule(L.LightningModule):
         dm = self.trainer.datamodule
         self._evaluator = self._new_evaluator(dm.metadata(self.cfg.data.val_split))
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is None:  # every image of this batch was unreadable and skipped (data.skip_bad_images)
+            return
         out = self(batch["image"])
         maps = self.model.localization_map(out, kind=self.cfg.model.localization_map)
         scoremaps = scoremaps_for_evaluation(maps, self.cfg.data.image_size)

@@ -13,13 +13,16 @@ KD-CI-CAM puts one such folder per stage under runs/NAME/{cls_teacher,loc_teache
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from ..config import RunConfig, config_to_dict, kd_stage_configs, save_config
 from ..data.metadata import atomic_write_text
-from ..errors import ConfigError, KdcicamError
+from ..errors import ConfigError, KdcicamError, TrainingInterrupted
 from .datamodule import WSOLDataModule
 from .module import WSOLModule
 
@@ -41,12 +44,39 @@ log = logging.getLogger(__name__)
 MIN_FREE_BYTES = 200 * 1024 * 1024
 
 
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block is done, then deliver it.
+
+    A KeyboardInterrupt raised inside torch.save leaves its zip writer half-closed, and the writer
+    then fails with an unrelated RuntimeError (exit 1, a traceback, no resume hint); a checkpoint
+    write takes a second or less, so it is finished first. Only the main thread can do this;
+    elsewhere the block runs unprotected (the write is still atomic)."""
+    caught: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            os.kill(os.getpid(), signal.SIGINT)  # re-delivered under the restored handler
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to a temp file in the same folder, fsync, then rename: a run killed at any moment
-    (even mid-write) leaves the previous checkpoint intact and loadable."""
+    (even mid-write) leaves the previous checkpoint intact and loadable; a Ctrl-C during the write
+    takes effect once it is complete."""
 
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
+        with deferred_sigint():
+            self._save(checkpoint, Path(path))
+
+    @staticmethod
+    def _save(checkpoint: dict, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -178,11 +208,22 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.progress_bar,
         check_val_every_n_epoch=cfg.trainer.val_every_n_epochs, use_distributed_sampler=False,
         num_sanity_val_steps=0, deterministic=False, enable_model_summary=False)
+    if resume:
+        remove_stale_temp_files(last.parent)
     start = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None,
-                weights_only=True)
+    sigint = _sigint_handler()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None,
+                    weights_only=True)
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Lightning turns Ctrl-C into sys.exit(1) after its own shutdown; say what happened and how to go on
+        if isinstance(e, SystemExit) and not trainer.interrupted:
+            raise
+        raise TrainingInterrupted(_interrupted_message(out, trainer, last)) from None
+    finally:
+        _restore_sigint(sigint)  # Lightning ignores SIGINT from the first Ctrl-C on; undo that
     if trainer.interrupted:
-        raise KdcicamError(f"{out}: training interrupted; resume with --resume")
+        raise TrainingInterrupted(_interrupted_message(out, trainer, last))
     summary = {"stage_dir": str(out), "best": str(out / "checkpoints" / "best.ckpt"), "last": str(last),
                "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
                "monitor": cfg.eval.monitor, "epochs": cfg.optim.epochs, "train_seconds": round(time.time() - start, 1),
@@ -192,6 +233,45 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
             shutil.copyfile(last, summary["best"])
         atomic_write_text(done, json.dumps(summary, indent=2))
     return summary
+
+
+def _interrupted_message(out: Path, trainer: L.Trainer, last: Path) -> str:
+    kept = (f"{last} (the last complete checkpoint) is intact" if last.is_file()
+            else "no checkpoint was written yet")
+    return (f"{out}: training interrupted at epoch {trainer.current_epoch}, global step {trainer.global_step}; "
+            f"{kept}; run the same command again with --resume to continue")
+
+
+def _sigint_handler() -> Any:
+    try:
+        return signal.getsignal(signal.SIGINT)
+    except ValueError:  # pragma: no cover - not the main thread
+        return None
+
+
+def _restore_sigint(handler: Any) -> None:
+    if handler is None:
+        return
+    try:
+        if signal.getsignal(signal.SIGINT) is not handler:
+            signal.signal(signal.SIGINT, handler)
+    except (ValueError, TypeError):  # pragma: no cover - not the main thread
+        pass
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files that :class:`AtomicCheckpointIO` leaves when a process is
+    killed mid-write (called before resuming, when no writer of this run is alive)."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(".*.ckpt.*.tmp")) if Path(folder).is_dir() else []:
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:  # another rank removed it
+            pass
+    if removed:
+        log.info("%s: removed %d temp file(s) left by an interrupted checkpoint write", folder, len(removed))
+    return removed
 
 
 def needed_teachers(teachers: str) -> tuple[str, ...]:
