@@ -5,8 +5,13 @@ configs, evaluate each on test (and test_conflict on the synthetic data), one JS
         .venv/bin/python benchmarks/accuracy.py --suite synthetic --seeds 0 1 2
 
 Resumable: a run whose results file exists is skipped; a run killed midway resumes from its last.ckpt.
-Box thresholds are chosen on val by `kdcicam evaluate`; test is touched once per run. Every run is a
-child process so that its wall time and peak memory are its own.
+Box thresholds are chosen on val by `kdcicam evaluate`; test is touched once per run. Ablations are
+scored on val only (never chosen on test):
+
+    .venv/bin/python benchmarks/accuracy.py --suite synthetic --seeds 0 --methods ci-cam \\
+        --tag pool-rate-0 --eval-splits val model.pool_rate=0
+
+Every run is a child process so that its wall time and peak memory are its own.
 """
 from __future__ import annotations
 
@@ -66,7 +71,8 @@ def ensure_data(suite: str) -> Path:
     return data
 
 
-def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str]) -> dict:
+def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
+            eval_splits: list[str] | None = None) -> dict:
     """Train + evaluate one (suite, method, seed) in this process; write its results file."""
     from kdcicam.config import config_to_dict, load_config
     from kdcicam.data.metadata import atomic_write_text
@@ -82,10 +88,11 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str]) 
     summary = train(cfg, run_dir, resume=resume)
     train_seconds = time.time() - start
     t = time.time()
-    metrics = evaluate(run_dir, list(cfg.data.test_splits), progress=False)
+    splits = list(eval_splits or cfg.data.test_splits)
+    metrics = evaluate(run_dir, splits, progress=False)
     result = {
         "suite": suite, "method": method, "seed": seed, "tag": tag, "overrides": overrides,
-        "metrics": {s: metrics[s] for s in cfg.data.test_splits},
+        "metrics": {s: metrics[s] for s in splits},
         "box_threshold": metrics["box_threshold"], "box_threshold_chosen_on": metrics["box_threshold_chosen_on"],
         "train_summary": summary, "config": config_to_dict(cfg),
         "wall_seconds": {"train": round(train_seconds, 1), "evaluate": round(time.time() - t, 1),
@@ -93,7 +100,8 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str]) 
         "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "commit": commit(), "machine": machine(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "benchmarks/accuracy.py", "--suite", suite, "--seeds", str(seed),
-                             "--methods", method] + (["--tag", tag] if tag else []) + overrides),
+                             "--methods", method] + (["--tag", tag] if tag else [])
+                            + (["--eval-splits", ",".join(eval_splits)] if eval_splits else []) + overrides),
     }
     atomic_write_text(result_path(suite, method, seed, tag), json.dumps(result, indent=2))
     return result
@@ -105,11 +113,13 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--tag", default="", help="names an ablation (its overrides are recorded)")
+    p.add_argument("--eval-splits", type=lambda v: [x for x in v.split(",") if x], default=None, metavar="A,B",
+                   help="comma-separated splits to score (default: the config's test splits; ablations: val)")
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (ablations; use with --tag)")
     args = p.parse_args()
     if args.single:
-        run_one(args.suite, args.methods[0], args.seeds[0], args.tag, args.overrides)
+        run_one(args.suite, args.methods[0], args.seeds[0], args.tag, args.overrides, args.eval_splits)
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     ensure_data(args.suite)
@@ -121,10 +131,11 @@ def main() -> int:
                 continue
             print(f"[run] {args.suite} {method} seed {seed}", flush=True)
             cmd = [sys.executable, __file__, "--single", "--suite", args.suite, "--seeds", str(seed), "--methods",
-                   method] + (["--tag", args.tag] if args.tag else []) + args.overrides
+                   method] + (["--tag", args.tag] if args.tag else []) + (["--eval-splits", ",".join(args.eval_splits)]
+                                                                          if args.eval_splits else []) + args.overrides
             subprocess.run(cmd, check=True, cwd=REPO)
             r = json.loads(path.read_text())
-            split = "test_conflict" if "test_conflict" in r["metrics"] else "test"
+            split = next(s for s in ("test_conflict", "test", *r["metrics"]) if s in r["metrics"])
             m = r["metrics"][split]
             print(f"  {split}: top1_cls {m['top1_cls']:.2f} top1_loc {m['top1_loc']:.2f} "
                   f"maxboxaccv2 {m['max_box_acc_v2']:.2f} leakage {m.get('context_leakage', float('nan')):.2f} "

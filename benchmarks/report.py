@@ -111,6 +111,52 @@ def targets(suite: str, runs: dict[str, list[dict]]) -> list[str]:
     return out
 
 
+ABLATION_COLUMNS = [c for c in COLUMNS if c[0] in ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2",
+                                                     "Leakage ↓", "Train min")]
+
+
+def ablation_section(suite: str, tagged: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """One table: every ablation run of the suite on the split it was scored on (val), so that a
+    choice is made on val and test is never consulted."""
+    lines = [f"## {suite}: ablations (scored on val; test not consulted)", "",
+             "Each row is a run of `benchmarks/accuracy.py --tag TAG --eval-splits val OVERRIDES` (box threshold "
+             "chosen on val too). `default` is the shipped config, trained again with the same seed for a like-for-like "
+             "comparison.", "",
+             "| tag | method | seeds | overrides | split | " + " | ".join(c for c, _ in ABLATION_COLUMNS) + " |",
+             "|---|---|---|---|---|" + "---|" * len(ABLATION_COLUMNS)]
+    for tag, runs in sorted(tagged.items(), key=lambda kv: (kv[0] != "default", kv[0])):
+        for method in METHODS:
+            rs = runs.get(method, [])
+            for split in sorted({sp for r in rs for sp in r["metrics"]}):
+                sel = [r for r in rs if split in r["metrics"]]
+                cells = [fmt([get(r["metrics"][split], r) for r in sel]) for _, get in ABLATION_COLUMNS]
+                seeds = ",".join(str(r["seed"]) for r in sorted(sel, key=lambda r: r["seed"]))
+                overrides = " ".join(sel[0].get("overrides", [])) or "–"
+                lines.append(f"| {tag} | {LABEL[method]} | {seeds} | `{overrides}` | {split} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def pool_section(suite: str) -> list[str]:
+    """What the causal context pools learned (benchmarks/pool_prior.py)."""
+    path = RESULTS / f"pool_prior_{suite}.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    lines = [f"### What the context pool learned on {suite} (`benchmarks/pool_prior.py`)", "",
+             f"Commit `{data['commit'][:12]}`, command `{data['command']}`. Pearson correlations, mean over classes: "
+             "the pool `M[c]` against `P[c]`, the mean GT-box coverage of class c's training images on the pool's grid, "
+             "and against `P̄`, the same over all classes; and between the pools of two different classes.", "",
+             "| run | model | pool rate | corr(M[c], P[c]) | corr(M[c], P̄) | corr(M[c], M[c']) |", "|---|---|---|---|---|---|"]
+    for r in data["pools"]:
+        cells = [f"{r[k]:.3f}" if r[k] is not None else "–" for k in ("corr_class_prior", "corr_global_prior",
+                                                                       "corr_between_classes")]
+        lines.append(f"| {r['run']} | {r['role']} | {r['pool_rate']} | " + " | ".join(cells) + " |")
+    for d in data["data"].values():
+        lines += ["", f"In the data, corr(P[c], P̄) = {d['data_class_vs_global']:.3f} on the {d['grid'][0]}×{d['grid'][1]} "
+                  "grid: how far a class's object-location prior differs from the all-class one."]
+    return lines + [""]
+
+
 def speed_section() -> list[str]:
     lines = []
     ev = RESULTS / "evaluator_speed.json"
@@ -157,9 +203,10 @@ def main() -> int:
              "holds its config, commit, machine, wall time and peak memory. Box thresholds (Top-1 / GT-known Loc) were "
              "chosen on val; MaxBoxAccV2 and PxAP are threshold-free; test was evaluated once per run.", ""]
     for (suite, tag), runs in sorted(groups.items()):
+        if tag:
+            continue  # ablations: one table per suite, below
         any_run = next(iter(next(iter(runs.values()))))
-        title = f"## {suite}" + (f" — ablation `{tag}`: `{' '.join(any_run.get('overrides', []))}`" if tag else "")
-        lines += [title, ""]
+        lines += [f"## {suite}", ""]
         cfg = any_run["config"]
         lines.append(f"Config `{SUITE_CONFIG.get(suite, '?')}`: backbone {cfg['model']['backbone']} "
                      f"(pretrained={cfg['model']['pretrained']}, output stride {cfg['model']['output_stride'] or 32}, "
@@ -172,13 +219,16 @@ def main() -> int:
         splits = sorted({s for rs in runs.values() for r in rs for s in r["metrics"]}, key=lambda s: (s != "test", s))
         for split in splits:
             lines += [f"**{split}**", ""] + table(runs, split) + [""]
-        if not tag:
-            lines += ["Targets:", ""] + targets(suite, runs) + [""]
+        lines += ["Targets:", ""] + targets(suite, runs) + [""]
         if suite == "cub50":
             lines += ["For context only — the authors' CUB-200 numbers with VGG16 (their test logs; different backbone, "
                       "all 200 classes, full resolution, thresholds tuned on test): "
                       + "; ".join(f"{k}: " + ", ".join(f"{m} {v:.2f}" for m, v in d.items())
                                   for k, d in PAPER_CUB_VGG16.items()) + ".", ""]
+    for suite in sorted({suite for suite, tag in groups if tag}):
+        lines += ablation_section(suite, {tag: runs for (s, tag), runs in groups.items() if s == suite and tag})
+    for suite in ("synthetic", "cub50"):
+        lines += pool_section(suite)
     lines += NOTES + [""] + speed_section()
     from kdcicam.data.metadata import atomic_write_text
 
