@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -71,8 +72,38 @@ def ensure_data(suite: str) -> Path:
     return data
 
 
+def reuse_teachers(source: Path, run_dir: Path, cfg) -> list[str]:
+    """Copy the finished teacher stages of another KD-CI-CAM run into ``run_dir`` (ablations that change
+    only the student). Refused unless each teacher's saved config equals this run's (data path aside)."""
+    from kdcicam.config import config_to_dict, kd_stage_configs, load_config
+    from kdcicam.data.metadata import atomic_write_text
+
+    def comparable(c) -> dict:
+        d = config_to_dict(c)
+        d["data"].pop("root", None)
+        return d
+
+    reused = []
+    for stage in ("cls_teacher", "loc_teacher"):
+        src, dst = source / stage, run_dir / stage
+        if not (src / "done.json").is_file():
+            sys.exit(f"--reuse-teachers: {src} holds no finished stage (done.json)")
+        if dst.exists():
+            reused.append(stage)
+            continue
+        if comparable(load_config(src / "config.yaml")) != comparable(kd_stage_configs(cfg)[stage]):
+            sys.exit(f"--reuse-teachers: {src}/config.yaml differs from this run's {stage} config")
+        shutil.copytree(src, dst)
+        summary = json.loads((dst / "done.json").read_text())
+        summary.update(stage_dir=str(dst), best=str(dst / "checkpoints" / "best.ckpt"),
+                       last=str(dst / "checkpoints" / "last.ckpt"))
+        atomic_write_text(dst / "done.json", json.dumps(summary, indent=2))
+        reused.append(stage)
+    return reused
+
+
 def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
-            eval_splits: list[str] | None = None) -> dict:
+            eval_splits: list[str] | None = None, teachers_from: Path | None = None) -> dict:
     """Train + evaluate one (suite, method, seed) in this process; write its results file."""
     from kdcicam.config import config_to_dict, load_config
     from kdcicam.data.metadata import atomic_write_text
@@ -83,8 +114,11 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
     cfg = load_config(REPO / SUITES[suite]["config"], [f"data.root={data}", f"trainer.seed={seed}",
                                                        "trainer.progress_bar=false", *overrides], method=method)
     run_dir = REPO / "runs" / "bench" / f"{suite}{('_' + tag) if tag else ''}" / f"{method}-seed{seed}"
+    reused: list[str] = []
+    if teachers_from is not None and method == "kd-ci-cam" and cfg.kd.teachers != "none":
+        reused = reuse_teachers(teachers_from, run_dir, cfg)
     start = time.time()
-    resume = (run_dir / "checkpoints").is_dir() or (run_dir / "cls_teacher").is_dir()
+    resume = (run_dir / "checkpoints").is_dir() or (run_dir / "cls_teacher").is_dir() or (run_dir / "student").is_dir()
     summary = train(cfg, run_dir, resume=resume)
     train_seconds = time.time() - start
     t = time.time()
@@ -95,13 +129,15 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
         "metrics": {s: metrics[s] for s in splits},
         "box_threshold": metrics["box_threshold"], "box_threshold_chosen_on": metrics["box_threshold_chosen_on"],
         "train_summary": summary, "config": config_to_dict(cfg),
+        "reused_teachers": {"from": str(teachers_from), "stages": reused} if reused else None,
         "wall_seconds": {"train": round(train_seconds, 1), "evaluate": round(time.time() - t, 1),
                          "total": round(time.time() - start, 1), "resumed": resume},
         "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "commit": commit(), "machine": machine(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "benchmarks/accuracy.py", "--suite", suite, "--seeds", str(seed),
                              "--methods", method] + (["--tag", tag] if tag else [])
-                            + (["--eval-splits", ",".join(eval_splits)] if eval_splits else []) + overrides),
+                            + (["--eval-splits", ",".join(eval_splits)] if eval_splits else [])
+                            + (["--reuse-teachers", str(teachers_from)] if reused else []) + overrides),
     }
     atomic_write_text(result_path(suite, method, seed, tag), json.dumps(result, indent=2))
     return result
@@ -115,11 +151,15 @@ def main() -> int:
     p.add_argument("--tag", default="", help="names an ablation (its overrides are recorded)")
     p.add_argument("--eval-splits", type=lambda v: [x for x in v.split(",") if x], default=None, metavar="A,B",
                    help="comma-separated splits to score (default: the config's test splits; ablations: val)")
+    p.add_argument("--reuse-teachers", type=Path, default=None, metavar="KD_RUN_DIR",
+                   help="KD-CI-CAM ablations of the student only: copy the finished teachers of this run folder "
+                        "(same teacher configs and seed) instead of training them again; recorded in the results")
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (ablations; use with --tag)")
     args = p.parse_args()
     if args.single:
-        run_one(args.suite, args.methods[0], args.seeds[0], args.tag, args.overrides, args.eval_splits)
+        run_one(args.suite, args.methods[0], args.seeds[0], args.tag, args.overrides, args.eval_splits,
+                args.reuse_teachers)
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     ensure_data(args.suite)
@@ -132,7 +172,8 @@ def main() -> int:
             print(f"[run] {args.suite} {method} seed {seed}", flush=True)
             cmd = [sys.executable, __file__, "--single", "--suite", args.suite, "--seeds", str(seed), "--methods",
                    method] + (["--tag", args.tag] if args.tag else []) + (["--eval-splits", ",".join(args.eval_splits)]
-                                                                          if args.eval_splits else []) + args.overrides
+                                                                          if args.eval_splits else []) + (
+                       ["--reuse-teachers", str(args.reuse_teachers)] if args.reuse_teachers else []) + args.overrides
             subprocess.run(cmd, check=True, cwd=REPO)
             r = json.loads(path.read_text())
             split = next(s for s in ("test_conflict", "test", *r["metrics"]) if s in r["metrics"])

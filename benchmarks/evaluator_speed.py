@@ -36,11 +36,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from provenance import cpu_model, git_commit
+
 from kdcicam.data.metadata import Metadata, atomic_write_text, read_metadata
 from kdcicam.evaluation import BoxEvaluator, WSOLEvaluator
 from kdcicam.evaluation.engine import default_workers
 from kdcicam.evaluation.reference import ReferenceBoxEvaluator
-from provenance import cpu_model, git_commit
 
 CUB50 = ROOT / ".." / "shared" / "data" / "cub50"
 BATCH = 64

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from provenance import git_commit
 
 REPO = Path(__file__).resolve().parents[1]

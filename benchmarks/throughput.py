@@ -51,8 +51,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from provenance import cpu_model, git_commit
+
 from kdcicam import Localizer, create_model
-from provenance import cpu_model, git_commit  # noqa: E402  (benchmarks/ is on sys.path)
 
 MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 

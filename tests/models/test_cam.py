@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _tiny import TinyBackbone
 
 from kdcicam.errors import ConfigError
 from kdcicam.models.cam import (
@@ -15,8 +16,6 @@ from kdcicam.models.cam import (
     rank_weights,
     top1_cam,
 )
-
-from _tiny import TinyBackbone  # noqa: E402 (tests/models is on sys.path under pytest)
 
 
 def test_class_cams_are_weighted_feature_sums():

@@ -8,14 +8,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from _tiny import TinyBackbone
 from torch import nn
 
 from kdcicam.errors import ConfigError
 from kdcicam.models.cam import combinational_cam
 from kdcicam.models.causal import CausalContextPool, CICAMModel, KDCICAMModel, context_attention, standardize
 from kdcicam.models.registry import create_model
-
-from _tiny import TinyBackbone  # noqa: E402 (tests/models is on sys.path under pytest)
 
 
 def _model(c: int = 3, **options) -> CICAMModel:

@@ -5,12 +5,11 @@ import importlib.util
 
 import pytest
 import torch
+from _tiny import TinyBackbone
 
 import kdcicam
 from kdcicam.errors import ConfigError
 from kdcicam.models.registry import create_model, list_models, model_options
-
-from _tiny import TinyBackbone  # noqa: E402 (tests/models is on sys.path under pytest)
 
 
 def test_list_models_and_lazy_package_attribute():

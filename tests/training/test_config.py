@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from kdcicam.config import (RunConfig, config_from_dict, config_to_dict, kd_stage_configs, load_config, save_config)
+from kdcicam.config import (
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
+    kd_stage_configs,
+    load_config,
+    save_config,
+)
 from kdcicam.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

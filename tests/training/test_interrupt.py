@@ -21,10 +21,9 @@ def python_sigint():
 
 def test_ctrl_c_inside_the_block_is_delivered_after_it(python_sigint):
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_sigint():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("the block ran to its end")
+    with pytest.raises(KeyboardInterrupt), deferred_sigint():
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("the block ran to its end")
     assert done == ["the block ran to its end"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
