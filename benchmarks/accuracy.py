@@ -74,13 +74,15 @@ def ensure_data(suite: str) -> Path:
 
 def reuse_teachers(source: Path, run_dir: Path, cfg) -> list[str]:
     """Copy the finished teacher stages of another KD-CI-CAM run into ``run_dir`` (ablations that change
-    only the student). Refused unless each teacher's saved config equals this run's (data path aside)."""
+    only the student). Refused unless each teacher's saved config equals this run's, aside from the data
+    path and the ``kd`` section, which a teacher's training never reads (it is a plain CI-CAM)."""
     from kdcicam.config import config_to_dict, kd_stage_configs, load_config
     from kdcicam.data.metadata import atomic_write_text
 
     def comparable(c) -> dict:
         d = config_to_dict(c)
         d["data"].pop("root", None)
+        d.pop("kd", None)
         return d
 
     reused = []
