@@ -157,6 +157,36 @@ def pool_section(suite: str) -> list[str]:
     return lines + [""]
 
 
+#: the wall-clock budget for one seed of all three methods (train + evaluate), where the issue sets one
+BUDGET_MIN = {"cub50": 60}
+RECIPE_WHY = {
+    "cub50": ("Why this recipe: the five trainings of one seed (CAM, CI-CAM, two teachers, the student) must fit "
+              "60 minutes on 2 CPU cores. DESIGN.md's cost table (measured on this machine) shows a Lite0 "
+              "training step at 224 px about twice as fast with the stem and blocks 0–7 frozen as with every layer "
+              "trained; 224 px keeps the protocol's 224×224 CAM grid without resampling; the epochs per stage are what "
+              "remains of the budget. Hyper-parameters otherwise follow the official CUB recipe (METHOD.md §4)."),
+}
+
+
+def budget(suite: str, runs: dict[str, list[dict]]) -> list[str]:
+    """Wall time of all three methods per seed, against the suite's budget."""
+    lines = []
+    if suite in RECIPE_WHY:
+        lines += [RECIPE_WHY[suite], ""]
+    per_seed: dict[int, list[float]] = defaultdict(list)
+    for method in METHODS:
+        for r in runs.get(method, []):
+            per_seed[r["seed"]].append(r["wall_seconds"]["total"] / 60)
+    for seed, minutes in sorted(per_seed.items()):
+        if len(minutes) < len(METHODS):
+            continue
+        total = sum(minutes)
+        limit = BUDGET_MIN.get(suite)
+        verdict = f" (budget {limit} min: **{'met' if total <= limit else 'not met'}**)" if limit else ""
+        lines.append(f"- Seed {seed}: all three methods took {total:.1f} min of wall time, train + evaluate{verdict}.")
+    return lines + ([""] if per_seed else [])
+
+
 def speed_section() -> list[str]:
     lines = []
     ev = RESULTS / "evaluator_speed.json"
@@ -219,7 +249,7 @@ def main() -> int:
         splits = sorted({s for rs in runs.values() for r in rs for s in r["metrics"]}, key=lambda s: (s != "test", s))
         for split in splits:
             lines += [f"**{split}**", ""] + table(runs, split) + [""]
-        lines += ["Targets:", ""] + targets(suite, runs) + [""]
+        lines += budget(suite, runs) + ["Targets:", ""] + targets(suite, runs) + [""]
         if suite == "cub50":
             lines += ["For context only — the authors' CUB-200 numbers with VGG16 (their test logs; different backbone, "
                       "all 200 classes, full resolution, thresholds tuned on test): "
