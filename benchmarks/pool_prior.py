@@ -102,7 +102,7 @@ def main() -> int:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         pool = ckpt["state_dict"][POOL_KEY].double().numpy()
         cfg = ckpt["hyper_parameters"]["config"]
-        root = Path(cfg["data"]["root"])
+        root = Path(cfg["data"]["root"]).resolve()  # one data prior per dataset, however it was reached
         key = (str(root), pool.shape[1], pool.shape[2])
         if key not in priors:
             md = read_metadata(root / cfg["data"]["train_split"], check_images=False)
