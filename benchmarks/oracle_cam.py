@@ -1,0 +1,100 @@
+"""How good can a CAM of this resolution be? Score an *oracle* CAM with the same evaluator as the models.
+
+A model's CAM lives on its feature grid (h×w = image size / output stride: 8×8 for the synthetic
+recipe, 7×7 for cub50) and is upsampled to the evaluation grid before scoring. The oracle map is the
+GT object region itself (the mask, or the union of boxes where a dataset has no masks), averaged onto
+that same h×w grid and upsampled the same way (`prepare_scoremap`: bicubic, min-max): a CAM that is
+exactly the object, as this resolution shows it. Its context leakage and MaxBoxAccV2 put the targets
+("cut leakage by 30 %") in scale. A reference point, not a proven bound: a map peaked on the object's
+inner cells could leak somewhat less.
+
+    .venv/bin/python benchmarks/oracle_cam.py --suite synthetic [--splits test_conflict,test,val]
+
+Writes ``benchmarks/results/oracle_cam_<suite>.json``; `benchmarks/report.py` puts it in the docs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from provenance import git_commit
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CONFIGS = {"synthetic": "configs/synthetic.yaml", "cub50": "configs/cub50.yaml"}
+DATA = {"synthetic": "data/synth", "cub50": "data/cub50"}
+
+
+def oracle_maps(regions: np.ndarray, grid: tuple[int, int], size: int) -> np.ndarray:
+    """Object regions ``[B, S, S]`` (bool) → area-averaged onto ``grid`` (h, w) → evaluated score maps."""
+    from kdcicam.evaluation import prepare_scoremap
+
+    h, w = grid
+    return np.stack([prepare_scoremap(cv2.resize(r.astype(np.float64), (w, h), interpolation=cv2.INTER_AREA), size)
+                     for r in regions])
+
+
+def score_split(root: Path, split: str, size: int, grid: tuple[int, int], batch: int = 64) -> dict:
+    from kdcicam.data.metadata import read_metadata
+    from kdcicam.evaluation import WSOLEvaluator
+    from kdcicam.evaluation.masks import boxes_mask
+    from kdcicam.evaluation.metrics import MaskEvaluator, _GTBoxes
+
+    md = read_metadata(root / split, check_images=False)
+    evaluator = WSOLEvaluator(md, cam_size=size)
+    if md.has_masks:
+        reader = MaskEvaluator(md, size)
+        region = lambda i: reader.mask(i) == 1  # noqa: E731
+    else:
+        gt = _GTBoxes(evaluator.grid)
+        region = lambda i: boxes_mask(gt(i), (size, size))  # noqa: E731
+    ids = md.image_ids
+    for first in range(0, len(ids), batch):
+        chunk = ids[first:first + batch]
+        evaluator.accumulate(oracle_maps(np.stack([region(i) for i in chunk]), grid, size), chunk)
+    m = evaluator.compute()
+    keep = ("max_box_acc_v2", "max_box_acc_v2_per_iou", "context_leakage", "pxap", "num_images")
+    return {k: m[k] for k in keep if k in m} | {"object_region": "mask" if md.has_masks else "boxes"}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", required=True, choices=sorted(CONFIGS))
+    p.add_argument("--data", type=Path, default=None, help="dataset root (default: the suite's, under data/)")
+    p.add_argument("--splits", type=lambda v: [s for s in v.split(",") if s], default=None, metavar="A,B",
+                   help="comma-separated splits (default: the config's test splits)")
+    args = p.parse_args()
+    sys.path.insert(0, str(REPO / "src"))
+    from kdcicam.config import load_config
+    from kdcicam.data.metadata import atomic_write_text
+
+    cfg = load_config(REPO / CONFIGS[args.suite], method="cam")
+    root = args.data or REPO / DATA[args.suite]
+    if not (root / "dataset.yaml").is_file():
+        sys.exit(f"{root}: no dataset here (run benchmarks/accuracy.py --suite {args.suite} first, or pass --data)")
+    size = cfg.data.image_size
+    stride = cfg.model.output_stride or 32
+    grid = (size // stride, size // stride)
+    results = {}
+    for split in args.splits or list(cfg.data.test_splits):
+        results[split] = score_split(root, split, size, grid)
+        r = results[split]
+        print(f"{split}: oracle CAM on {grid[0]}x{grid[1]} -> leakage {r['context_leakage']:.2f}, "
+              f"MaxBoxAccV2 {r['max_box_acc_v2']:.2f}", flush=True)
+    record = {"benchmark": "oracle_cam", "suite": args.suite, "grid": list(grid), "image_size": size,
+              "commit": git_commit(REPO), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(["python", "benchmarks/oracle_cam.py", *sys.argv[1:]]), "splits": results}
+    out = RESULTS / f"oracle_cam_{args.suite}.json"
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
