@@ -9,7 +9,7 @@ Box thresholds are chosen on val by `kdcicam evaluate`; test is touched once per
 scored on val only (never chosen on test):
 
     .venv/bin/python benchmarks/accuracy.py --suite synthetic --seeds 0 --methods ci-cam \\
-        --tag pool-rate-0 --eval-splits val model.pool_rate=0
+        --tag pool-rate-0 --eval-splits val -- model.pool_rate=0
 
 Every run is a child process so that its wall time and peak memory are its own.
 """
@@ -139,7 +139,8 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
         "command": " ".join([Path(sys.executable).name, "benchmarks/accuracy.py", "--suite", suite, "--seeds", str(seed),
                              "--methods", method] + (["--tag", tag] if tag else [])
                             + (["--eval-splits", ",".join(eval_splits)] if eval_splits else [])
-                            + (["--reuse-teachers", str(teachers_from)] if reused else []) + overrides),
+                            + (["--reuse-teachers", str(teachers_from)] if reused else [])
+                            + (["--", *overrides] if overrides else [])),
     }
     atomic_write_text(result_path(suite, method, seed, tag), json.dumps(result, indent=2))
     return result
@@ -157,7 +158,8 @@ def main() -> int:
                    help="KD-CI-CAM ablations of the student only: copy the finished teachers of this run folder "
                         "(same teacher configs and seed) instead of training them again; recorded in the results")
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (ablations; use with --tag)")
+    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (ablations; use with --tag; after "
+                   "`--` when they follow --seeds or --methods, which take several values)")
     args = p.parse_args()
     if args.single:
         run_one(args.suite, args.methods[0], args.seeds[0], args.tag, args.overrides, args.eval_splits,
@@ -175,7 +177,8 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--single", "--suite", args.suite, "--seeds", str(seed), "--methods",
                    method] + (["--tag", args.tag] if args.tag else []) + (["--eval-splits", ",".join(args.eval_splits)]
                                                                           if args.eval_splits else []) + (
-                       ["--reuse-teachers", str(args.reuse_teachers)] if args.reuse_teachers else []) + args.overrides
+                       ["--reuse-teachers", str(args.reuse_teachers)] if args.reuse_teachers else []) + (
+                       ["--", *args.overrides] if args.overrides else [])
             subprocess.run(cmd, check=True, cwd=REPO)
             r = json.loads(path.read_text())
             split = next(s for s in ("test_conflict", "test", *r["metrics"]) if s in r["metrics"])

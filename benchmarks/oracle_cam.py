@@ -23,7 +23,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from provenance import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,10 +62,10 @@ def score_split(root: Path, split: str, size: int, grid: tuple[int, int], mode: 
     evaluator = WSOLEvaluator(md, cam_size=size)
     if md.has_masks:
         reader = MaskEvaluator(md, size)
-        region = lambda i: reader.mask(i) == 1  # noqa: E731
+        region = lambda i: reader.mask(i) == 1
     else:
         gt = _GTBoxes(evaluator.grid)
-        region = lambda i: boxes_mask(gt(i), (size, size))  # noqa: E731
+        region = lambda i: boxes_mask(gt(i), (size, size))
     ids = md.image_ids
     for first in range(0, len(ids), batch):
         chunk = ids[first:first + batch]

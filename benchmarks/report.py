@@ -144,11 +144,11 @@ def oracle_section(suite: str, runs: dict[str, list[dict]]) -> list[str]:
         return []
     data = json.loads(path.read_text())
     g = data["grid"]
-    lines = [f"Oracle CAMs (`benchmarks/oracle_cam.py`, commit `{data['commit'][:12]}`): the GT object region "
+    lines = [(f"Oracle CAMs (`benchmarks/oracle_cam.py`, commit `{data['commit'][:12]}`): the GT object region "
              f"averaged onto the models' {g[0]}×{g[1]} CAM grid (each cell's object coverage; also sharpened by a power, "
              "or only the cells of largest coverage), then upsampled and normalised exactly as a CAM is — CAMs that "
              "are exactly the object, as this resolution shows it. Below, the one that leaks least; they are reference "
-             "points, not a proven bound.", ""]
+             "points, not a proven bound."), ""]
     for split, modes in data["splits"].items():
         mode, r = min(modes.items(), key=lambda kv: kv[1]["context_leakage"])
         others = ", ".join(f"{m} {v['context_leakage']:.2f}" for m, v in modes.items() if m != mode)
