@@ -132,7 +132,26 @@ def ablation_section(suite: str, tagged: dict[str, dict[str, list[dict]]]) -> li
                 cells = [fmt([get(r["metrics"][split], r) for r in sel]) for _, get in ABLATION_COLUMNS]
                 seeds = ",".join(str(r["seed"]) for r in sorted(sel, key=lambda r: r["seed"]))
                 overrides = " ".join(sel[0].get("overrides", [])) or "–"
-                lines.append(f"| {tag} | {LABEL[method]} | {seeds} | `{overrides}` | {split} | " + " | ".join(cells) + " |")
+                mark = " †" if any(r.get("reused_teachers") for r in sel) else ""
+                lines.append(f"| {tag} | {LABEL[method]}{mark} | {seeds} | `{overrides}` | {split} | "
+                             + " | ".join(cells) + " |")
+    lines += ["", ("† Teachers copied from the main run of the same seed (`--reuse-teachers`, refused unless their "
+              "configs match); the train time is the student's."), "", "Against `default` (same method, seed and split):", ""]
+    base = tagged.get("default", {})
+    keys = (("MaxBoxAccV2", "max_box_acc_v2"), ("leakage", "context_leakage"), ("Top-1 Cls", "top1_cls"),
+            ("GT-known Loc", "gt_known_loc"))
+    for tag, runs in sorted(tagged.items()):
+        if tag == "default":
+            continue
+        for method in METHODS:
+            for r in runs.get(method, []):
+                ref = next((b for b in base.get(method, []) if b["seed"] == r["seed"]), None)
+                for split, m in r["metrics"].items():
+                    if ref is None or split not in ref["metrics"]:
+                        continue
+                    deltas = ", ".join(f"{name} {m[k] - ref['metrics'][split][k]:+.2f}" for name, k in keys
+                                       if m.get(k) is not None and ref["metrics"][split].get(k) is not None)
+                    lines.append(f"- `{tag}` ({LABEL[method]}, {split}, seed {r['seed']}): {deltas}.")
     return lines + [""]
 
 
