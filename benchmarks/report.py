@@ -143,8 +143,13 @@ def ablation_section(suite: str, tagged: dict[str, dict[str, list[dict]]]) -> li
     lines += ["", ("† Teachers copied from the main run of the same seed (`--reuse-teachers`, refused unless their "
               "configs match); the train time is the student's."), "", "Against `default` (same method, seed and split):", ""]
     base = tagged.get("default", {})
-    keys = (("MaxBoxAccV2", "max_box_acc_v2"), ("leakage", "context_leakage"), ("Top-1 Cls", "top1_cls"),
+    keys = (("MaxBoxAccV2", "max_box_acc_v2"), ("@50", ("max_box_acc_v2_per_iou", "50")),
+            ("@70", ("max_box_acc_v2_per_iou", "70")), ("leakage", "context_leakage"), ("Top-1 Cls", "top1_cls"),
             ("GT-known Loc", "gt_known_loc"))
+
+    def get(m: dict, k: str | tuple[str, str]) -> float | None:
+        return m.get(k) if isinstance(k, str) else (m.get(k[0]) or {}).get(k[1])
+
     for tag, runs in sorted(tagged.items()):
         if tag == "default":
             continue
@@ -158,8 +163,9 @@ def ablation_section(suite: str, tagged: dict[str, dict[str, list[dict]]]) -> li
                         continue
                     seeds[split].append(r["seed"])
                     for name, k in keys:
-                        if m.get(k) is not None and ref["metrics"][split].get(k) is not None:
-                            per_split[split][name].append(m[k] - ref["metrics"][split][k])
+                        a, b = get(m, k), get(ref["metrics"][split], k)
+                        if a is not None and b is not None:
+                            per_split[split][name].append(a - b)
             for split, deltas in per_split.items():
                 text = ", ".join(f"{name} {fmt_delta(v)}" for name, v in deltas.items())
                 lines.append(f"- `{tag}` ({LABEL[method]}, {split}, seeds {','.join(map(str, sorted(seeds[split])))}): "
