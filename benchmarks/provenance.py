@@ -18,12 +18,14 @@ def cpu_model() -> str:
 
 
 def git_commit(root: Path, mark_dirty: bool = True) -> str:
-    """HEAD of the repository at ``root``, with ``-dirty`` when tracked files differ from it."""
+    """HEAD of the repository at ``root``, with ``-dirty`` when tracked files differ from it (results and
+    generated docs aside: the benchmarks rewrite those themselves)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               check=True).stdout.strip()
         if mark_dirty:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                    ":(exclude)benchmarks/results", ":(exclude)docs"], cwd=root,
                                    capture_output=True, text=True, check=False).stdout.strip()
             head += "-dirty" if dirty else ""
         return head
