@@ -16,14 +16,13 @@ Writes ``benchmarks/results/oracle_cam_<suite>.json``; `benchmarks/report.py` pu
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
-from provenance import git_commit
+from provenance import stamp
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -100,8 +99,7 @@ def main() -> int:
             print(f"{split}: oracle CAM ({mode}) on {grid[0]}x{grid[1]} -> leakage {r['context_leakage']:.2f}, "
                   f"MaxBoxAccV2 {r['max_box_acc_v2']:.2f}", flush=True)
     record = {"benchmark": "oracle_cam", "suite": args.suite, "grid": list(grid), "image_size": size,
-              "commit": git_commit(REPO), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(["python", "benchmarks/oracle_cam.py", *sys.argv[1:]]), "splits": results}
+              **stamp(REPO, "benchmarks/oracle_cam.py"), "splits": results}
     out = RESULTS / f"oracle_cam_{args.suite}.json"
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"written {out}")

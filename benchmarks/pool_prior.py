@@ -20,14 +20,13 @@ Writes ``benchmarks/results/pool_prior_<suite>.json``; `benchmarks/report.py` pu
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from provenance import git_commit
+from provenance import stamp
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -116,9 +115,8 @@ def main() -> int:
     data = {str(k): {"data_class_vs_global": mean([corr(pc[c], ov) for c in range(pc.shape[0])]),
                      "grid": [k[1], k[2]]} for k, (pc, ov) in priors.items()}
     out = RESULTS / f"pool_prior_{args.suite}.json"
-    record = {"benchmark": "pool_prior", "suite": args.suite, "commit": git_commit(REPO),
-              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(["python", "benchmarks/pool_prior.py", *sys.argv[1:]]), "data": data, "pools": records}
+    record = {"benchmark": "pool_prior", "suite": args.suite, **stamp(REPO, "benchmarks/pool_prior.py"), "data": data,
+              "pools": records}
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"data: corr(P[c], P̄) = {next(iter(data.values()))['data_class_vs_global']:.3f}; written {out}")
     return 0

@@ -1,8 +1,10 @@
 """Where a benchmark number came from: the CPU and the commit. Shared by every script in benchmarks/."""
 from __future__ import annotations
 
+import datetime as dt
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -31,3 +33,9 @@ def git_commit(root: Path, mark_dirty: bool = True) -> str:
         return head
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def stamp(root: Path, script: str) -> dict:
+    """Where a results file came from: the commit, the UTC time and the command that wrote it."""
+    return {"commit": git_commit(root), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python", script, *sys.argv[1:]])}
