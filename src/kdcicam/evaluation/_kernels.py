@@ -200,22 +200,71 @@ def threshold_levels(top, thresholds):
     return levels
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _mask_row(bands, masks, y, w, pw, up_pre, down_pre):
+    """Neighbourhood masks of row ``y`` (see :func:`_band_order`). Bit ``k`` of the foreground
+    mask: neighbour ``k``'s group rank is lower, or equal and it comes first in the group's order;
+    of the background mask: higher, or equal and first. ``up_pre`` / ``down_pre`` = 1 when the
+    row above / below comes first (the left neighbour always does, the right one never). Inlined
+    with constant ``pre``s, the loop vectorises; unsigned indices skip wrap-around checks."""
+    one = np.uint64(1)
+    upw = np.uint64(pw)
+    row = np.uint64((y + 1) * pw + 1)
+    out = np.uint64(y * w)
+    for xi in range(w):
+        x = np.uint64(xi)
+        c = row + x
+        a = c - upw
+        d = c + upw
+        b = np.int32(bands[c])
+        bu = b + np.int32(up_pre)
+        bd = b + np.int32(down_pre)
+        bgu = b - np.int32(up_pre)
+        bgd = b - np.int32(down_pre)
+        u0 = np.int32(bands[a - one])
+        u1 = np.int32(bands[a])
+        u2 = np.int32(bands[a + one])
+        m0 = np.int32(bands[c - one])
+        m2 = np.int32(bands[c + one])
+        d0 = np.int32(bands[d - one])
+        d1 = np.int32(bands[d])
+        d2 = np.int32(bands[d + one])
+        fg = (np.int32(u0 < bu) | (np.int32(u1 < bu) << 1) | (np.int32(u2 < bu) << 2) | (np.int32(m0 <= b) << 3)
+              | (np.int32(m2 < b) << 4) | (np.int32(d0 < bd) << 5) | (np.int32(d1 < bd) << 6) | (np.int32(d2 < bd) << 7))
+        bg = (np.int32(u0 > bgu) | (np.int32(u1 > bgu) << 1) | (np.int32(u2 > bgu) << 2) | (np.int32(m0 >= b) << 3)
+              | (np.int32(m2 > b) << 4) | (np.int32(d0 > bgd) << 5) | (np.int32(d1 > bgd) << 6) | (np.int32(d2 > bgd) << 7))
+        masks[out + x] = np.uint16((fg << 8) | bg)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put(order, fill, bands, masks, y, xi, w, pw):
+    """Append pixel ``(y, xi)`` to its group in ``order`` (see :func:`_band_order`)."""
+    x = np.uint64(xi)
+    b = np.uint64(bands[np.uint64((y + 1) * pw + 1) + x])
+    f = np.uint64(fill[b])
+    order[f] = np.uint64((y << 48) | (xi << 32) | np.int64(masks[np.uint64(y * w) + x]))
+    fill[b] = f + np.uint64(1)
+
+
 @njit(cache=True, nogil=True)
-def _band_order(q, hist, levels, order):
-    """Pixels grouped by the threshold at which they turn foreground (counting sort), packed as
-    ``(y << 16) | x``, and the groups' starts.
+def _band_order(q, hist, levels, order, bands, masks):
+    """Pixels grouped by the threshold at which they turn foreground (counting sort; inside a
+    group, raster order but for one seam, see below), each with its neighbourhood at the moment it
+    is inserted by either pass.
 
-    Group ``b`` holds the pixels that enter the foreground at threshold index ``nt - 1 - b`` (the
-    highest index whose level lies below the pixel's grey level); group ``nt`` holds those that
-    never do. A pixel of group ``b`` turns background, going up, at threshold ``nt - b``.
-
-    ``hist`` is the four-way grey-level histogram from :func:`quantize`; ``order`` a work buffer
-    of ``h * w`` int32. Smooth maps put long runs of pixels in the same group, and a
-    read-modify-write chain on one counter costs several cycles per pixel: hence the split
-    histogram, and a fill pass that interleaves distant columns."""
+    Group ``b`` holds the pixels that enter the foreground at threshold index ``nt - 1 - b``;
+    group ``nt`` those that never do. A pixel of group ``b`` turns background, going up, at
+    threshold ``nt - b``. Entries are ``(y << 48) | (x << 32) | (fg_mask << 8) | bg_mask``: bit
+    ``k`` of ``fg_mask`` is set when neighbour ``k`` is foreground as the top-down pass inserts
+    the pixel (an earlier group, or the same group and earlier in its order), of ``bg_mask``
+    when it is background as the bottom-up pass inserts it (a later group or the frame, or the
+    same group and earlier). The masks are computed here, row by row and vectorised, so that
+    neither pass keeps a neighbourhood map of its own (whose scattered reads and writes cost a
+    third of a pass). ``bands`` (``(h + 2) * (w + 2)`` int16) and ``masks`` (``h * w`` uint16)
+    are work buffers; ``hist`` is the four-way grey-level histogram from :func:`quantize`."""
     h, w = q.shape
     nt = levels.shape[0]
-    band = np.empty(256, dtype=np.int64)
+    band = np.empty(256, dtype=np.int32)
     t = nt - 1
     for v in range(255, -1, -1):
         while t >= 0 and levels[t] >= v:
@@ -230,33 +279,67 @@ def _band_order(q, hist, levels, order):
         start[b] = acc
         acc += count[b]
     start[nt + 1] = acc
-    fill = start.copy()
-    # four distant columns interleaved: consecutive writes rarely hit the same group, so the
-    # read-modify-write chains on fill[] overlap instead of queueing; inside a group, each quarter
-    # row stays in raster order
-    w4 = w // 4
+    pw = w + 2
+    # compare ranks of groups (at most 256 distinct groups: int16 lanes in the vectorised mask loop)
+    rank_of = np.empty(256, dtype=np.int16)
+    group_of_rank = np.empty(257, dtype=np.int64)
+    nr = 0
+    for v in range(255, -1, -1):  # band[] grows as v falls
+        if v == 255 or band[v] != band[v + 1]:
+            group_of_rank[nr] = band[v]
+            nr += 1
+        rank_of[v] = nr - 1
+    frame = np.int16(nr)  # never foreground, always background
+    for x in range(pw):
+        bands[x] = frame
+        bands[(h + 1) * pw + x] = frame
+    flat = q.ravel()
     for y in range(h):
-        for x in range(w4):
-            for k in range(4):
-                xx = x + k * w4
-                b = band[q[y, xx]]
-                order[fill[b]] = (y << 16) | xx
-                fill[b] += 1
-        for xx in range(4 * w4, w):
-            b = band[q[y, xx]]
-            order[fill[b]] = (y << 16) | xx
-            fill[b] += 1
+        row = (y + 1) * pw
+        bands[row] = frame
+        bands[row + w + 1] = frame
+        src = np.uint64(y * w)
+        dst = np.uint64(row + 1)
+        for xi in range(w):
+            x = np.uint64(xi)
+            bands[dst + x] = rank_of[np.uint64(flat[src + x])]
+    # Inside a group, the image's top and bottom halves are filled in step (row y of each, pixel by
+    # pixel): consecutive writes then rarely hit the same group counter, whose read-modify-write
+    # chain would otherwise queue (measured: a fifth faster than raster order; four strips are
+    # slower). Row h2 therefore comes before row h2 - 1, the one place where the order inside a
+    # group is not raster order.
+    h2 = h // 2 if h >= 4 else 0
+    for y in range(h):
+        if y == h2 and h2 > 0:  # the row above comes after this one
+            _mask_row(bands, masks, y, w, pw, 0, 0)
+        elif y == h2 - 1:  # the row below comes first
+            _mask_row(bands, masks, y, w, pw, 1, 1)
+        else:
+            _mask_row(bands, masks, y, w, pw, 1, 0)
+    fill = np.empty(nr, dtype=np.uint64)
+    for r in range(nr):
+        fill[r] = start[group_of_rank[r]]
+    for y in range(h2):
+        for xi in range(w):
+            _put(order, fill, bands, masks, y, xi, w, pw)
+            _put(order, fill, bands, masks, y + h2, xi, w, pw)
+    for y in range(2 * h2, h):  # an odd last row, or a map too small to split, in raster order
+        for xi in range(w):
+            _put(order, fill, bands, masks, y, xi, w, pw)
     return start
 
 
 @njit(cache=True, nogil=True)
 def workspace(h, w):
     """Work buffers for maps of ``h x w``, allocated once per batch rather than per image (a few
-    MB: reallocating them per image costs page faults when glibc returns them to the system)."""
+    MB: reallocating them per image costs page faults when glibc returns them to the system):
+    group ranks, parent pointers, union ranks, boxes ``[x0, y0, x1, y1]`` per root, areas, places in
+    the live list, the live list (all over the padded grid), the pixel order, the neighbourhood
+    masks."""
     npad = (h + 2) * (w + 2)
-    return (np.zeros(npad, dtype=np.uint8), np.empty(npad, dtype=np.uint32), np.empty(npad, dtype=np.uint8),
-            np.empty((4, npad), dtype=np.int32), np.empty(npad, dtype=np.int64), np.empty(npad, dtype=np.int32),
-            np.empty(npad, dtype=np.uint64), np.empty(h * w, dtype=np.int32))
+    return (np.zeros(npad, dtype=np.int16), np.empty(npad, dtype=np.uint32), np.empty(npad, dtype=np.uint8),
+            np.empty((npad, 4), dtype=np.int32), np.empty(npad, dtype=np.int64), np.empty(npad, dtype=np.int32),
+            np.empty(npad, dtype=np.uint64), np.empty(h * w, dtype=np.uint64), np.empty(h * w, dtype=np.uint16))
 
 
 @njit(cache=True, nogil=True)
@@ -266,28 +349,25 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
     h, w = shape
     nt = start.shape[0] - 2
     pw = w + 2
-    upw = np.uint64(pw)
-    one = np.uint64(1)
     offs = np.empty(8, dtype=np.uint64)
     for i in range(8):
         offs[i] = np.uint64(_NDY[i] * pw + _NDX[i])  # negative offsets wrap, and so does the sum
 
-    # tri[p]: foreground bits of p's row window (p - 1, p, p + 1): the 8-neighbourhood is three loads
-    tri, lab, rank, box, area2, pos, live, _ = ws  # lab: parent pointers, valid where foreground
-    tri[:] = 0
-    bx0 = box[0]
-    by0 = box[1]
-    bx1 = box[2]
-    by1 = box[3]
+    _, lab, rank, box, area2, pos, live, _, _ = ws  # lab: parent pointers, valid where foreground
+    bx0 = box[:, 0]
+    by0 = box[:, 1]
+    bx1 = box[:, 2]
+    by1 = box[:, 3]
     nlive = 0
     euler4 = 0
     empty_iou = _best_iou(0, 0, 0, 0, gt)
-    # Consecutive pixels mostly join the same component: it is cached ("cur"), its area change
-    # summed in a register, its box checked against registers (written through to the arrays).
-    cur = np.uint64(0)  # padded index 0 is never a pixel
+    # Consecutive pixels mostly join the same component: it is cached ("cur"), its box and area
+    # change kept in registers (min / max, no branches: a read-modify-write of the arrays per pixel
+    # would queue on store forwarding) and written back when another component takes its place
+    # and at the end of each threshold's pixels.
+    cur = np.uint64(0)  # padded index 0 is never a pixel: a scratch record
     pend_area = 0
-    cx0 = cx1 = cy0 = cy1 = 0
-    last_p = np.uint64(0)  # the previous pixel; its component is cur
+    cx0 = cx1 = cy0 = cy1 = np.int32(0)
 
     for b in range(nt):
         t = nt - 1 - b
@@ -298,43 +378,32 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
             holes[t] = holes[t + 1]
             continue
         for i in range(start[b], start[b + 1]):
-            y = np.int64(order[i] >> 16)
-            x = np.int64(order[i] & 0xFFFF)
+            e = order[i]
+            y = np.int32(e >> 48)
+            x = np.int32((e >> 32) & 0xFFFF)
+            mask = np.int64((e >> 8) & 0xFF)
             p = np.uint64((y + 1) * pw + x + 1)
-            a = p - upw
-            c = p + upw
-            mid = np.int64(tri[p])
-            mask = np.int64(tri[a]) | ((mid & 1) << 3) | ((mid & 4) << 2) | (np.int64(tri[c]) << 5)
-            tri[p - one] |= 4
-            tri[p] |= 2
-            tri[p + one] |= 1
             euler4 += _DEULER4[mask]
             ng = _NGROUPS[mask]
-            if ng == 1 and (mask & 8) != 0 and p - one == last_p:
-                # one group holding the left neighbour, which was the previous pixel: no find, and
-                # only the right edge of the box can move
-                lab[p] = np.uint32(cur)
-                if x > cx1:
-                    cx1 = x
-                    bx1[cur] = x
-            elif ng == 0:
+            if ng == 0:
+                box[cur, 0] = cx0
+                box[cur, 1] = cy0
+                box[cur, 2] = cx1
+                box[cur, 3] = cy1
                 area2[cur] += pend_area
                 pend_area = 0
                 cur = p
-                lab[p] = np.uint32(p)
-                rank[p] = 0
-                bx0[p] = x
-                bx1[p] = x
-                by0[p] = y
-                by1[p] = y
                 cx0 = cx1 = x
                 cy0 = cy1 = y
+                lab[p] = np.uint32(p)
+                rank[p] = 0
                 area2[p] = 0
                 pos[p] = nlive
                 live[nlive] = p
                 nlive += 1
-            else:
-                r = _find(lab, p + offs[_REPS[mask, 0]])
+                continue
+            r = _find(lab, p + offs[_REPS[mask, 0]])
+            if ng > 1:
                 for g in range(1, ng):
                     rb = _find(lab, p + offs[_REPS[mask, g]])
                     if rb == r:
@@ -343,44 +412,47 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
                         r, rb = rb, r
                     elif rank[r] == rank[rb]:
                         rank[r] += 1
-                    if cur == rb or cur == r:  # the cache is about to go stale
+                    if cur == rb or cur == r:  # write the cached component back before it changes
+                        box[cur, 0] = cx0
+                        box[cur, 1] = cy0
+                        box[cur, 2] = cx1
+                        box[cur, 3] = cy1
                         area2[cur] += pend_area
                         pend_area = 0
                         cur = np.uint64(0)
                     lab[rb] = np.uint32(r)
-                    bx0[r] = min(bx0[r], bx0[rb])
-                    by0[r] = min(by0[r], by0[rb])
-                    bx1[r] = max(bx1[r], bx1[rb])
-                    by1[r] = max(by1[r], by1[rb])
+                    box[r, 0] = min(box[r, 0], box[rb, 0])
+                    box[r, 1] = min(box[r, 1], box[rb, 1])
+                    box[r, 2] = max(box[r, 2], box[rb, 2])
+                    box[r, 3] = max(box[r, 3], box[rb, 3])
                     area2[r] += area2[rb]
                     j = pos[rb]
                     last = live[nlive - 1]
                     live[j] = last
                     pos[last] = j
                     nlive -= 1
-                lab[p] = np.uint32(r)
-                if r != cur:
-                    area2[cur] += pend_area
-                    pend_area = 0
-                    cur = r
-                    cx0 = bx0[r]
-                    cx1 = bx1[r]
-                    cy0 = by0[r]
-                    cy1 = by1[r]
-                if x < cx0:
-                    cx0 = x
-                    bx0[r] = x
-                elif x > cx1:
-                    cx1 = x
-                    bx1[r] = x
-                if y < cy0:
-                    cy0 = y
-                    by0[r] = y
-                elif y > cy1:
-                    cy1 = y
-                    by1[r] = y
+            if r != cur:
+                box[cur, 0] = cx0
+                box[cur, 1] = cy0
+                box[cur, 2] = cx1
+                box[cur, 3] = cy1
+                area2[cur] += pend_area
+                pend_area = 0
+                cur = r
+                cx0 = box[r, 0]
+                cy0 = box[r, 1]
+                cx1 = box[r, 2]
+                cy1 = box[r, 3]
+            lab[p] = np.uint32(r)
+            cx0 = min(cx0, x)
+            cy0 = min(cy0, y)
+            cx1 = max(cx1, x)
+            cy1 = max(cy1, y)
             pend_area += _DAREA2[mask]
-            last_p = p
+        box[cur, 0] = cx0
+        box[cur, 1] = cy0
+        box[cur, 2] = cx1
+        box[cur, 3] = cy1
         area2[cur] += pend_area
         pend_area = 0
 
@@ -429,20 +501,15 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max, ws):
     if t_max < 0:
         return
     pw = w + 2
-    npad = (h + 2) * pw
-
-    upw = np.uint64(pw)
-    one = np.uint64(1)
     offs = np.empty(8, dtype=np.uint64)
     for i in range(8):
         offs[i] = np.uint64(_NDY[i] * pw + _NDX[i])
-    # lab: parent pointers, valid where background; tri: background bits of each row window
-    tri, lab, rank, box, _, pos, live, _ = ws
-    tri[:] = 0
-    bx0 = box[0]
-    by0 = box[1]
-    bx1 = box[2]
-    by1 = box[3]
+    # lab: parent pointers, valid where background
+    _, lab, rank, box, _, pos, live, _, _ = ws
+    bx0 = box[:, 0]
+    by0 = box[:, 1]
+    bx1 = box[:, 2]
+    by1 = box[:, 3]
     # the frame: background, one component rooted at padded index 0, never a hole
     frame = np.empty(2 * pw + 2 * h, dtype=np.int64)
     for x in range(pw):
@@ -453,52 +520,39 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max, ws):
         frame[2 * pw + h + y] = (y + 1) * pw + w + 1
     for f in frame:
         lab[f] = 0
-        if f > 0:
-            tri[f - 1] |= 4
-        tri[f] |= 2
-        if f + 1 < npad:
-            tri[f + 1] |= 1
     rank[0] = 255
     pos[0] = 0
     live[0] = 0
     nlive = 1
-    cur = np.uint64(0)  # the cached component (0 = the frame: its box is never read)
-    cx0 = cx1 = cy0 = cy1 = 0
-    last_p = np.uint64(0)
+    # the cached component: its box in registers (0 = the frame, whose box is never read)
+    cur = np.uint64(0)
+    cx0 = cx1 = cy0 = cy1 = np.int32(0)
 
     for t in range(t_max + 1):
         b = nt - t  # the group that turns background at threshold t
         for i in range(start[b], start[b + 1]):
-            y = np.int64(order[i] >> 16)
-            x = np.int64(order[i] & 0xFFFF)
+            e = order[i]
+            y = np.int32(e >> 48)
+            x = np.int32((e >> 32) & 0xFFFF)
+            mask = np.int64(e & 0xFF)
             p = np.uint64((y + 1) * pw + x + 1)
-            mid = np.int64(tri[p])
-            mask = (np.int64(tri[p - upw]) | ((mid & 1) << 3) | ((mid & 4) << 2)
-                    | (np.int64(tri[p + upw]) << 5))
-            tri[p - one] |= 4
-            tri[p] |= 2
-            tri[p + one] |= 1
             ng = _BG_NGROUPS[mask]
-            if ng == 1 and (mask & 8) != 0 and p - one == last_p:
-                lab[p] = np.uint32(cur)
-                if x > cx1:
-                    cx1 = x
-                    bx1[cur] = x
-                last_p = p
-                continue
             if ng == 0:
-                r = p
+                box[cur, 0] = cx0
+                box[cur, 1] = cy0
+                box[cur, 2] = cx1
+                box[cur, 3] = cy1
+                cur = p
+                cx0 = cx1 = x
+                cy0 = cy1 = y
                 lab[p] = np.uint32(p)
                 rank[p] = 0
-                bx0[p] = x
-                bx1[p] = x
-                by0[p] = y
-                by1[p] = y
                 pos[p] = nlive
                 live[nlive] = p
                 nlive += 1
-            else:
-                r = _find(lab, p + offs[_BG_REPS[mask, 0]])
+                continue
+            r = _find(lab, p + offs[_BG_REPS[mask, 0]])
+            if ng > 1:
                 for g in range(1, ng):
                     rb = _find(lab, p + offs[_BG_REPS[mask, g]])
                     if rb == r:
@@ -507,38 +561,41 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max, ws):
                         r, rb = rb, r
                     elif rank[r] == rank[rb]:
                         rank[r] += 1
-                    if cur == rb or cur == r:
-                        cur = np.uint64(p)  # stale: reload below (p is not a root yet)
+                    if cur == rb or cur == r:  # write the cached component back before it changes
+                        box[cur, 0] = cx0
+                        box[cur, 1] = cy0
+                        box[cur, 2] = cx1
+                        box[cur, 3] = cy1
+                        cur = p  # not a root: a scratch record until the reload below
                     lab[rb] = np.uint32(r)
-                    bx0[r] = min(bx0[r], bx0[rb])
-                    by0[r] = min(by0[r], by0[rb])
-                    bx1[r] = max(bx1[r], bx1[rb])
-                    by1[r] = max(by1[r], by1[rb])
+                    box[r, 0] = min(box[r, 0], box[rb, 0])
+                    box[r, 1] = min(box[r, 1], box[rb, 1])
+                    box[r, 2] = max(box[r, 2], box[rb, 2])
+                    box[r, 3] = max(box[r, 3], box[rb, 3])
                     j = pos[rb]
                     last = live[nlive - 1]
                     live[j] = last
                     pos[last] = j
                     nlive -= 1
-                lab[p] = np.uint32(r)
             if r != cur:
+                box[cur, 0] = cx0
+                box[cur, 1] = cy0
+                box[cur, 2] = cx1
+                box[cur, 3] = cy1
                 cur = r
-                cx0 = bx0[r]
-                cx1 = bx1[r]
-                cy0 = by0[r]
-                cy1 = by1[r]
-            if x < cx0:
-                cx0 = x
-                bx0[r] = x
-            elif x > cx1:
-                cx1 = x
-                bx1[r] = x
-            if y < cy0:
-                cy0 = y
-                by0[r] = y
-            elif y > cy1:
-                cy1 = y
-                by1[r] = y
-            last_p = p
+                cx0 = box[r, 0]
+                cy0 = box[r, 1]
+                cx1 = box[r, 2]
+                cy1 = box[r, 3]
+            lab[p] = np.uint32(r)
+            cx0 = min(cx0, x)
+            cy0 = min(cy0, y)
+            cx1 = max(cx1, x)
+            cy1 = max(cy1, y)
+        box[cur, 0] = cx0
+        box[cur, 1] = cy0
+        box[cur, 2] = cx1
+        box[cur, 3] = cy1
         if holes[t] > 0:
             outside = _find(lab, 0)
             best = 0.0
@@ -587,7 +644,7 @@ def box_ious(q, hist, top, thresholds, gt, out_single, out_multi, flags, with_ho
     levels = threshold_levels(top, thresholds)
     nt = levels.shape[0]
     order = ws[7]
-    start = _band_order(q, hist, levels, order)
+    start = _band_order(q, hist, levels, order, ws[0], ws[8])
     holes = np.zeros(nt, dtype=np.int64)
     _foreground_pass(q.shape, order, start, gt, out_single, out_multi, flags, holes, ws, with_holes)
     if with_holes:
