@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from . import _kernels
-from .boxes import ScoremapError, box_iou_matrix, quantize_scoremap
+from .boxes import ScoremapError, quantize_scoremap
 
 __all__ = ["BoxIoUs", "batch_box_ious", "default_workers"]
 
@@ -60,14 +60,13 @@ def _plain(q: np.ndarray, level: int, gt: np.ndarray) -> tuple[float, float]:
     binary = cv2.threshold(q, level, 255, cv2.THRESH_BINARY)[1]
     contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
     if len(contours) == 0:
-        iou = float(box_iou_matrix(np.zeros((1, 4), dtype=np.int64), gt).max())
+        iou = float(_kernels.best_ious(np.zeros((1, 4), dtype=np.int64), gt)[0])
         return iou, iou
-    boxes = np.empty((len(contours), 4), dtype=np.int64)
-    for i, contour in enumerate(contours):
-        x, y, w, h = cv2.boundingRect(contour)
-        boxes[i] = (x, y, min(x + w, width - 1), min(y + h, height - 1))
+    boxes = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64)  # x, y, w, h
+    boxes[:, 2] = np.minimum(boxes[:, 0] + boxes[:, 2], width - 1)
+    boxes[:, 3] = np.minimum(boxes[:, 1] + boxes[:, 3], height - 1)
     largest = max(range(len(contours)), key=lambda i: cv2.contourArea(contours[i]))
-    ious = box_iou_matrix(boxes, gt).max(axis=1)
+    ious = _kernels.best_ious(boxes, gt)
     return float(ious[largest]), float(ious.max())
 
 
