@@ -253,6 +253,11 @@ def budget(suite: str, runs: dict[str, list[dict]]) -> list[str]:
     return lines + ([""] if per_seed else [])
 
 
+def _load(data: dict, when: str) -> str:
+    values = data.get("load_average_1_5_15_min", {}).get(when)
+    return f"{values[0]:.2f}" if values else "?"
+
+
 def speed_section() -> list[str]:
     lines = []
     ev = RESULTS / "evaluator_speed.json"
@@ -261,7 +266,9 @@ def speed_section() -> list[str]:
         machine = data.get("machine", {})
         lines += ["### Evaluator speed (`benchmarks/evaluator_speed.py`)", "",
                   (f"Commit `{data.get('commit', '?')}`, {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
-                   f"date {data.get('date', '?')}; command `{data.get('command', '?')}`. {data.get('note', '')}"), "",
+                   f"date {data.get('date', '?')}; command `{data.get('command', '?')}`. "
+                   f"Load average (1 min) before / after: {_load(data, 'before')} / {_load(data, 'after')}. "
+                   f"{data.get('note', '')[:1].upper()}{data.get('note', '')[1:]}."), "",
                   "| maps | mode | reference img/s | ours img/s | ratio (floor 5×, aim 20×) | equal metrics |",
                   "|---|---|---|---|---|---|"]
         for name, cases in data.get("results", {}).items():
@@ -271,6 +278,13 @@ def speed_section() -> list[str]:
                     lines.append(f"| {name} ({cases.get('images')}) | {mode.replace('_', '-')} | "
                                  f"{c['reference_images_per_s']:.0f} | {c['ours_images_per_s']:.0f} | {c['ratio']:.1f}× | "
                                  f"{c['equal_to_reference']} |")
+            both = cases.get("wsol_evaluator_both_modes")
+            if both:
+                lines.append(f"| {name} ({cases.get('images')}) | both, one pass (`WSOLEvaluator`) | "
+                             f"{cases['single_contour']['reference_images_per_s']:.0f} + "
+                             f"{cases['multi_contour']['reference_images_per_s']:.0f} (two runs) | "
+                             f"{both['ours_images_per_s']:.0f} | {both['ratio_vs_two_reference_runs']:.1f}× | "
+                             f"{cases['single_contour']['equal_to_reference'] and cases['multi_contour']['equal_to_reference']} |")
         lines.append("")
     tp = RESULTS / "throughput.json"
     if tp.is_file():
