@@ -154,11 +154,18 @@ def test_class_outside_range(split):
     _fails(split, "class_labels.txt", 3, "not an integer")
 
 
-def test_empty_box(split):
+def test_inverted_box(split):
+    _edit(split, "localization.txt", 2, "a/2.jpg,31,2,30,40")
+    _fails(split, "localization.txt", 2, "inverted box (31,2,30,40): need x1 >= x0")
+    _edit(split, "localization.txt", 2, "a/2.jpg,1,41,30,40")
+    _fails(split, "localization.txt", 2, "need x1 >= x0 and y1 >= y0")
+
+
+def test_zero_width_box_is_allowed(split):
+    """wsolevaluation's check_box_convention accepts x1 == x0 (a one-pixel-wide box, IoU counts +1)."""
     _edit(split, "localization.txt", 2, "a/2.jpg,30,2,30,40")
-    _fails(split, "localization.txt", 2, "need x1 > x0")
-    _edit(split, "localization.txt", 2, "a/2.jpg,1,40,30,40")
-    _fails(split, "localization.txt", 2, "need x1 > x0 and y1 > y0")
+    md = read_metadata(split, check_images=False)
+    assert (30.0, 2.0, 30.0, 40.0) in md.boxes["a/2.jpg"]
 
 
 def test_box_outside_image(split):
@@ -202,4 +209,14 @@ def test_mask_path_escaping_root(tmp_path):
 
 def test_missing_metadata_file(split):
     (split / "image_sizes.txt").unlink()
-    _fails(split, "image_sizes.txt", None, "file not found")
+    _fails(split, "image_sizes.txt", None, "file not found")  # the split has boxes: sizes rescale them
+
+
+def test_mask_split_without_image_sizes(tmp_path):
+    """wsolevaluation's OpenImages metadata has no image_sizes.txt: masks do not need one."""
+    write_metadata(_metadata(boxes={}, masks={i: [f"m/{k}.png"] for k, i in enumerate(IDS)}), tmp_path / "s")
+    (tmp_path / "s" / "image_sizes.txt").unlink()
+    md = read_metadata(tmp_path / "s", check_images=False)
+    assert md.image_sizes == {} and md.masks["a/1.jpg"] == ["m/0.png"] and not md.has_boxes
+    (tmp_path / "s" / "localization.txt").unlink()  # OpenImages' train split: labels only
+    assert read_metadata(tmp_path / "s", check_images=False).image_ids == IDS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 from _eval_helpers import make_metadata
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -110,3 +111,110 @@ def test_box_evaluator_equals_reference_evaluator(specs, multi, size):
     assert [result["max_box_acc"][str(i)] for i in (30, 50, 70)] == ref.compute()
     for iou, curve in ref.curves().items():
         assert result["box_acc_curve"][str(iou)] == curve.tolist()
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.booleans())
+def test_holes_beyond_the_background_pass_are_traced(seed, holes, hole_is_gt):
+    """224 x 224 maps whose holes sit in a small high plateau: the background pass would have to
+    sweep almost the whole map to reach them, so the kernel flags those thresholds and the engine
+    traces them with findContours. The answers still equal the plain loop's, hole boxes included
+    (with ``hole_is_gt`` the GT box is a hole's contour box, so the hole decides MaxBoxAccV2)."""
+    rng = np.random.default_rng(seed)
+    scoremap = np.tile(np.linspace(0.1, 0.2, 224), (224, 1))  # a ramp: no holes of its own
+    y0, x0 = (int(v) for v in rng.integers(10, 120, 2))
+    size = int(rng.integers(30, 90))
+    top = rng.uniform(0.8, 1.0)
+    scoremap[y0:y0 + size, x0:x0 + size] = top
+    hole_boxes = []
+    for _ in range(holes):
+        hy, hx = (int(v) for v in rng.integers(3, size - 8, 2))
+        hh, hw = (int(v) for v in rng.integers(1, 5, 2))
+        # shallow: the holes live for a few thresholds only, which are cheaper to trace than to sweep to
+        scoremap[y0 + hy:y0 + hy + hh, x0 + hx:x0 + hx + hw] = top - rng.uniform(0.01, 0.03)
+        hole_boxes.append([x0 + hx - 1, y0 + hy - 1, x0 + hx + hw + 1, y0 + hy + hh + 1])  # contour's box
+    scoremap /= scoremap.max()
+    gt = np.array([hole_boxes[0]] if hole_is_gt else [[x0, y0, x0 + size, y0 + size]], dtype=np.int64)
+    thresholds = threshold_list(0.01)
+    fast = batch_box_ious(scoremap[None], [gt], thresholds, workers=1)
+    assert fast.traced > 0  # the flagged branch ran
+    assert np.array_equal(fast.multi[0], reference_best_ious(scoremap, gt, thresholds, True))
+    assert np.array_equal(fast.single[0], reference_best_ious(scoremap, gt, thresholds, False))
+    if hole_is_gt and holes == 1:
+        assert fast.multi[0].max() == 1.0  # the hole's contour box is the GT box
+
+
+def _plain_mask_metrics(maps: list[np.ndarray], masks: list[np.ndarray], thresholds: np.ndarray) -> tuple[float, float]:
+    """PxAP by the plain histogram formula and PIoU by counting pixels at every threshold."""
+    from kdcicam.evaluation.reference import reference_pxap
+
+    ious = []
+    for t in thresholds:
+        tp = sum(int(((m >= t) & (g == 1)).sum()) for m, g in zip(maps, masks))
+        fp = sum(int(((m >= t) & (g == 0)).sum()) for m, g in zip(maps, masks))
+        fn = sum(int(((m < t) & (g == 1)).sum()) for m, g in zip(maps, masks))
+        ious.append(tp / (tp + fp + fn) if tp + fp + fn else 0.0)
+    return reference_pxap(maps, masks, thresholds[1] - thresholds[0]), max(ious) * 100
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 2**31 - 1)), min_size=2, max_size=7),
+       st.sampled_from([(24, 24), (31, 17)]), st.sampled_from([0.01, 0.05]))
+def test_wsol_evaluator_equals_plain_metrics(specs, size, interval):
+    """The combined evaluator (what ``kdcicam evaluate`` and ``kdcicam score`` run) against plain
+    computations of every metric: MaxBoxAcc and its best thresholds, GT-known / Top-1 / Top-5 Loc,
+    MaxBoxAccV2 (multi-contour, mean over IoU 30/50/70), Top-1 / Top-5 Cls, PxAP and PIoU."""
+    from kdcicam.evaluation import WSOLEvaluator
+
+    w, h = size
+    rng = np.random.default_rng(len(specs) * 7 + w)
+    ids = [f"img{i}.jpg" for i in range(len(specs))]
+    sizes = {i: (int(rng.integers(20, 400)), int(rng.integers(20, 400))) for i in ids}
+    boxes = {}
+    for i in ids:
+        iw, ih = sizes[i]
+        x0, x1 = sorted(int(v) for v in rng.integers(0, iw + 1, 2))
+        y0, y1 = sorted(int(v) for v in rng.integers(0, ih + 1, 2))
+        boxes[i] = [(x0, y0, x1, y1)]
+    labels = {i: int(rng.integers(0, 8)) for i in ids}
+    metadata = make_metadata(boxes=boxes, sizes=sizes, labels=labels)
+    maps = [make_map(kind, seed, h, w) for kind, seed in specs]
+    masks = [(make_map("blobs", seed + 1, h, w) > 0.5).astype(np.uint8) for _, seed in specs]
+    for m in masks:
+        m[rng.random((h, w)) < 0.05] = 255  # ignored pixels count nowhere
+    logits = rng.normal(size=(len(ids), 8))
+
+    ev = WSOLEvaluator(metadata, cam_size=(w, h), cam_curve_interval=interval, workers=2)
+    for first in range(0, len(ids), 3):
+        part = slice(first, first + 3)
+        ev.accumulate(np.stack(maps[part]), ids[part], logits[part], np.stack(masks[part]))
+    out = ev.compute()
+
+    thresholds = threshold_list(interval)
+    single = ReferenceBoxEvaluator(metadata, cam_size=(w, h), cam_curve_interval=interval)
+    multi = ReferenceBoxEvaluator(metadata, cam_size=(w, h), multi_contour=True, cam_curve_interval=interval)
+    best50 = np.stack([single.accumulate(m, i) for m, i in zip(maps, ids)])[:, :] >= 0.5
+    for m, i in zip(maps, ids):
+        multi.accumulate(m, i)
+    curves = single.curves()
+    assert [out["max_box_acc"][str(k)] for k in (30, 50, 70)] == single.compute()
+    for k, curve in curves.items():
+        assert out["box_acc_curve"][str(k)] == curve.tolist()
+        assert out["best_threshold"][str(k)] == float(thresholds[int(np.argmax(curve))])
+    assert out["max_box_acc_v2"] == float(np.mean(multi.compute()))
+    assert [out["max_box_acc_v2_per_iou"][str(k)] for k in (30, 50, 70)] == multi.compute()
+
+    best = int(np.argmax(curves[50]))
+    order = np.argsort(-logits, axis=1, kind="stable")
+    truth = np.array([labels[i] for i in ids])
+    top1 = order[:, 0] == truth
+    top5 = (order[:, :5] == truth[:, None]).any(axis=1)
+    n = len(ids)
+    assert out["gt_known_loc"] == float(curves[50][best])
+    assert out["top1_loc"] == float((best50[:, best] & top1).sum() * 100.0 / n)
+    assert out["top5_loc"] == float((best50[:, best] & top5).sum() * 100.0 / n)
+    assert out["top1_cls"] == top1.sum() * 100.0 / n and out["top5_cls"] == top5.sum() * 100.0 / n
+
+    pxap, piou = _plain_mask_metrics(maps, masks, thresholds)
+    assert out["pxap"] == pytest.approx(pxap, abs=1e-9)
+    assert out["piou"] == pytest.approx(piou, abs=1e-9)

@@ -51,14 +51,55 @@ def test_score_writes_metrics(scored, tmp_path: Path, capsys):
 
 
 def test_score_multi_contour_and_options(scored, tmp_path: Path):
-    split, cams, _ = scored
+    split, cams, maps = scored
     out = tmp_path / "m.json"
     assert main(["score", str(cams), "--metadata", str(split), "--multi-contour", "--iou", "50", "--interval",
                  "0.05", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert list(result["max_box_acc"]) == ["50"] and result["multi_contour"] is True
-    assert result["max_box_acc"]["50"] == result["max_box_acc_v2"]
     assert len(result["box_acc_curve"]["thresholds"]) == 20
+    # MaxBoxAccV2 keeps its definition, the multi-contour mean over IoU 30 / 50 / 70, whatever --iou reports
+    ev = WSOLEvaluator(read_metadata(split, check_images=False), cam_curve_interval=0.05)
+    ev.accumulate(np.stack([maps[i] for i in IDS]), IDS)
+    per_iou = ev.compute()["max_box_acc_v2_per_iou"]
+    assert result["max_box_acc"]["50"] == per_iou["50"]
+    assert result["max_box_acc_v2"] == pytest.approx(np.mean([per_iou[k] for k in ("30", "50", "70")]), abs=1e-12)
+    assert per_iou["30"] != per_iou["50"]  # so the mean differs from the reported IoU's value
+
+
+def test_score_mask_split_without_image_sizes(tmp_path: Path, capsys):
+    """wsolevaluation's OpenImages layout: localization.txt of masks, no image_sizes.txt. PxAP equals
+    the plain histogram formula on the masks as read (PNG, nearest-neighbour resize to the grid)."""
+    import cv2
+
+    from kdcicam.evaluation.reference import reference_pxap
+
+    rng = np.random.default_rng(3)
+    root, cams = tmp_path / "masks", tmp_path / "cams"
+    lines, maps, truth = [], [], []
+    for k, image_id in enumerate(IDS):
+        h, w = 150 + 20 * k, 200 - 10 * k  # original mask sizes differ from the 224 grid
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4: 3 * h // 4, w // 5: w // 2 + 10 * k] = 255
+        (root / "m").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "m" / f"{k}.png"), mask)
+        lines.append(f"{image_id},m/{k}.png,\n")
+        truth.append((cv2.resize(mask, (224, 224), interpolation=cv2.INTER_NEAREST) > 127).astype(np.uint8))
+        maps.append(smooth_map(rng))
+        path = cams / (image_id + ".npy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, maps[-1])
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "image_ids.txt").write_text("".join(f"{i}\n" for i in IDS))
+    (split / "class_labels.txt").write_text("".join(f"{i},{k % 2}\n" for k, i in enumerate(IDS)))
+    (split / "localization.txt").write_text("".join(lines))
+    out = tmp_path / "m.json"
+    assert main(["score", str(cams), "--metadata", str(split), "--mask-root", str(root), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert "max_box_acc" not in result and "max_box_acc_v2" not in result
+    assert result["pxap"] == pytest.approx(reference_pxap(maps, truth), abs=1e-9)
+    assert "PxAP" in capsys.readouterr().out
 
 
 def _fails(capsys, args: list[str], *needles: str) -> None:

@@ -72,7 +72,7 @@ CASES: list[Case] = [
      lambda s: _field(s / "image_sizes.txt", 2, 2, "63.5")),
     ("image_sizes.txt: infinite width", "image_sizes.txt", 2, "not finite",
      lambda s: _field(s / "image_sizes.txt", 2, 1, "inf")),
-    ("localization.txt: empty box (x1 < x0)", "localization.txt", 3, "empty box",
+    ("localization.txt: inverted box (x1 < x0)", "localization.txt", 3, "inverted box",
      lambda s: _field(s / "localization.txt", 3, 3, "0")),
     ("localization.txt: box outside the image", "localization.txt", 3, "lies outside",
      lambda s: _field(s / "localization.txt", 3, 4, "650")),

@@ -5,7 +5,8 @@ relative to an image root:
 
 - ``image_ids.txt``        ``path``
 - ``class_labels.txt``     ``path,class``
-- ``image_sizes.txt``      ``path,width,height``
+- ``image_sizes.txt``      ``path,width,height`` (needed with boxes, which it rescales; a mask-only
+                           split may leave it out, as wsolevaluation's OpenImages metadata does)
 - ``localization.txt``     ``path,x0,y0,x1,y1`` (one line per box), or, for a mask dataset,
                            ``path,mask_path,ignore_path`` (one line per mask; ``ignore_path`` may be empty)
 
@@ -254,9 +255,15 @@ def read_metadata(
         if not 0 <= c < num_classes:
             raise MetadataError(labels_file, number, f"class {c} is outside 0..{num_classes - 1}")
 
-    sizes_file = _require(split_dir / IMAGE_SIZES)
+    loc_file = split_dir / LOCALIZATION
+    first_loc = next(_lines(loc_file), None) if loc_file.is_file() else None
+    has_boxes = first_loc is not None and len(first_loc[1]) != 3  # three fields: a mask line
+    sizes_file = split_dir / IMAGE_SIZES
+    if has_boxes:
+        _require(sizes_file)  # boxes are checked against, and rescaled by, the image sizes
     image_sizes: dict[str, tuple[int, int]] = {}
-    for number, image_id, (w, h) in keyed(sizes_file, 3, "path,width,height"):
+    sizes = keyed(sizes_file, 3, "path,width,height") if sizes_file.is_file() else iter(())
+    for number, image_id, (w, h) in sizes:
         width = int(_number(w, sizes_file, number, "width", integer=True))
         height = int(_number(h, sizes_file, number, "height", integer=True))
         if width <= 0 or height <= 0:
@@ -277,16 +284,15 @@ def read_metadata(
                     if not (root / p).is_file():
                         raise MetadataError(file, number, f"mask file {p!r} not found under {root}")
 
-    loc_file = split_dir / LOCALIZATION
     if loc_file.is_file():
-        first = next(_lines(loc_file), None)
-        if first is not None and len(first[1]) == 3:
+        if not has_boxes:
             read_masks(loc_file, keyed(loc_file, 3, "path,mask_path,ignore_path", repeat=True))
         else:
             for number, image_id, coords in keyed(loc_file, 5, "path,x0,y0,x1,y1", repeat=True):
                 x0, y0, x1, y1 = (_number(v, loc_file, number, n) for v, n in zip(coords, ("x0", "y0", "x1", "y1")))
-                if x1 <= x0 or y1 <= y0:
-                    raise MetadataError(loc_file, number, f"empty box ({x0:g},{y0:g},{x1:g},{y1:g}): need x1 > x0 and y1 > y0")
+                if x1 < x0 or y1 < y0:  # wsolevaluation's check_box_convention: a zero-width box is allowed
+                    raise MetadataError(loc_file, number, f"inverted box ({x0:g},{y0:g},{x1:g},{y1:g}): "
+                                        "need x1 >= x0 and y1 >= y0")
                 w, h = image_sizes[image_id]
                 if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
                     raise MetadataError(loc_file, number, f"box ({x0:g},{y0:g},{x1:g},{y1:g}) lies outside the "
@@ -339,8 +345,9 @@ def write_metadata(metadata: Metadata, split_dir: str | os.PathLike) -> Path:
     ids = metadata.image_ids
     atomic_write_text(split_dir / IMAGE_IDS, "".join(f"{i}\n" for i in ids))
     atomic_write_text(split_dir / CLASS_LABELS, "".join(f"{i},{metadata.class_labels[i]}\n" for i in ids))
-    atomic_write_text(split_dir / IMAGE_SIZES,
-                      "".join(f"{i},{metadata.image_sizes[i][0]},{metadata.image_sizes[i][1]}\n" for i in ids))
+    if metadata.image_sizes or metadata.boxes:
+        atomic_write_text(split_dir / IMAGE_SIZES,
+                          "".join(f"{i},{metadata.image_sizes[i][0]},{metadata.image_sizes[i][1]}\n" for i in ids))
     mask_lines = "".join(f"{i},{m},{metadata.ignore_masks.get(i, '')}\n" for i in ids for m in metadata.masks.get(i, []))
     if metadata.boxes:
         atomic_write_text(split_dir / LOCALIZATION,

@@ -19,7 +19,7 @@ from typing import Any
 _WHERE = {
     "BoxEvaluator": "metrics", "MaskEvaluator": "metrics", "ContextLeakage": "metrics",
     "ClassificationAccuracy": "metrics", "WSOLEvaluator": "metrics", "leakage": "metrics", "topk_from": "metrics",
-    "LogitsError": "metrics",
+    "LogitsError": "metrics", "V2_IOU_THRESHOLDS": "metrics",
     "MetricUndefinedError": "metrics", "BoxConventionError": "boxes", "ScoremapError": "boxes", "scoremap_to_boxes": "boxes", "normalize_scoremap": "boxes",
     "prepare_scoremap": "boxes", "check_scoremap": "boxes", "threshold_list": "boxes",
     "quantize_scoremap": "boxes", "resize_box": "boxes", "box_iou_matrix": "boxes",
@@ -28,7 +28,7 @@ _WHERE = {
 
 __all__ = [  # noqa: RUF022 - grouped by module
     "BoxEvaluator", "ClassificationAccuracy", "ContextLeakage", "MaskEvaluator", "MetricUndefinedError",
-    "WSOLEvaluator", "leakage", "topk_from", "LogitsError",
+    "WSOLEvaluator", "leakage", "topk_from", "LogitsError", "V2_IOU_THRESHOLDS",
     "BoxConventionError", "ScoremapError", "box_iou_matrix", "check_scoremap", "normalize_scoremap",
     "prepare_scoremap", "quantize_scoremap", "resize_box", "scoremap_to_boxes", "threshold_list",
     "batch_box_ious", "load_gt_mask",

@@ -229,7 +229,7 @@ def subset_metadata(md: Metadata, n: int, seed: int) -> Metadata:
     keep = sorted(torch.randperm(len(md), generator=g)[:n].tolist())
     ids = [md.image_ids[i] for i in keep]
     return Metadata(image_ids=ids, class_labels={i: md.class_labels[i] for i in ids},
-                    image_sizes={i: md.image_sizes[i] for i in ids},
+                    image_sizes={i: md.image_sizes[i] for i in ids if i in md.image_sizes},
                     boxes={i: md.boxes[i] for i in ids if i in md.boxes},
                     masks={i: md.masks[i] for i in ids if i in md.masks},
                     ignore_masks={i: md.ignore_masks[i] for i in ids if i in md.ignore_masks},
