@@ -26,13 +26,13 @@ from .engine import batch_box_ious
 from .masks import IGNORE, boxes_mask, check_gt_mask, load_gt_mask
 
 __all__ = [
+    "V2_IOU_THRESHOLDS",
     "BoxEvaluator",
     "ClassificationAccuracy",
     "ContextLeakage",
     "LogitsError",
     "MaskEvaluator",
     "MetricUndefinedError",
-    "V2_IOU_THRESHOLDS",
     "WSOLEvaluator",
     "leakage",
     "topk_from",
