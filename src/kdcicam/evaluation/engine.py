@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from . import _kernels
-from .boxes import ScoremapError, quantize_scoremap
+from .boxes import ScoremapError
 
 __all__ = ["BoxIoUs", "batch_box_ious", "default_workers"]
 
@@ -54,8 +54,9 @@ class BoxIoUs:
         self.traced = traced
 
 
-def _plain(q: np.ndarray, level: int, gt: np.ndarray) -> tuple[float, float]:
-    """Best IoU of the largest contour's box and of all contours' boxes, by findContours."""
+def _plain(q: np.ndarray, level: int, gt: np.ndarray, single: bool = True) -> tuple[float, float]:
+    """Best IoU of the largest contour's box (0.0 unless ``single``) and of all contours' boxes,
+    by findContours."""
     height, width = q.shape
     binary = cv2.threshold(q, level, 255, cv2.THRESH_BINARY)[1]
     contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
@@ -65,8 +66,10 @@ def _plain(q: np.ndarray, level: int, gt: np.ndarray) -> tuple[float, float]:
     boxes = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64)  # x, y, w, h
     boxes[:, 2] = np.minimum(boxes[:, 0] + boxes[:, 2], width - 1)
     boxes[:, 3] = np.minimum(boxes[:, 1] + boxes[:, 3], height - 1)
-    largest = max(range(len(contours)), key=lambda i: cv2.contourArea(contours[i]))
     ious = _kernels.best_ious(boxes, gt)
+    if not single:  # the areas are only needed to pick the single-contour box
+        return 0.0, float(ious.max())
+    largest = max(range(len(contours)), key=lambda i: cv2.contourArea(contours[i]))
     return float(ious[largest]), float(ious.max())
 
 
@@ -108,15 +111,16 @@ def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresh
     ids = list(image_ids) if image_ids is not None else list(range(b))
     wanted = np.uint8((_kernels.FLAG_SINGLE if single_contour else 0) | (_kernels.FLAG_MULTI if multi_contour else 0))
 
-    def trace(i: int) -> int:
+    def trace(i: int, q: np.ndarray, hist: np.ndarray) -> int:
         """Answer image i's flagged thresholds with findContours; returns how many maps it traced."""
-        q = quantize_scoremap(maps[i])
+        _kernels.quantize(maps[i], q, hist)  # the kernel's grey image (quantize_scoremap, compiled)
         done: dict[int, tuple[float, float]] = {}
         for t in np.flatnonzero(flags[i] & wanted):
             level = int(levels[i, t])
-            if level not in done:
-                done[level] = _plain(q, level, gts[i])
-            if flags[i, t] & _kernels.FLAG_SINGLE:
+            need_single = bool(flags[i, t] & wanted & _kernels.FLAG_SINGLE)
+            if level not in done or (need_single and not done[level][2]):
+                done[level] = (*_plain(q, level, gts[i], need_single), need_single)
+            if need_single:
                 single[i, t] = done[level][0]
             if flags[i, t] & _kernels.FLAG_MULTI:
                 multi[i, t] = done[level][1]
@@ -127,7 +131,12 @@ def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresh
                                 levels, valid, multi_contour)
         if not valid[first:stop].all():
             return 0  # reported below
-        return sum(trace(i) for i in range(first, stop) if (flags[i] & wanted).any())
+        flagged = first + np.flatnonzero((flags[first:stop] & wanted).any(axis=1))
+        if flagged.size == 0:
+            return 0
+        q = np.empty(maps.shape[1:], dtype=np.uint8)
+        hist = np.empty((4, 256), dtype=np.int64)
+        return sum(trace(int(i), q, hist) for i in flagged)
 
     workers = default_workers() if workers is None else max(1, int(workers))
     # a few chunks per worker, so that one slow chunk does not leave a core idle
