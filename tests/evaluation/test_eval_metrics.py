@@ -296,6 +296,25 @@ def test_counters_do_not_grow(four_images):
     assert ev.compute()["num_images"] == 16
 
 
+def test_gt_box_cache_is_bounded(monkeypatch):
+    """Streaming many images keeps at most CACHE_SIZE rescaled GT box sets, with the same metrics."""
+    from kdcicam.evaluation.metrics import _GTBoxes
+
+    ids = [f"i{k}.jpg" for k in range(24)]
+    md = make_metadata(boxes={i: [(10 + k, 20, 200, 150 + k)] for k, i in enumerate(ids)},
+                       sizes={i: (300, 250) for i in ids})
+    rng = np.random.default_rng(5)
+    maps = np.stack([smooth_map(rng, size=32) for _ in ids])
+    unbounded = WSOLEvaluator(md, cam_size=32)
+    unbounded.accumulate(maps, ids)
+    monkeypatch.setattr(_GTBoxes, "CACHE_SIZE", 5)
+    bounded = WSOLEvaluator(md, cam_size=32)
+    for first in range(0, len(ids), 4):
+        bounded.accumulate(maps[first:first + 4], ids[first:first + 4])
+    assert len(bounded._gt.cache) <= 5 and len(bounded._leak._gt.cache) <= 5
+    assert bounded.compute() == unbounded.compute()
+
+
 def test_merge_shards_equals_one_pass(four_images):
     """DDP ranks score shards and merge (after pickling, as all_gather_object does): same metrics."""
     import pickle

@@ -13,6 +13,7 @@ images), takes batches ``[B, H, W]`` of score maps in [0, 1] on the evaluation g
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -201,11 +202,15 @@ def _labels(metadata: Metadata, ids: list[str]) -> np.ndarray:
 
 
 class _GTBoxes:
-    """GT boxes of each image on the evaluation grid (wsolevaluation's ``resize_bbox``), cached."""
+    """GT boxes of each image on the evaluation grid (wsolevaluation's ``resize_bbox``). The last
+    few thousand are cached (a batch asks for its images twice: boxes and leakage), no more, so
+    that memory stays flat however many images are streamed through."""
+
+    CACHE_SIZE = 4096
 
     def __init__(self, grid: _Grid):
         self.grid = grid
-        self.cache: dict[str, np.ndarray] = {}
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def __call__(self, image_id: str) -> np.ndarray:
         boxes = self.cache.get(image_id)
@@ -216,6 +221,8 @@ class _GTBoxes:
             size = self.grid.metadata.image_sizes[image_id]
             boxes = np.array([resize_box(b, size, self.grid.size) for b in original], dtype=np.int64)
             self.cache[image_id] = boxes
+            if len(self.cache) > self.CACHE_SIZE:
+                self.cache.popitem(last=False)
         return boxes
 
 
