@@ -44,7 +44,8 @@ def test_score_writes_metrics(scored, tmp_path: Path, capsys):
     expected = ev.compute()
     assert result["max_box_acc"] == expected["max_box_acc"]
     assert result["max_box_acc_v2"] == expected["max_box_acc_v2"]
-    assert result["best_threshold"] == expected["best_threshold"]
+    assert result["best_threshold"] == {k: expected["best_threshold"][k] for k in ("30", "50", "70")}
+    assert result["gt_known_threshold"] == expected["best_threshold"]["used"]
     assert result["box_acc_curve"] == expected["box_acc_curve"]
     assert result["num_images"] == 3 and result["multi_contour"] is False and "pxap" not in result
     assert not list(tmp_path.glob(".m.json.*"))  # written atomically, no temp file left

@@ -143,7 +143,8 @@ def score(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: l
         out.update({
             "max_box_acc": m["max_box_acc_v2_per_iou"] if multi_contour else m["max_box_acc"],
             "max_box_acc_v2": m["max_box_acc_v2"],
-            "best_threshold": m["best_threshold" + key],
+            # per IoU threshold only, in both modes (where GT-known Loc is read is gt_known_threshold)
+            "best_threshold": {k: v for k, v in m["best_threshold" + key].items() if k != "used"},
             "box_acc_curve": m["box_acc_curve" + key],
             "gt_known_loc": m["gt_known_loc"],
             "gt_known_threshold": m["best_threshold"]["used"],
