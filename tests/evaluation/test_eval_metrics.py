@@ -236,6 +236,26 @@ def test_leakage_on_hand_made_maps():
     assert leakage(ramp, region, ignore) == 0.0
 
 
+def test_compiled_leakage_equals_the_definition():
+    """ContextLeakage's compiled pass against :func:`leakage` (numpy), with masks (ignored pixels
+    left out), with boxes, and on flat maps."""
+    from kdcicam.evaluation import _kernels
+
+    rng = np.random.default_rng(11)
+    for k in range(30):
+        m = smooth_map(rng, size=48) if k % 5 else np.full((48, 48), rng.random())
+        mask = (rng.random((48, 48)) < 0.4).astype(np.uint8)
+        mask[rng.random((48, 48)) < 0.1] = 255
+        got = _kernels.leakage_share(m, mask)
+        assert got == pytest.approx(leakage(m, mask == 1, mask == 255), rel=1e-12, abs=1e-15)
+    md = make_metadata(boxes={"a.jpg": [(3, 4, 20, 30), (15, 2, 40, 10)]}, sizes={"a.jpg": (48, 48)})
+    ev = ContextLeakage(md, cam_size=48)
+    ev.accumulate(m[None], ["a.jpg"])
+    region = np.zeros((48, 48), bool)
+    region[4:31, 3:21] = region[2:11, 15:41] = True
+    assert ev.compute()["context_leakage"] == pytest.approx(leakage(m, region) * 100, rel=1e-12)
+
+
 def test_context_leakage_uses_boxes_without_masks():
     md = make_metadata(boxes={"a.jpg": [(0, 0, 111, 223)]}, sizes={"a.jpg": (224, 224)})
     m = np.zeros((224, 224))

@@ -24,7 +24,7 @@ from ..errors import KdcicamError
 from . import _kernels
 from .boxes import ScoremapError, as_size, resize_box, threshold_list
 from .engine import batch_box_ious
-from .masks import IGNORE, boxes_mask, check_gt_mask, load_gt_mask
+from .masks import boxes_mask, check_gt_mask, load_gt_mask
 
 __all__ = [
     "V2_IOU_THRESHOLDS",
@@ -391,6 +391,9 @@ def leakage(scoremap: np.ndarray, object_region: np.ndarray, ignore: np.ndarray 
     return float(shifted[outside].sum()) / total
 
 
+_LEAKAGE_UNIT = 2 ** 52  #: fixed-point unit of the summed shares (a share is in [0, 1])
+
+
 class ContextLeakage:
     """Mean share of CAM mass outside the object's mask, or outside the union of GT boxes when the
     dataset has no masks; in percent. High leakage = the CAM lights the context (the habitat)."""
@@ -400,16 +403,19 @@ class ContextLeakage:
         self.use_masks = metadata.has_masks if use_masks is None else bool(use_masks)
         self._gt = _GTBoxes(self.grid)
         self._masks = MaskEvaluator(metadata, cam_size) if self.use_masks else None
-        self.total = 0.0
+        self.total = 0  # sum of the shares in units of 2**-52: integers add up the same in any order,
+        # so shards merged in any grouping (DDP ranks) give the one-pass number exactly
         self.count = 0
 
     def add(self, scoremap: np.ndarray, image_id: str, mask: np.ndarray | None) -> None:
+        """One map (float64, finite) against its mask (1 / 0 / 255), or its GT boxes without one:
+        :func:`leakage`, compiled (its numpy form costs as much as the box kernel)."""
         if mask is None and self.use_masks:
             mask = self._masks.mask(image_id)
-        if mask is not None:
-            self.total += leakage(scoremap, mask == 1, mask == IGNORE)
-        else:
-            self.total += leakage(scoremap, boxes_mask(self._gt(image_id), self.grid.shape))
+        if mask is None:
+            mask = boxes_mask(self._gt(image_id), self.grid.shape).view(np.uint8)
+        share = float(_kernels.leakage_share(scoremap, np.ascontiguousarray(mask)))
+        self.total += round(share * _LEAKAGE_UNIT)
         self.count += 1
 
     def accumulate(self, scoremaps: np.ndarray, image_ids: Sequence[str], gt_masks: np.ndarray | None = None) -> None:
@@ -429,7 +435,7 @@ class ContextLeakage:
     def compute(self) -> dict[str, Any]:
         if self.count == 0:
             raise ValueError("no score maps were accumulated")
-        return {"num_images": self.count, "context_leakage": self.total * 100.0 / self.count}
+        return {"num_images": self.count, "context_leakage": self.total / _LEAKAGE_UNIT * 100.0 / self.count}
 
 
 # ----------------------------------------------------------------------------------------- classes
