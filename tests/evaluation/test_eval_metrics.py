@@ -335,6 +335,25 @@ def test_gt_box_cache_is_bounded(monkeypatch):
     assert bounded.compute() == unbounded.compute()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_batch_adds_nothing(four_images, workers):
+    """The box kernel and the pixel metrics (leakage, masks) run side by side; when any map of a
+    batch is bad, none of the batch reaches the counters, and the next batch scores normally."""
+    md, ids, maps = four_images
+    ev = WSOLEvaluator(md, workers=workers)
+    ev.accumulate(maps[:2], ids[:2], gt_masks=np.ones((2, 224, 224), np.uint8))
+    before = ev.compute()
+    bad = maps[2:].copy()
+    bad[1, 5, 5] = np.nan
+    with pytest.raises(ScoremapError, match=ids[3]):
+        ev.accumulate(bad, ids[2:], gt_masks=np.ones((2, 224, 224), np.uint8))
+    assert ev.compute() == before
+    ev.accumulate(maps[2:], ids[2:], gt_masks=np.ones((2, 224, 224), np.uint8))
+    whole = WSOLEvaluator(md, workers=workers)
+    whole.accumulate(maps, ids, gt_masks=np.ones((4, 224, 224), np.uint8))
+    assert ev.compute() == whole.compute()
+
+
 def test_merge_shards_equals_one_pass(four_images):
     """DDP ranks score shards and merge (after pickling, as all_gather_object does): same metrics."""
     import pickle

@@ -19,7 +19,7 @@ import numpy as np
 from . import _kernels
 from .boxes import ScoremapError
 
-__all__ = ["BoxIoUs", "batch_box_ious", "default_workers"]
+__all__ = ["BoxIoUs", "batch_box_ious", "default_workers", "worker_pool"]
 
 
 def default_workers() -> int:
@@ -34,7 +34,7 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
+def worker_pool(workers: int) -> ThreadPoolExecutor:
     """One long-lived pool per size: starting threads for every batch costs more than the work
     of a small batch."""
     with _POOLS_LOCK:
@@ -145,7 +145,7 @@ def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresh
         traced = run(0, b)
     else:
         bounds = np.linspace(0, b, chunks + 1).astype(int)
-        traced = sum((pool or _pool(workers)).map(run, bounds[:-1], bounds[1:]))
+        traced = sum((pool or worker_pool(workers)).map(run, bounds[:-1], bounds[1:]))
 
     bad = np.flatnonzero(~valid)
     if bad.size:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import wait
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from ..data.metadata import Metadata
 from ..errors import KdcicamError
 from . import _kernels
 from .boxes import ScoremapError, as_size, resize_box, threshold_list
-from .engine import batch_box_ious
+from .engine import batch_box_ious, default_workers, worker_pool
 from .masks import boxes_mask, check_gt_mask, load_gt_mask
 
 __all__ = [
@@ -407,16 +408,22 @@ class ContextLeakage:
         # so shards merged in any grouping (DDP ranks) give the one-pass number exactly
         self.count = 0
 
-    def add(self, scoremap: np.ndarray, image_id: str, mask: np.ndarray | None) -> None:
-        """One map (float64, finite) against its mask (1 / 0 / 255), or its GT boxes without one:
-        :func:`leakage`, compiled (its numpy form costs as much as the box kernel)."""
+    def share(self, scoremap: np.ndarray, image_id: str, mask: np.ndarray | None) -> int:
+        """One map's leakage (float64, finite map) against its mask (1 / 0 / 255), or its GT boxes
+        without one, in units of 2**-52, not yet added: :func:`leakage`, compiled (its numpy form
+        costs as much as the box kernel)."""
         if mask is None and self.use_masks:
             mask = self._masks.mask(image_id)
         if mask is None:
             mask = boxes_mask(self._gt(image_id), self.grid.shape).view(np.uint8)
-        share = float(_kernels.leakage_share(scoremap, np.ascontiguousarray(mask)))
-        self.total += round(share * _LEAKAGE_UNIT)
-        self.count += 1
+        return round(float(_kernels.leakage_share(scoremap, np.ascontiguousarray(mask))) * _LEAKAGE_UNIT)
+
+    def add_shares(self, shares: list[int]) -> None:
+        self.total += sum(shares)
+        self.count += len(shares)
+
+    def add(self, scoremap: np.ndarray, image_id: str, mask: np.ndarray | None) -> None:
+        self.add_shares([self.share(scoremap, image_id, mask)])
 
     def accumulate(self, scoremaps: np.ndarray, image_ids: Sequence[str], gt_masks: np.ndarray | None = None) -> None:
         maps, ids = self.grid.check_batch(scoremaps, image_ids)
@@ -506,30 +513,55 @@ class WSOLEvaluator:
         """Score a batch of maps ``[B, H, W]`` in [0, 1]; ``logits_or_topk``: ``[B, C]`` logits or
         ``[B, k]`` classes best first; ``gt_masks``: ``[B, H, W]`` (1 / 0 / 255 or bool)."""
         maps, ids = self.grid.check_batch(scoremaps, image_ids)
+        if not ids:
+            return
         classes = None if logits_or_topk is None else topk_from(logits_or_topk, len(ids), ids=ids)
         if self.count and (classes is None) != (self._cls.count == 0):
             raise ValueError("give logits / top-k classes for every batch or for none")
         labels = _labels(self.grid.metadata, ids)
-        if self.boxes:
-            result = batch_box_ious(maps, [self._gt(i) for i in ids], self.grid.thresholds, ids, self.workers,
-                                    multi_contour=True)
-            top1_ok, top5_ok = _class_hits(classes, labels)
-            self._single.add(result.single, top1_ok, top5_ok)
-            self._multi.add(result.multi, top1_ok, top5_ok)
-        else:
-            self.grid.check_range(maps, ids)
         masks: list[np.ndarray | None] = [None] * len(ids)
         if self.masks or gt_masks is not None:
             masks = self._mask_reader.masks_for(ids, gt_masks)
-            for scoremap, mask in zip(maps, masks):
-                self._mask_counts.add(scoremap, mask)
+        # the pixel metrics run on a pool thread beside the box kernel's chunks (both release the
+        # GIL); nothing is added to the counters until every part of the batch has succeeded
+        workers = default_workers() if self.workers is None else max(1, int(self.workers))
+        side = worker_pool(workers).submit(self._pixel_metrics, maps, ids, masks) if workers > 1 else None
+        try:
+            result = None
+            if self.boxes:
+                result = batch_box_ious(maps, [self._gt(i) for i in ids], self.grid.thresholds, ids, workers,
+                                        multi_contour=True)
+            else:
+                self.grid.check_range(maps, ids)
+            mask_counts, shares = side.result() if side is not None else self._pixel_metrics(maps, ids, masks)
+        finally:
+            if side is not None:
+                wait([side])  # never leave it running into the next batch
+        if result is not None:
+            top1_ok, top5_ok = _class_hits(classes, labels)
+            self._single.add(result.single, top1_ok, top5_ok)
+            self._multi.add(result.multi, top1_ok, top5_ok)
+        if mask_counts is not None:
+            self._mask_counts.merge(mask_counts)
             self.count_masks += len(ids)
-        if self.boxes or masks[0] is not None:
-            for scoremap, image_id, mask in zip(maps, ids, masks):
-                self._leak.add(scoremap, image_id, mask)
+        if shares is not None:
+            self._leak.add_shares(shares)
         if classes is not None:
             self._cls.accumulate(classes, labels)
         self.count += len(ids)
+
+    def _pixel_metrics(self, maps: np.ndarray, ids: list[str],
+                       masks: list[np.ndarray | None]) -> tuple[_MaskCounts | None, list[int] | None]:
+        """A batch's mask histograms and leakage shares, not yet added to the counters."""
+        counts = None
+        if masks[0] is not None:
+            counts = _MaskCounts(self.grid.thresholds)
+            for scoremap, mask in zip(maps, masks):
+                counts.add(scoremap, mask)
+        shares = None
+        if self.boxes or masks[0] is not None:
+            shares = [self._leak.share(m, i, mask) for m, i, mask in zip(maps, ids, masks)]
+        return counts, shares
 
     def merge(self, other: WSOLEvaluator) -> None:
         """Add another evaluator's counts: the shards of a split scored apart (DDP ranks, several
