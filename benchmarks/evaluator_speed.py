@@ -9,9 +9,10 @@ Datasets:
   into a temporary folder, with the same kind of maps.
 
 For each: single-contour (MaxBoxAcc) and multi-contour (MaxBoxAccV2) evaluation, reference vs
-ours, metrics asserted equal (every curve, bit for bit), images/s and the speed ratio. The two
-alternate batch by batch, so that on a shared machine both see the same load; ``--repeat`` runs
-are averaged. Also the combined ``WSOLEvaluator`` (both modes in one pass). Results go to
+ours, metrics asserted equal (every curve, bit for bit), images/s and the speed ratio; also the
+combined ``WSOLEvaluator`` (both modes in one pass, plus context leakage) against the two
+reference runs. All alternate batch by batch, so that on a shared machine they see the same load;
+``--repeat`` runs are averaged. Results go to
 ``benchmarks/results/evaluator_speed.json`` with the commit, machine and library versions.
 
     python benchmarks/evaluator_speed.py [--images N] [--repeat R] [--out PATH]
@@ -112,59 +113,61 @@ def timed(fn) -> float:
 
 
 def compare(metadata: Metadata, maps: np.ndarray, repeat: int) -> dict[str, Any]:
-    """Reference and ours on the same batches, alternating batch by batch (so that both see the
-    same load on a shared machine), ``repeat`` times; the ratio is of the summed times."""
+    """Reference and ours on the same batches, alternating batch by batch (so that every
+    evaluator sees the same load and cache state on a shared machine), ``repeat`` times; ratios
+    are of the summed times. Per batch: the reference in both modes, ours in each mode
+    (``BoxEvaluator``), and ours in both modes at once (``WSOLEvaluator``, the evaluator that
+    ``kdcicam evaluate`` and ``kdcicam score`` run; it also computes context leakage)."""
     ids = metadata.image_ids
     n = len(ids)
-    out: dict[str, Any] = {"images": n}
-    for multi in (False, True):
-        mode = "multi_contour" if multi else "single_contour"
-        t_ref = t_fast = 0.0
-        for _ in range(repeat):
-            ref = ReferenceBoxEvaluator(metadata, multi_contour=multi)
-            fast = BoxEvaluator(metadata, multi_contour=multi)
-            for first in range(0, n, BATCH):
-                batch, batch_ids = maps[first:first + BATCH], ids[first:first + BATCH]
+    modes = {"single_contour": False, "multi_contour": True}
+    t_ref = dict.fromkeys(modes, 0.0)
+    t_fast = dict.fromkeys(modes, 0.0)
+    t_both = 0.0
+    for _ in range(repeat):
+        refs = {mode: ReferenceBoxEvaluator(metadata, multi_contour=multi) for mode, multi in modes.items()}
+        fasts = {mode: BoxEvaluator(metadata, multi_contour=multi) for mode, multi in modes.items()}
+        combined = WSOLEvaluator(metadata, masks=False)
+        for first in range(0, n, BATCH):
+            batch, batch_ids = maps[first:first + BATCH], ids[first:first + BATCH]
+            for mode in modes:
                 start = time.perf_counter()
                 for scoremap, image_id in zip(batch, batch_ids):
-                    ref.accumulate(scoremap, image_id)
+                    refs[mode].accumulate(scoremap, image_id)
                 middle = time.perf_counter()
-                fast.accumulate(batch, batch_ids)
-                t_ref += middle - start
-                t_fast += time.perf_counter() - middle
-            result = fast.compute()
-            reference = ref.compute()
+                fasts[mode].accumulate(batch, batch_ids)
+                t_ref[mode] += middle - start
+                t_fast[mode] += time.perf_counter() - middle
+            start = time.perf_counter()
+            combined.accumulate(batch, batch_ids)
+            t_both += time.perf_counter() - start
+        for mode in modes:
+            result, reference = fasts[mode].compute(), refs[mode].compute()
             assert [result["max_box_acc"][k] for k in ("30", "50", "70")] == reference, (mode, result, reference)
-            for iou, curve in ref.curves().items():
+            for iou, curve in refs[mode].curves().items():
                 assert result["box_acc_curve"][str(iou)] == curve.tolist(), (mode, iou)
-        t_ref /= repeat
-        t_fast /= repeat
+        both = combined.compute()
+        assert [both["max_box_acc"][k] for k in ("30", "50", "70")] == refs["single_contour"].compute()
+        assert [both["max_box_acc_v2_per_iou"][k] for k in ("30", "50", "70")] == refs["multi_contour"].compute()
+    out: dict[str, Any] = {"images": n}
+    for mode in modes:
+        r, f = t_ref[mode] / repeat, t_fast[mode] / repeat
+        result = fasts[mode].compute()
         out[mode] = {
-            "reference_s": round(t_ref, 3), "ours_s": round(t_fast, 3),
-            "reference_images_per_s": round(n / t_ref, 1), "ours_images_per_s": round(n / t_fast, 1),
-            "ratio": round(t_ref / t_fast, 2),
+            "reference_s": round(r, 3), "ours_s": round(f, 3),
+            "reference_images_per_s": round(n / r, 1), "ours_images_per_s": round(n / f, 1),
+            "ratio": round(r / f, 2),
             "max_box_acc": result["max_box_acc"], "max_box_acc_mean": result["max_box_acc_mean"],
             "equal_to_reference": True,
         }
-        print(f"  {mode:15s} reference {n / t_ref:7.1f} img/s   ours {n / t_fast:8.1f} img/s   "
-              f"ratio {t_ref / t_fast:5.1f}x   MaxBoxAcc {result['max_box_acc']}", flush=True)
-
-    t_all = 0.0
-    for _ in range(repeat):
-        combined = WSOLEvaluator(metadata, masks=False)
-        for first in range(0, n, BATCH):
-            start = time.perf_counter()
-            combined.accumulate(maps[first:first + BATCH], ids[first:first + BATCH])
-            t_all += time.perf_counter() - start
-        both = combined.compute()
-        assert both["max_box_acc"] == out["single_contour"]["max_box_acc"]
-        assert both["max_box_acc_v2_per_iou"] == out["multi_contour"]["max_box_acc"]
-    t_all /= repeat
-    t_ref_both = out["single_contour"]["reference_s"] + out["multi_contour"]["reference_s"]
+        print(f"  {mode:15s} reference {n / r:7.1f} img/s   ours {n / f:8.1f} img/s   "
+              f"ratio {r / f:5.1f}x   MaxBoxAcc {result['max_box_acc']}", flush=True)
+    t_all = t_both / repeat
+    t_ref_both = (t_ref["single_contour"] + t_ref["multi_contour"]) / repeat
     out["wsol_evaluator_both_modes"] = {
         "ours_s": round(t_all, 3), "ours_images_per_s": round(n / t_all, 1),
         "ratio_vs_two_reference_runs": round(t_ref_both / t_all, 2), "max_box_acc_v2": both["max_box_acc_v2"],
-        "note": "timed after the reference runs, not interleaved with them",
+        "note": "interleaved batch by batch with the reference runs; also computes context leakage",
     }
     print(f"  both modes, one pass: {n / t_all:.1f} img/s, {t_ref_both / t_all:.1f}x the two reference runs",
           flush=True)
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "settings": {"cam_size": 224, "cam_curve_interval": 0.01, "iou_thresholds": [30, 50, 70], "batch": BATCH,
                      "workers": default_workers(), "repeat": args.repeat,
-                     "timing": "reference and ours alternate batch by batch; times summed, averaged over repeats", "reference": "kdcicam.evaluation.reference (one findContours "
+                     "timing": "reference (both modes), ours per mode and ours in both modes at once alternate batch by "
+                     "batch; times summed, averaged over repeats", "reference": "kdcicam.evaluation.reference (one findContours "
                      "per image and threshold, wsolevaluation's algorithm), one thread"},
         "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
                                     "after": [round(v, 2) for v in os.getloadavg()]},
