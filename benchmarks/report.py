@@ -227,6 +227,18 @@ def pool_section(suite: str) -> list[str]:
     return lines + [""]
 
 
+def pool_correlations(suite: str) -> tuple[float, float] | None:
+    """Mean corr(M[c], P[c]) and corr(M[c], P̄) over the pools in pool_prior_<suite>.json."""
+    path = RESULTS / f"pool_prior_{suite}.json"
+    if not path.is_file():
+        return None
+    pools = [r for r in json.loads(path.read_text())["pools"] if r["corr_class_prior"] is not None]
+    if not pools:
+        return None
+    return (statistics.fmean(r["corr_class_prior"] for r in pools),
+            statistics.fmean(r["corr_global_prior"] for r in pools))
+
+
 #: the wall-clock budget for one seed of all three methods (train + evaluate), where the issue sets one
 BUDGET_MIN = {"cub50": 60}
 RECIPE_WHY = {
@@ -357,37 +369,51 @@ def seeds_of(runs: dict[str, list[dict]]) -> list[int]:
     return sorted(set.intersection(*per_method)) if per_method else []
 
 
-def paired_deltas(runs: dict[str, list[dict]], split: str, key: str, method: str, base: str = "cam") -> list[float]:
-    """``method`` minus ``base`` on the same seed, for every seed both have."""
+def paired_deltas(runs: dict[str, list[dict]], split: str, key: str, method: str, seeds: list[int],
+                  base: str = "cam") -> list[float]:
+    """``method`` minus ``base`` on the same seed, for each of ``seeds``."""
     by_seed = {m: {r["seed"]: r["metrics"][split][key] for r in runs.get(m, []) if split in r["metrics"]}
                for m in (method, base)}
-    return [by_seed[method][s] - by_seed[base][s] for s in sorted(by_seed[method]) if s in by_seed[base]]
+    return [by_seed[method][s] - by_seed[base][s] for s in seeds]
+
+
+def seed_minutes(runs: dict[str, list[dict]]) -> list[float]:
+    """Wall minutes of all three methods, per complete seed."""
+    return [sum(r["wall_seconds"]["total"] for m in METHODS for r in runs[m] if r["seed"] == s) / 60
+            for s in seeds_of(runs)]
 
 
 def notes(groups: dict[tuple[str, str], dict[str, list[dict]]]) -> list[str]:
     """The status section: seed counts and the cub50 comparison come from the results files."""
     coverage = ", ".join(f"{suite} with {len(seeds_of(runs))} seed{'s' if len(seeds_of(runs)) != 1 else ''} "
-                         f"({','.join(map(str, seeds_of(runs)))})"
-                         for (suite, tag), runs in sorted(groups.items()) if not tag)
+                         f"({','.join(map(str, seeds_of(runs)))}; "
+                         f"{min(seed_minutes(runs)):.0f}–{max(seed_minutes(runs)):.0f} min of wall time per seed)"
+                         for (suite, tag), runs in sorted(groups.items()) if not tag and seeds_of(runs))
     lines = [
         "## Notes and status",
         "",
         ("- Coverage: the suites and seeds above are all that have been run (`benchmarks/accuracy.py` resumes where "
-         f"it stopped): {coverage}; a cub50 seed takes most of an hour here. Train times are wall "
+         f"it stopped): {coverage}. Train times are wall "
          "times on the 2 cores; some runs shared them with other jobs (the test suite, other benchmarks), so they "
          "are upper bounds and vary between seeds for that reason."),
     ] + NOTES_WHY
     cub = groups.get(("cub50", ""))
     if cub and seeds_of(cub):
         seeds = seeds_of(cub)
-        parts = []
+        parts, loc_gains = [], []
         for label, key in (("Top-1 Cls", "top1_cls"), ("Top-1 Loc", "top1_loc"), ("MaxBoxAccV2", "max_box_acc_v2")):
-            parts.append(f"{label} {fmt_delta(paired_deltas(cub, 'test', key, 'kd-ci-cam'))}")
+            deltas = paired_deltas(cub, "test", key, "kd-ci-cam", seeds)
+            parts.append(f"{label} {fmt_delta(deltas)}")
+            if key != "top1_cls":
+                loc_gains.append(statistics.fmean(deltas))
+        verdict = "meeting" if min(loc_gains) >= 3 else "short of"
         cam_std = mean_std([r["metrics"]["test"]["max_box_acc_v2"] for r in cub["cam"] if r["seed"] in seeds])[1]
+        pools = pool_correlations("cub50")
         lines.append(
             f"- cub50 (seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}): KD-CI-CAM minus CAM on "
-            f"test, seed by seed: {', '.join(parts)} — short of the +3 targets on localization. The pools there "
-            "barely correlate with the (again class-independent) location prior. "
+            f"test, seed by seed: {', '.join(parts)}; {verdict} the +3 targets on localization. "
+            + (f"The pools there correlate {pools[0]:.2f} on average with their class's location prior P[c] and "
+               f"{pools[1]:.2f} with the all-class one P̄ (pool table above). " if pools else "")
             + (f"CAM's own MaxBoxAccV2 varies by {cam_std:.2f} (std) between seeds."
                if len(seeds) > 1 else "One seed cannot tell differences of this size from seed noise."))
     lines.append("- What would test the methods' claims better, and was not run here (CPU time): a finer CAM grid; "

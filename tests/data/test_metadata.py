@@ -220,3 +220,19 @@ def test_mask_split_without_image_sizes(tmp_path):
     assert md.image_sizes == {} and md.masks["a/1.jpg"] == ["m/0.png"] and not md.has_boxes
     (tmp_path / "s" / "localization.txt").unlink()  # OpenImages' train split: labels only
     assert read_metadata(tmp_path / "s", check_images=False).image_ids == IDS
+
+
+def test_mask_split_with_a_malformed_first_line(tmp_path):
+    """The first localization line decides boxes or masks: a malformed one is named, not taken for
+    a box split that lacks image_sizes.txt."""
+    write_metadata(_metadata(boxes={}, masks={i: ["m.png"] for i in IDS}), tmp_path / "s")
+    (tmp_path / "s" / "image_sizes.txt").unlink()
+    _edit(tmp_path / "s", "localization.txt", 1, "a/1.jpg,m.png")
+    _fails(tmp_path / "s", "localization.txt", 1, "expected 5 fields (path,x0,y0,x1,y1) or 3")
+
+
+def test_writing_a_mask_split_without_sizes_removes_a_stale_sizes_file(tmp_path):
+    write_metadata(_metadata(), tmp_path / "s")  # boxes: writes image_sizes.txt
+    write_metadata(_metadata(boxes={}, image_sizes={}, masks={i: ["m.png"] for i in IDS}), tmp_path / "s")
+    assert not (tmp_path / "s" / "image_sizes.txt").exists()
+    assert read_metadata(tmp_path / "s", check_images=False).masks["b/3.jpg"] == ["m.png"]

@@ -316,25 +316,6 @@ def test_counters_do_not_grow(four_images):
     assert ev.compute()["num_images"] == 16
 
 
-def test_gt_box_cache_is_bounded(monkeypatch):
-    """Streaming many images keeps at most CACHE_SIZE rescaled GT box sets, with the same metrics."""
-    from kdcicam.evaluation.metrics import _GTBoxes
-
-    ids = [f"i{k}.jpg" for k in range(24)]
-    md = make_metadata(boxes={i: [(10 + k, 20, 200, 150 + k)] for k, i in enumerate(ids)},
-                       sizes={i: (300, 250) for i in ids})
-    rng = np.random.default_rng(5)
-    maps = np.stack([smooth_map(rng, size=32) for _ in ids])
-    unbounded = WSOLEvaluator(md, cam_size=32)
-    unbounded.accumulate(maps, ids)
-    monkeypatch.setattr(_GTBoxes, "CACHE_SIZE", 5)
-    bounded = WSOLEvaluator(md, cam_size=32)
-    for first in range(0, len(ids), 4):
-        bounded.accumulate(maps[first:first + 4], ids[first:first + 4])
-    assert len(bounded._gt.cache) <= 5 and len(bounded._leak._gt.cache) <= 5
-    assert bounded.compute() == unbounded.compute()
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_failed_batch_adds_nothing(four_images, workers):
     """The box kernel and the pixel metrics (leakage, masks) run side by side; when any map of a
@@ -352,6 +333,45 @@ def test_a_failed_batch_adds_nothing(four_images, workers):
     whole = WSOLEvaluator(md, workers=workers)
     whole.accumulate(maps, ids, gt_masks=np.ones((4, 224, 224), np.uint8))
     assert ev.compute() == whole.compute()
+
+
+def test_a_failed_side_job_adds_nothing(four_images, monkeypatch):
+    """The pixel metrics fail on their pool thread while the box kernel succeeds: nothing is added."""
+    md, ids, maps = four_images
+    ev = WSOLEvaluator(md, workers=2)
+    ev.accumulate(maps[:2], ids[:2])
+    before = ev.compute()
+
+    def broken(*args):
+        raise RuntimeError("side job failed")
+
+    monkeypatch.setattr(ev, "_pixel_metrics", broken)
+    with pytest.raises(RuntimeError, match="side job failed"):
+        ev.accumulate(maps[2:], ids[2:])
+    assert ev.compute() == before
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_empty_batches_are_no_ops(four_images, workers):
+    md, ids, maps = four_images
+    empty = np.zeros((0, 224, 224))
+    evaluators = [WSOLEvaluator(md, workers=workers), BoxEvaluator(md, workers=workers),
+                  BoxEvaluator(md, multi_contour=True, workers=workers), MaskEvaluator(md), ContextLeakage(md)]
+    for ev in evaluators:
+        ev.accumulate(empty, [])
+        ev.accumulate(maps, ids, *([np.ones((4, 224, 224), np.uint8)] if isinstance(ev, MaskEvaluator) else []))
+        assert ev.compute()["num_images"] == 4
+
+
+def test_leakage_of_a_nan_map_names_the_image(four_images):
+    md, ids, maps = four_images
+    bad = maps[0].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ScoremapError, match=ids[0]):
+        ContextLeakage(md).add(bad, ids[0], None)
+    bad[0, 0] = np.inf  # inside or outside the object: never a silent number
+    with pytest.raises(ScoremapError, match=ids[0]):
+        ContextLeakage(md).add(bad, ids[0], None)
 
 
 def test_merge_shards_equals_one_pass(four_images):

@@ -257,7 +257,10 @@ def read_metadata(
 
     loc_file = split_dir / LOCALIZATION
     first_loc = next(_lines(loc_file), None) if loc_file.is_file() else None
-    has_boxes = first_loc is not None and len(first_loc[1]) != 3  # three fields: a mask line
+    if first_loc is not None and len(first_loc[1]) not in (3, 5):
+        raise MetadataError(loc_file, first_loc[0], f"malformed line: expected 5 fields (path,x0,y0,x1,y1) or 3 "
+                            f"(path,mask_path,ignore_path), got {len(first_loc[1])}")
+    has_boxes = first_loc is not None and len(first_loc[1]) == 5  # three fields: a mask line
     sizes_file = split_dir / IMAGE_SIZES
     if has_boxes:
         _require(sizes_file)  # boxes are checked against, and rescaled by, the image sizes
@@ -348,6 +351,8 @@ def write_metadata(metadata: Metadata, split_dir: str | os.PathLike) -> Path:
     if metadata.image_sizes or metadata.boxes:
         atomic_write_text(split_dir / IMAGE_SIZES,
                           "".join(f"{i},{metadata.image_sizes[i][0]},{metadata.image_sizes[i][1]}\n" for i in ids))
+    else:  # a mask-only split without sizes: an older sizes file would no longer match it
+        (split_dir / IMAGE_SIZES).unlink(missing_ok=True)
     mask_lines = "".join(f"{i},{m},{metadata.ignore_masks.get(i, '')}\n" for i in ids for m in metadata.masks.get(i, []))
     if metadata.boxes:
         atomic_write_text(split_dir / LOCALIZATION,

@@ -732,14 +732,19 @@ def mask_histograms(scoremap, mask, edges, fg_hist, bg_hist):
 def leakage_share(scoremap, region):
     """:func:`~kdcicam.evaluation.metrics.leakage` in one compiled pass: the share of the map's mass
     (above its minimum) outside the object. ``region``: 1 object, 0 background, any other value
-    ignored (the minimum is taken over the whole map, as there). A flat map counts as uniform.
-    (Branches suit real regions, boxes and masks, which come in long runs; lane-split branch-free
-    sums measured no faster.)"""
+    ignored (the minimum is taken over the whole map, as there). A flat map counts as uniform; a
+    map with NaN or inf gives NaN. (Branches suit real regions, boxes and masks, which come in long
+    runs; lane-split branch-free sums measured no faster.)"""
     flat = scoremap.ravel()
     labels = region.ravel()
     lo = flat[0]
+    bad = 0
     for i in range(flat.shape[0]):
-        lo = min(lo, flat[i])
+        v = flat[i]
+        lo = min(lo, v)
+        bad += np.int64(not (abs(v) < np.inf))  # NaN fails the comparison too
+    if bad:
+        return np.nan
     total = 0.0
     outside = 0.0
     n_valid = 0

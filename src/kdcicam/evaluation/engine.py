@@ -114,17 +114,19 @@ def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresh
     def trace(i: int, q: np.ndarray, hist: np.ndarray) -> int:
         """Answer image i's flagged thresholds with findContours; returns how many maps it traced."""
         _kernels.quantize(maps[i], q, hist)  # the kernel's grey image (quantize_scoremap, compiled)
-        done: dict[int, tuple[float, float]] = {}
+        done: dict[int, tuple[float, float, bool]] = {}  # level -> (single IoU, multi IoU, single known)
+        traced = 0
         for t in np.flatnonzero(flags[i] & wanted):
             level = int(levels[i, t])
             need_single = bool(flags[i, t] & wanted & _kernels.FLAG_SINGLE)
             if level not in done or (need_single and not done[level][2]):
                 done[level] = (*_plain(q, level, gts[i], need_single), need_single)
+                traced += 1
             if need_single:
                 single[i, t] = done[level][0]
             if flags[i, t] & _kernels.FLAG_MULTI:
                 multi[i, t] = done[level][1]
-        return len(done)
+        return traced
 
     def run(first: int, stop: int) -> int:
         _kernels.batch_box_ious(maps, thresholds, flat_gt, offsets, first, stop, single, multi, flags,

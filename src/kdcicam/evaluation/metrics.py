@@ -13,7 +13,7 @@ images), takes batches ``[B, H, W]`` of score maps in [0, 1] on the evaluation g
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
 from collections.abc import Sequence
 from concurrent.futures import wait
 from typing import Any
@@ -203,28 +203,18 @@ def _labels(metadata: Metadata, ids: list[str]) -> np.ndarray:
 
 
 class _GTBoxes:
-    """GT boxes of each image on the evaluation grid (wsolevaluation's ``resize_bbox``). The last
-    few thousand are cached (a batch asks for its images twice: boxes and leakage), no more, so
-    that memory stays flat however many images are streamed through."""
-
-    CACHE_SIZE = 4096
+    """GT boxes of an image on the evaluation grid (wsolevaluation's ``resize_bbox``), computed when
+    asked: a few microseconds, and nothing kept, so memory stays flat however many images stream by."""
 
     def __init__(self, grid: _Grid):
         self.grid = grid
-        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def __call__(self, image_id: str) -> np.ndarray:
-        boxes = self.cache.get(image_id)
-        if boxes is None:
-            original = self.grid.metadata.boxes.get(image_id)
-            if not original:
-                raise ScoremapError(image_id, "has no GT boxes in the metadata")
-            size = self.grid.metadata.image_sizes[image_id]
-            boxes = np.array([resize_box(b, size, self.grid.size) for b in original], dtype=np.int64)
-            self.cache[image_id] = boxes
-            if len(self.cache) > self.CACHE_SIZE:
-                self.cache.popitem(last=False)
-        return boxes
+        original = self.grid.metadata.boxes.get(image_id)
+        if not original:
+            raise ScoremapError(image_id, "has no GT boxes in the metadata")
+        size = self.grid.metadata.image_sizes[image_id]
+        return np.array([resize_box(b, size, self.grid.size) for b in original], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------- boxes
@@ -416,7 +406,10 @@ class ContextLeakage:
             mask = self._masks.mask(image_id)
         if mask is None:
             mask = boxes_mask(self._gt(image_id), self.grid.shape).view(np.uint8)
-        return round(float(_kernels.leakage_share(scoremap, np.ascontiguousarray(mask))) * _LEAKAGE_UNIT)
+        share = float(_kernels.leakage_share(scoremap, np.ascontiguousarray(mask)))
+        if math.isnan(share):  # the kernel's answer to a NaN or inf in the map
+            raise ScoremapError(image_id, "contains NaN or inf")
+        return round(share * _LEAKAGE_UNIT)
 
     def add_shares(self, shares: list[int]) -> None:
         self.total += sum(shares)
