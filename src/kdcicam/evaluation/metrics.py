@@ -398,14 +398,16 @@ class ContextLeakage:
         # so shards merged in any grouping (DDP ranks) give the one-pass number exactly
         self.count = 0
 
-    def share(self, scoremap: np.ndarray, image_id: str, mask: np.ndarray | None) -> int:
-        """One map's leakage (float64, finite map) against its mask (1 / 0 / 255), or its GT boxes
-        without one, in units of 2**-52, not yet added: :func:`leakage`, compiled (its numpy form
-        costs as much as the box kernel)."""
+    def share(self, scoremap: np.ndarray, image_id: str, mask: np.ndarray | None,
+              boxes: np.ndarray | None = None) -> int:
+        """One float64 map's leakage against its mask (1 / 0 / 255), or its GT boxes on the grid
+        without one (``boxes``, when the caller has them already), in units of 2**-52, not yet
+        added: :func:`leakage`, compiled (its numpy form costs as much as the box kernel). NaN or inf
+        in the map is a :class:`ScoremapError` naming the image."""
         if mask is None and self.use_masks:
             mask = self._masks.mask(image_id)
         if mask is None:
-            mask = boxes_mask(self._gt(image_id), self.grid.shape).view(np.uint8)
+            mask = boxes_mask(self._gt(image_id) if boxes is None else boxes, self.grid.shape).view(np.uint8)
         share = float(_kernels.leakage_share(scoremap, np.ascontiguousarray(mask)))
         if math.isnan(share):  # the kernel's answer to a NaN or inf in the map
             raise ScoremapError(image_id, "contains NaN or inf")
@@ -423,10 +425,8 @@ class ContextLeakage:
         masks: list[np.ndarray | None] = [None] * len(ids)
         if gt_masks is not None:
             masks = list(_given_masks(gt_masks, ids, self.grid.shape))
-        for scoremap, image_id, mask in zip(maps, ids, masks):
-            if not np.isfinite(scoremap).all():
-                raise ScoremapError(image_id, "contains NaN or inf")
-            self.add(scoremap, image_id, mask)
+        # share() raises on NaN or inf; all shares are taken before any is added
+        self.add_shares([self.share(m, i, mask) for m, i, mask in zip(maps, ids, masks)])
 
     def merge(self, other: ContextLeakage) -> None:
         self.total += other.total
@@ -518,15 +518,15 @@ class WSOLEvaluator:
         # the pixel metrics run on a pool thread beside the box kernel's chunks (both release the
         # GIL); nothing is added to the counters until every part of the batch has succeeded
         workers = default_workers() if self.workers is None else max(1, int(self.workers))
-        side = worker_pool(workers).submit(self._pixel_metrics, maps, ids, masks) if workers > 1 else None
+        gts = [self._gt(i) for i in ids] if self.boxes else None  # for the box kernel and leakage alike
+        side = worker_pool(workers).submit(self._pixel_metrics, maps, ids, masks, gts) if workers > 1 else None
         try:
             result = None
-            if self.boxes:
-                result = batch_box_ious(maps, [self._gt(i) for i in ids], self.grid.thresholds, ids, workers,
-                                        multi_contour=True)
+            if gts is not None:
+                result = batch_box_ious(maps, gts, self.grid.thresholds, ids, workers, multi_contour=True)
             else:
                 self.grid.check_range(maps, ids)
-            mask_counts, shares = side.result() if side is not None else self._pixel_metrics(maps, ids, masks)
+            mask_counts, shares = side.result() if side is not None else self._pixel_metrics(maps, ids, masks, gts)
         finally:
             if side is not None:
                 wait([side])  # never leave it running into the next batch
@@ -543,8 +543,8 @@ class WSOLEvaluator:
             self._cls.accumulate(classes, labels)
         self.count += len(ids)
 
-    def _pixel_metrics(self, maps: np.ndarray, ids: list[str],
-                       masks: list[np.ndarray | None]) -> tuple[_MaskCounts | None, list[int] | None]:
+    def _pixel_metrics(self, maps: np.ndarray, ids: list[str], masks: list[np.ndarray | None],
+                       gts: list[np.ndarray] | None) -> tuple[_MaskCounts | None, list[int] | None]:
         """A batch's mask histograms and leakage shares, not yet added to the counters."""
         counts = None
         if masks[0] is not None:
@@ -553,7 +553,8 @@ class WSOLEvaluator:
                 counts.add(scoremap, mask)
         shares = None
         if self.boxes or masks[0] is not None:
-            shares = [self._leak.share(m, i, mask) for m, i, mask in zip(maps, ids, masks)]
+            boxes = gts if gts is not None else [None] * len(ids)
+            shares = [self._leak.share(m, i, mask, b) for m, i, mask, b in zip(maps, ids, masks, boxes)]
         return counts, shares
 
     def merge(self, other: WSOLEvaluator) -> None:
