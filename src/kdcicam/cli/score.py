@@ -55,7 +55,7 @@ def load_cam(cam_dir: Path, image_id: str, shape: tuple[int, int], normalize: bo
 
     import numpy as np
 
-    from .boxes import normalize_scoremap
+    from ..evaluation.boxes import normalize_scoremap
 
     path = cam_path(cam_dir, image_id)
     if not path.is_file():
@@ -110,8 +110,8 @@ def score(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: l
     import numpy as np
 
     from ..data.metadata import read_metadata
-    from .boxes import as_size
-    from .metrics import WSOLEvaluator
+    from ..evaluation.boxes import as_size
+    from ..evaluation.metrics import WSOLEvaluator
 
     if not cam_dir.is_dir():
         raise KdcicamError(f"{cam_dir}: CAM folder not found")

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .viz import write_report
+    from ..viz import write_report
 
     path = write_report(args.runs, args.out, splits=args.split, num_images=args.images, device=args.device)
     print(f"kdcicam report: {path}")
