@@ -60,8 +60,8 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _cub(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
     from ..data.cub import BOX_ROUNDING, convert_cub
+    from ..errors import ConfigError
 
     if not 0.0 <= args.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")

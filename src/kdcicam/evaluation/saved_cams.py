@@ -1,0 +1,127 @@
+"""Score a folder of saved CAMs with the wsolevaluation protocol (what ``kdcicam score`` runs).
+
+Layout as wsolevaluation reads (and its ``inference.py`` writes) them: the map of image id
+``cls/img.jpg`` is ``CAM_DIR/cls/img.jpg.npy`` (``np.save`` appends ``.npy`` to the id, extension
+and sub-folders kept), a 2-D float array in [0, 1] on the evaluation grid.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import KdcicamError
+
+BATCH = 64  #: maps per evaluator call (memory stays flat however many images)
+
+
+class CamFileError(KdcicamError, ValueError):
+    """A saved score map that cannot be scored; the message names the image id and the file."""
+
+    def __init__(self, image_id: str | None, path: Path, problem: str):
+        self.image_id = image_id
+        self.path = path
+        who = f"image {image_id!r} ({path})" if image_id is not None else str(path)
+        super().__init__(f"{who}: {problem}")
+
+
+def cam_path(cam_dir: Path, image_id: str) -> Path:
+    """Where wsolevaluation looks for an image's map: ``CAM_DIR/<image_id>.npy``."""
+    return cam_dir / (image_id + ".npy")
+
+
+def load_cam(cam_dir: Path, image_id: str, shape: tuple[int, int], normalize: bool):
+    """Load and check one map (never unpickles)."""
+    import zipfile
+
+    import numpy as np
+
+    from .boxes import normalize_scoremap
+
+    path = cam_path(cam_dir, image_id)
+    if not path.is_file():
+        raise CamFileError(image_id, path, "score map file not found")
+    try:
+        cam = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise CamFileError(image_id, path, f"cannot load without unpickling (dtype object?): {e}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:  # BadZipFile: a file that starts like an .npz
+        raise CamFileError(image_id, path, f"not a readable .npy file: {e}") from None
+    if not isinstance(cam, np.ndarray):
+        raise CamFileError(image_id, path, "not a single array")
+    if cam.dtype == object or not np.issubdtype(cam.dtype, np.floating):
+        raise CamFileError(image_id, path, f"dtype {cam.dtype}, expected a float array")
+    if cam.shape != shape:
+        raise CamFileError(image_id, path, f"shape {cam.shape}, expected {shape} (height, width); "
+                           "resize CAMs to the evaluation grid (--cam-size) first")
+    cam = cam.astype(np.float64, copy=False)
+    if not np.isfinite(cam).all():
+        raise CamFileError(image_id, path, "contains NaN or inf")
+    if normalize:
+        return normalize_scoremap(cam)
+    lo, hi = float(cam.min()), float(cam.max())
+    if lo < 0.0 or hi > 1.0:
+        raise CamFileError(image_id, path, f"values must lie in [0, 1], got min {lo:g}, max {hi:g} "
+                           "(use --normalize for raw CAMs)")
+    return cam
+
+
+def check_no_strays(cam_dir: Path, image_ids: list[str]) -> None:
+    """A .npy under CAM_DIR that belongs to no image id is an error: scoring a different split or
+    a renamed dataset must not pass silently."""
+    expected = {cam_path(cam_dir, i).resolve() for i in image_ids}
+    for path in sorted(cam_dir.rglob("*.npy")):
+        if path.resolve() not in expected:
+            stray = path.relative_to(cam_dir).as_posix()[: -len(".npy")]
+            raise CamFileError(stray, path, "a score map for an image id that is not in the metadata")
+
+
+def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: list[int] | None = None,
+                      interval: float = 0.01, cam_size: int | tuple[int, int] = 224, normalize: bool = False,
+                      mask_root: Path | None = None) -> dict[str, Any]:
+    """Score a folder of maps; returns the JSON-ready metrics."""
+    import numpy as np
+
+    from ..data.metadata import read_metadata
+    from .boxes import as_size
+    from .metrics import WSOLEvaluator
+
+    if not cam_dir.is_dir():
+        raise KdcicamError(f"{cam_dir}: CAM folder not found")
+    metadata = read_metadata(metadata_dir, check_images=False)
+    if mask_root is not None:
+        metadata.image_root = mask_root
+    if metadata.has_masks and metadata.image_root is None:
+        raise KdcicamError(f"{metadata_dir}: the split has masks but no image root to find them; pass --mask-root")
+    iou = list(iou or [30, 50, 70])
+    try:
+        evaluator = WSOLEvaluator(metadata, cam_size, iou, interval)
+    except ValueError as e:
+        raise KdcicamError(str(e)) from None
+    check_no_strays(cam_dir, metadata.image_ids)
+    w, h = as_size(cam_size)
+    ids = metadata.image_ids
+    for first in range(0, len(ids), BATCH):
+        batch = ids[first:first + BATCH]
+        maps = np.stack([load_cam(cam_dir, i, (h, w), normalize) for i in batch])
+        evaluator.accumulate(maps, batch)
+    m = evaluator.compute()
+    key = "_v2" if multi_contour else ""
+    out: dict[str, Any] = {
+        "cam_dir": str(cam_dir), "metadata": str(metadata_dir), "num_images": m["num_images"],
+        "multi_contour": multi_contour, "iou_thresholds": iou, "cam_curve_interval": interval,
+        "cam_size": list(as_size(cam_size)),
+    }
+    if metadata.has_boxes:
+        out.update({
+            "max_box_acc": m["max_box_acc_v2_per_iou"] if multi_contour else m["max_box_acc"],
+            "max_box_acc_v2": m["max_box_acc_v2"],
+            # per IoU threshold only, in both modes (where GT-known Loc is read is gt_known_threshold)
+            "best_threshold": {k: v for k, v in m["best_threshold" + key].items() if k != "used"},
+            "box_acc_curve": m["box_acc_curve" + key],
+            "gt_known_loc": m["gt_known_loc"],
+            "gt_known_threshold": m["best_threshold"]["used"],
+        })
+    if m["pxap"] is not None:
+        out.update({"pxap": m["pxap"], "piou": m["piou"], "piou_threshold": m["piou_threshold"]})
+    out["context_leakage"] = m["context_leakage"]
+    return out
