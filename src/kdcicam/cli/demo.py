@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..data.metadata import atomic_write_text
     from ..errors import ConfigError
-    from ..training.evaluate import evaluate, format_table
+    from ..evaluation.table import format_table
+    from ..training.evaluate import evaluate
     from ..training.pipeline import train
 
     start = time.time()
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         write_report = None
     if write_report is not None:
-        report = write_report([out / m for m in args.methods], out / "report.html")
+        report = write_report([out / m for m in args.methods], out / "report.html", evaluate=evaluate)
         print(f"\n[demo] report: {report}")
     print(f"[demo] done in {time.time() - start:.0f} s; results in {out}/summary.json")
     return 0
