@@ -81,7 +81,7 @@ def evaluate_official_protocol(run_or_ckpt: str | os.PathLike, splits: list[str]
 
     ckpt, module, dev, datamodule = _load_for_evaluation(run_or_ckpt, device, data_root)
     e, crop = module.cfg.eval, module.cfg.data.image_size
-    resize = e.official_resize or int(round(crop * 8 / 7))
+    resize = e.official_resize or round(crop * 8 / 7)
     results: dict[str, Any] = {"checkpoint": str(ckpt), "method": module.cfg.method, "protocol": "official",
                                "resize": resize, "crop": crop, "seg_threshold": e.official_seg_threshold}
     for split in splits:
