@@ -51,6 +51,17 @@ def test_score_writes_metrics(scored, tmp_path: Path, capsys):
     assert not list(tmp_path.glob(".m.json.*"))  # written atomically, no temp file left
 
 
+def test_score_reads_metadata_saved_with_bom_or_crlf(scored, tmp_path: Path, windows_style):
+    """Metadata saved by common Windows editors (UTF-8 with a byte-order mark, CRLF): the same numbers, and
+    no "not in the metadata" for the first image id."""
+    split, cams, _ = scored
+    assert main(["score", str(cams), "--metadata", str(split), "--json", str(tmp_path / "plain.json")]) == 0
+    windows_style(split.glob("*.txt"))
+    assert main(["score", str(cams), "--metadata", str(split), "--json", str(tmp_path / "windows.json")]) == 0
+    plain, windows = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("plain", "windows"))
+    assert windows == plain and windows["num_images"] == len(IDS)
+
+
 def test_score_multi_contour_and_options(scored, tmp_path: Path):
     split, cams, maps = scored
     out = tmp_path / "m.json"

@@ -27,6 +27,13 @@ def test_shipped_configs_load_and_round_trip(name: str, tmp_path: Path) -> None:
     assert config_from_dict(config_to_dict(cfg)) == cfg
 
 
+def test_config_saved_with_bom_or_crlf(tmp_path: Path, windows_style) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes((REPO / "configs" / "cub50.yaml").read_bytes())
+    windows_style([path])
+    assert load_config(path) == load_config(REPO / "configs" / "cub50.yaml")
+
+
 def test_overrides_apply_in_order_and_are_typed() -> None:
     cfg = load_config(REPO / "configs" / "synthetic.yaml", ["optim.lr=0.5", "data.test_splits=[a,b]",
                                                            "model.aux=fore"], method="ci-cam")

@@ -37,6 +37,7 @@ from .metadata import (
     MetadataError,
     check_relative_path,
     read_metadata,
+    read_text_file,
     write_dataset_info,
     write_metadata,
 )
@@ -61,10 +62,7 @@ def _rows(path: Path, nfields: int, what: str) -> list[tuple[int, list[str]]]:
     """(line, fields) of a whitespace-separated CUB file; the last field may contain spaces."""
     if not path.is_file():
         raise MetadataError(path, None, "file not found (is this a CUB-200-2011 folder?)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise MetadataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text_file(path)
     rows = []
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
@@ -205,7 +203,7 @@ def _read_shipped_sizes(src: Path, images: dict[int, _Image]) -> dict[int, tuple
     sizes: dict[int, tuple[int, int, int]] = {}
     if not path.is_file():
         return sizes
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)
     for number, raw in enumerate(text.splitlines(), start=1):
         fields = raw.split()
         if not fields:

@@ -19,6 +19,7 @@ wrong, because a researcher debugging a 50,000-line file needs the line, not a t
 """
 from __future__ import annotations
 
+import codecs
 import math
 import os
 import tempfile
@@ -104,12 +105,23 @@ class Metadata:
 
 
 # ----------------------------------------------------------------------------------------- reading
+def read_text_file(path: str | os.PathLike) -> str:
+    """A user's text file: UTF-8 with or without a byte-order mark (common Windows editors write one),
+    line ends LF, CRLF or CR, all returned as LF. Anything else that is not UTF-8 is an error naming
+    the file and the byte."""
+    path = Path(path)
+    data = path.read_bytes()
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MetadataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start + skip})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, comma-split fields) for every non-blank line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise MetadataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text_file(path)
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -153,7 +165,7 @@ def read_dataset_info(dataset_dir: str | os.PathLike) -> DatasetInfo:
     path = Path(dataset_dir) / DATASET_YAML
     _require(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text_file(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]  # one line: the CLI prints one
