@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .inference import LocalizationResult, Localizer
 
 log = logging.getLogger(__name__)
+
+#: ``evaluate(run_dir, splits, device=..., progress=...) -> results`` (``kdcicam evaluate``'s function)
+Evaluate = Callable[..., dict[str, Any]]
 
 PRED_COLOR = (255, 40, 40)
 GT_COLOR = (40, 220, 60)
@@ -263,16 +266,6 @@ class RunInfo:
         return str(self.metrics.get("method") or self.config.method)
 
 
-def _load_run_config(ckpt: Path):
-    from .config import config_from_dict, load_config
-    from .training.module import read_checkpoint
-
-    saved = ckpt.parent.parent / "config.yaml"
-    if saved.is_file():
-        return load_config(saved)
-    return config_from_dict(read_checkpoint(str(ckpt))["hyper_parameters"]["config"], str(ckpt))
-
-
 def _metrics_path(run: Path, ckpt: Path) -> Path:
     """``kdcicam evaluate`` writes metrics.json beside the evaluated stage (run/ or run/student/)."""
     for candidate in (ckpt.parent.parent / "metrics.json", run / "metrics.json"):
@@ -309,11 +302,12 @@ def _labels(paths: list[Path]) -> list[str]:
 
 
 def load_runs(run_dirs: Sequence[str | os.PathLike], splits: Sequence[str] | None, device: str | None = None,
-              evaluate_missing: bool = True) -> tuple[list[RunInfo], list[str]]:
-    """Each run with its metrics for ``splits`` (default: the first run's test splits); a run whose
-    metrics.json lacks a split is evaluated now (``kdcicam evaluate``, which writes metrics.json)."""
-    from .training.evaluate import evaluate
-    from .training.pipeline import resolve_checkpoint
+              evaluate: Evaluate | None = None) -> tuple[list[RunInfo], list[str]]:
+    """Each run with its metrics for ``splits`` (default: the first run's test splits). A run whose
+    metrics.json lacks a split is evaluated now with ``evaluate`` (the ``kdcicam evaluate`` function,
+    :func:`kdcicam.training.evaluate.evaluate`, which writes metrics.json; the CLI passes it, since this
+    module stands beside training, not on it); without it, the report notes the missing split."""
+    from .checkpoints import resolve_checkpoint, run_config
 
     if not run_dirs:
         raise KdcicamError("report: give at least one run folder")
@@ -321,13 +315,16 @@ def load_runs(run_dirs: Sequence[str | os.PathLike], splits: Sequence[str] | Non
     runs = []
     for path, label in zip(paths, _labels(paths)):
         ckpt = resolve_checkpoint(path)
-        runs.append(RunInfo(path=path, label=label, checkpoint=ckpt, config=_load_run_config(ckpt)))
+        runs.append(RunInfo(path=path, label=label, checkpoint=ckpt, config=run_config(ckpt)))
     splits = list(splits) if splits else list(runs[0].config.data.test_splits)
     for run in runs:
         mpath = _metrics_path(run.path, run.checkpoint)
         run.metrics = _read_json(mpath) if mpath.is_file() else {}
         missing = [s for s in splits if not isinstance(run.metrics.get(s), dict)]
-        if missing and evaluate_missing:
+        if missing and evaluate is None:
+            run.notes.append(f"no metrics for {', '.join(missing)} in {mpath}; run `kdcicam evaluate {run.path} "
+                             f"--split {' '.join(missing)}` first")
+        elif missing:
             log.info("%s: no metrics for %s in %s; evaluating now", run.path, ", ".join(missing), mpath)
             try:
                 result = evaluate(run.path, missing, device=device, progress=False)
@@ -459,7 +456,7 @@ _LOWER_IS_BETTER = {"context_leakage"}
 
 
 def _metrics_table_html(runs: list[RunInfo], splits: list[str]) -> str:
-    from .training.evaluate import TABLE_ROWS, metric_value
+    from .evaluation.table import TABLE_ROWS, metric_value
 
     columns = [(run, split) for split in splits for run in runs]
     head = "".join(f"<th>{html.escape(run.label)}<br><span class='sub'>{html.escape(split)}</span></th>"
@@ -542,16 +539,18 @@ def render_report(runs: list[RunInfo], splits: list[str], num_images: int = 12, 
 
 
 def write_report(run_dirs: Sequence[str | os.PathLike], out_html: str | os.PathLike,
-                 splits: Sequence[str] | None = None, num_images: int = 12, device: str | None = None) -> Path:
+                 splits: Sequence[str] | None = None, num_images: int = 12, device: str | None = None,
+                 evaluate: Evaluate | None = None) -> Path:
     """One self-contained HTML file comparing runs: metrics side by side, BoxAcc-versus-threshold
     curves, context-leakage bars and a grid of the same test images under each run's CAM.
 
     Runs may be single-stage folders (``checkpoints/`` inside) or KD-CI-CAM folders (``student/``).
-    Metrics come from each run's metrics.json; missing splits are evaluated first.
+    Metrics come from each run's metrics.json; missing splits are evaluated first with ``evaluate``
+    (see :func:`load_runs`).
     """
     if num_images < 0:
         raise KdcicamError(f"report: --images must be >= 0, got {num_images}")
-    runs, splits = load_runs(run_dirs, splits, device=device)
+    runs, splits = load_runs(run_dirs, splits, device=device, evaluate=evaluate)
     text = render_report(runs, splits, num_images=num_images, device=device)
     return atomic_write_bytes(out_html, text.encode("utf-8"))
 
