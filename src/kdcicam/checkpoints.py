@@ -103,8 +103,10 @@ def model_options(cfg: RunConfig) -> dict[str, Any]:
         opts.update(recipe=m.recipe, aux=m.aux, aux_weight=m.aux_weight, mask_threshold=m.mask_threshold,
                     sparsity=m.sparsity, sparsity_upsampled=m.sparsity_upsampled)
     if cfg.method == "kd-ci-cam":
+        cam_t = cfg.kd.cam_temperature  # "auto" is resolved by the pipeline before the student is built
         opts.update(alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
-                    kd_mode=cfg.kd.kd_mode, kd_t_squared=cfg.kd.kd_t_squared, teachers=cfg.kd.teachers)
+                    kd_mode=cfg.kd.kd_mode, kd_t_squared=cfg.kd.kd_t_squared, teachers=cfg.kd.teachers,
+                    cam_temperature=None if cam_t in (None, "auto") else float(cam_t))
     return opts
 
 
