@@ -118,7 +118,9 @@ class WSOLModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/acc", acc * 100, prog_bar=True, batch_size=bs)
         for key, value in logs.items():
-            if key != "loss":
+            if key == "fg_coverage":  # a diagnostic: the epoch's mean, whatever log_every_n_steps is
+                self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=bs)
+            elif key != "loss":
                 self.log(f"train/{key}", value, batch_size=bs)
         return loss
 
