@@ -98,6 +98,29 @@ def score_by_monitor(run_dir: Path, method: str, splits: list[str]) -> dict:
     return out
 
 
+def rescore(path: Path) -> dict:
+    """Re-evaluate a finished run with this code (new metrics, the best_cls / best_loc checkpoints, the
+    diagnostics) without training again; the training's own record (wall time, commit, command, config) is
+    kept, and ``rescored`` says when and at which commit the evaluation was redone."""
+    from kdcicam.data.metadata import atomic_write_text
+    from kdcicam.training.evaluate import evaluate
+
+    r = json.loads(path.read_text())
+    run_dir = REPO / "runs" / "bench" / f"{r['suite']}{('_' + r['tag']) if r.get('tag') else ''}" / f"{r['method']}-seed{r['seed']}"
+    if not (run_dir / "done.json").is_file() and not (run_dir / "student" / "done.json").is_file():
+        sys.exit(f"--rescore: {run_dir} holds no finished run")
+    splits = list(r["metrics"])
+    t = time.time()
+    metrics = evaluate(run_dir, splits, progress=False)
+    r.update(metrics={s: metrics[s] for s in splits}, box_threshold=metrics["box_threshold"],
+             by_monitor=score_by_monitor(run_dir, r["method"], splits), stage_configs=stage_configs(run_dir),
+             diagnostics=run_diagnostics(run_dir),
+             rescored={"commit": commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                       "evaluate_seconds": round(time.time() - t, 1)})
+    atomic_write_text(path, json.dumps(r, indent=2))
+    return r
+
+
 def result_path(suite: str, method: str, seed: int, tag: str) -> Path:
     return RESULTS / f"accuracy_{suite}{('_' + tag) if tag else ''}_{method}_seed{seed}.json"
 
@@ -209,10 +232,17 @@ def main() -> int:
     p.add_argument("--reuse-teachers", type=Path, default=None, metavar="KD_RUN_DIR",
                    help="KD-CI-CAM ablations of the student only: copy the finished teachers of this run folder "
                         "(same teacher configs and seed) instead of training them again; recorded in the results")
+    p.add_argument("--rescore", action="store_true",
+                   help="re-evaluate the finished runs whose results files exist (no training), keeping their "
+                        "training record")
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rescore-one", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (ablations; use with --tag; after "
                    "`--` when they follow --seeds or --methods, which take several values)")
     args = p.parse_args()
+    if args.rescore_one:
+        rescore(args.rescore_one)
+        return 0
     if args.single:
         run_one(args.suite, args.methods[0], args.seeds[0], args.tag, args.overrides, args.eval_splits,
                 args.reuse_teachers)
@@ -226,6 +256,11 @@ def main() -> int:
     for seed in args.seeds:
         for method in args.methods:
             path = result_path(args.suite, method, seed, args.tag)
+            if path.is_file() and args.rescore:
+                print(f"[rescore] {path.name}", flush=True)
+                subprocess.run([sys.executable, __file__, "--suite", args.suite, "--rescore-one", str(path)], check=True,
+                               cwd=REPO)
+                continue
             if path.is_file():
                 print(f"[skip] {path.name} exists")
                 continue
