@@ -11,6 +11,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from kdcicam.diagnostics import SUMMARY_KEYS as DIAG_COLUMNS
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 OUT = REPO / "docs" / "benchmarks.md"
@@ -323,15 +325,6 @@ def dilemma_target(suite: str, runs: dict[str, list[dict]], split: str) -> list[
     return [f"- Dilemma target on {split} (seeds {','.join(map(str, seeds))}): CAM's best_loc checkpoint has MaxBoxAccV2 "
             f"{cam_loc:.2f}, its best_cls checkpoint Top-1 Cls {cam_cls:.2f}; KD-CI-CAM: " + "; ".join(parts)
             + f": **{'met' if met else 'not met'}**."]
-
-
-DIAG_COLUMNS = [
-    ("pool N/class", "train/pool_updates_mean", "{:.0f}"), ("r·N", "train/pool_rn_mean", "{:.1f}"),
-    ("pool vs first map", "train/pool_corr_first", "{:.2f}"), ("pool vs object prior", "train/pool_corr_prior", "{:.2f}"),
-    ("mean abs(A)", "val/diag_attention_abs", "{:.3f}"), ("logit change", "val/diag_logit_change", "{:.3f}"),
-    ("top-1 kept", "val/diag_pred_agreement", "{:.3f}"), ("map corr up/down", "val/diag_map_corr", "{:.3f}"),
-    ("fg coverage", "train/fg_coverage", "{:.2f}"),
-]
 
 
 def _diag_cell(values: list[float | None], pattern: str) -> str:
