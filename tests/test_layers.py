@@ -22,7 +22,7 @@ ALLOWED = {
     "diagnostics": {"models"},
     "training": {"errors", "data", "models", "config", "evaluation", "scoremaps", "checkpoints", "diagnostics"},
     "inference": {"errors", "data", "evaluation", "scoremaps", "checkpoints"},
-    "viz": {"errors", "data", "config", "evaluation", "checkpoints", "inference", "__version__"},
+    "viz": {"errors", "data", "config", "evaluation", "checkpoints", "inference", "diagnostics", "__version__"},
     "cli": {"errors", "data", "config", "evaluation", "training", "inference", "viz", "__version__"},
     "__init__": {"models", "inference", "evaluation"},
     "__main__": {"cli"},
