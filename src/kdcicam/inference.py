@@ -38,7 +38,7 @@ from PIL import Image
 from torch import nn
 from torchvision import tv_tensors
 
-from .errors import KdcicamError
+from .errors import KdcicamError, NoBoxThresholdError
 
 log = logging.getLogger(__name__)
 
@@ -243,11 +243,13 @@ def threshold_from_run(ckpt: Path, stored: float | None) -> tuple[float | None, 
     metrics = ckpt.parent.parent / "metrics.json"
     if metrics.is_file():
         try:
-            value = json.loads(metrics.read_text()).get("box_threshold")
-        except (OSError, ValueError):
-            value = None
+            data = json.loads(metrics.read_text())
+            value, chosen_on = data.get("box_threshold"), data.get("box_threshold_chosen_on")
+        except (OSError, ValueError, AttributeError):
+            value = chosen_on = None
         if value is not None:
-            return float(value), f"{metrics} (chosen on the validation split)"
+            how = "given to kdcicam evaluate" if chosen_on == "given" else "chosen on the validation split"
+            return float(value), f"{metrics} ({how})"
     return None, ""
 
 
@@ -308,6 +310,8 @@ class Localizer:
         cfg = module.cfg
         if threshold is None:
             threshold, source = threshold_from_run(ckpt, module.box_threshold)
+            if threshold is None and module.val_has_boxes is False:
+                raise NoBoxThresholdError(ckpt, cfg.data.val_split, flag="a threshold (--threshold T)")
             if threshold is None:
                 raise KdcicamError(f"{ckpt}: the checkpoint stores no box threshold (no validation ran) and the run "
                                    "has no metrics.json; pass a threshold (--threshold T)")

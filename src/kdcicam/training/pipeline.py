@@ -160,6 +160,23 @@ def _precision(cfg: RunConfig) -> str:
     return "16-mixed" if cuda else "32-true"
 
 
+#: val metrics that need GT boxes on val, and the one that needs masks
+BOX_MONITORS = frozenset({"val/max_box_acc_v2", "val/max_box_acc", "val/gt_known_loc", "val/top1_loc"})
+MASK_MONITORS = frozenset({"val/pxap"})
+
+
+def effective_monitor(monitor: str, mode: str, val_has_boxes: bool, val_has_masks: bool) -> tuple[str, str, str | None]:
+    """The checkpoint monitor this val split can compute: ``(monitor, mode, why it changed or None)``.
+    A box metric without val boxes falls back to PxAP (val masks) or Top-1 Cls; so does leakage without either."""
+    if monitor in BOX_MONITORS and not val_has_boxes or monitor in MASK_MONITORS and not val_has_masks or \
+            monitor == "val/context_leakage" and not (val_has_boxes or val_has_masks):
+        fallback = "val/pxap" if val_has_masks else "val/top1_cls"
+        what = "masks but no boxes" if val_has_masks else "no boxes or masks"
+        return fallback, "max", f"eval.monitor={monitor} needs val localization, and val has {what}: best.ckpt is " \
+                                f"chosen by {fallback} instead"
+    return monitor, mode, None
+
+
 def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_checkpoints: dict[str, str] | None = None,
                 routes: list[int] | None = None, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Train one model into ``out``; returns the stage summary (also written to done.json)."""
@@ -190,8 +207,15 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
     info = datamodule.info
     module = WSOLModule(config_to_dict(cfg), num_classes=info.num_classes, class_names=info.class_names,
                         teacher_checkpoints=teacher_checkpoints)
-    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=cfg.eval.monitor,
-                           mode=cfg.eval.monitor_mode, save_top_k=1, save_last=False, enable_version_counter=False,
+    if cfg.model.pretrained is False:
+        log.warning("model.pretrained=false: the %s backbone starts from random weights (WSOL methods assume an "
+                    "ImageNet-pretrained backbone; pass model.pretrained=PATH to a state_dict)", cfg.model.backbone)
+    val = datamodule.metadata(cfg.data.val_split)
+    monitor, monitor_mode, why = effective_monitor(cfg.eval.monitor, cfg.eval.monitor_mode, val.has_boxes, val.has_masks)
+    if why:
+        log.warning("%s: %s", out, why)
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor,
+                           mode=monitor_mode, save_top_k=1, save_last=False, enable_version_counter=False,
                            auto_insert_metric_name=False)
     callbacks: list[Callback] = [best, LastCheckpoint(last, cfg.trainer.checkpoint_every_n_steps)]
     callbacks += list(extra_callbacks or [])
@@ -226,7 +250,7 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
         raise TrainingInterrupted(_interrupted_message(out, trainer, last))
     summary = {"stage_dir": str(out), "best": str(out / "checkpoints" / "best.ckpt"), "last": str(last),
                "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
-               "monitor": cfg.eval.monitor, "epochs": cfg.optim.epochs, "train_seconds": round(time.time() - start, 1),
+               "monitor": monitor, "epochs": cfg.optim.epochs, "train_seconds": round(time.time() - start, 1),
                "method": cfg.method}
     if trainer.is_global_zero:
         if not Path(summary["best"]).is_file():  # no validation ran: the last weights are the best we have
