@@ -112,6 +112,7 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
     from kdcicam.training.evaluate import evaluate
     from kdcicam.training.pipeline import train
 
+    code_commit = commit()  # the code that trains, whatever lands on the branch while it runs
     data = ensure_data(suite)
     cfg = load_config(REPO / SUITES[suite]["config"], [f"data.root={data}", f"trainer.seed={seed}",
                                                        "trainer.progress_bar=false", *overrides], method=method)
@@ -135,7 +136,7 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
         "wall_seconds": {"train": round(train_seconds, 1), "evaluate": round(time.time() - t, 1),
                          "total": round(time.time() - start, 1), "resumed": resume},
         "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "commit": commit(), "machine": machine(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": code_commit, "machine": machine(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "benchmarks/accuracy.py", "--suite", suite, "--seeds", str(seed),
                              "--methods", method] + (["--tag", tag] if tag else [])
                             + (["--eval-splits", ",".join(eval_splits)] if eval_splits else [])

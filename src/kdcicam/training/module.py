@@ -33,8 +33,10 @@ def model_options(cfg: RunConfig) -> dict[str, Any]:
         opts.update(recipe=m.recipe, aux=m.aux, aux_weight=m.aux_weight, mask_threshold=m.mask_threshold,
                     sparsity=m.sparsity, sparsity_upsampled=m.sparsity_upsampled)
     if cfg.method == "kd-ci-cam":
+        cam_t = cfg.kd.cam_temperature
         opts.update(alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
-                    kd_mode=cfg.kd.kd_mode, kd_t_squared=cfg.kd.kd_t_squared, teachers=cfg.kd.teachers)
+                    kd_mode=cfg.kd.kd_mode, kd_t_squared=cfg.kd.kd_t_squared, teachers=cfg.kd.teachers,
+                    cam_temperature=None if cam_t in (None, "auto") else float(cam_t))
     return opts
 
 
@@ -94,6 +96,7 @@ class WSOLModule(L.LightningModule):
         self.box_threshold: float | None = None
         self.val_has_boxes: bool | None = None  # None: no validation has run
         self._evaluator = None
+        self._intervention: Any = None
 
     @property
     def is_student(self) -> bool:
@@ -134,9 +137,13 @@ class WSOLModule(L.LightningModule):
             self.model.update_pool(out, y)
         if self.is_student:
             teacher = self._teacher_outputs(x, batch["route"])
-            loss, logs = self.model.objective(out, y, batch["route"], **teacher)
+            terms, logs = self.model.objective.terms(out, y, batch["route"], **teacher)
         else:
-            loss, logs = self.model.loss(x, y, out)
+            terms, logs = self.model.loss_terms(x, y, out)
+        loss = sum(terms.values())
+        k = self.cfg.trainer.diag_every_n_steps
+        if k > 0 and self.global_step % k == 0 and torch.is_grad_enabled():
+            self._log_gradient_shares(terms, y.shape[0])
         if self.cfg.trainer.fail_on_nonfinite_loss and not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, batch "
@@ -150,6 +157,52 @@ class WSOLModule(L.LightningModule):
                 self.log(f"train/{key}", value, batch_size=bs)
         return loss
 
+    def _log_gradient_shares(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Each loss term's gradient norm at the trainable parameters and its share of their sum, averaged
+        over the sampled steps of an epoch (train/grad_norm_*, train/grad_share_*)."""
+        from ..diagnostics import gradient_norms, gradient_shares
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norms = gradient_norms(terms, params)
+        for name, share in gradient_shares(norms).items():
+            self.log(f"train/grad_norm_{name}", norms[name], on_step=False, on_epoch=True, batch_size=batch_size)
+            self.log(f"train/grad_share_{name}", share, on_step=False, on_epoch=True, batch_size=batch_size)
+
+    def on_train_epoch_end(self) -> None:
+        pool = getattr(self.model, "pool", None)
+        if pool is None:
+            return
+        from ..diagnostics import pool_stats
+
+        for key, value in pool_stats(pool, self._object_prior(pool)).items():
+            if value is not None:
+                self.log(f"train/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
+
+    def _object_prior(self, pool) -> Any:
+        """Each class's object-location prior on the pool's grid, from the GT boxes of the train split (or,
+        when it has none, of val); None when neither has boxes or there is no datamodule."""
+        if not pool.is_materialized:
+            return None
+        shape = tuple(pool.maps.shape[1:])
+        cached = getattr(self, "_prior_cache", None)
+        if cached is not None and cached[0] == shape:
+            return cached[1]
+        prior = None
+        dm = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        if dm is not None:
+            from ..diagnostics import box_prior
+
+            for split in (self.cfg.data.train_split, self.cfg.data.val_split):
+                try:
+                    md = dm.metadata(split)
+                except KdcicamError:
+                    continue
+                if md.boxes:
+                    prior = box_prior(md, *shape)[0]
+                    break
+        self._prior_cache = (shape, prior)
+        return prior
+
     # ------------------------------------------------------------------ validation
     def _new_evaluator(self, metadata):
         from ..evaluation import WSOLEvaluator
@@ -161,6 +214,9 @@ class WSOLModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         dm = self.trainer.datamodule
         self._evaluator = self._new_evaluator(dm.metadata(self.cfg.data.val_split))
+        from ..diagnostics import InterventionStats
+
+        self._intervention = InterventionStats()
 
     def validation_step(self, batch: dict | None, batch_idx: int) -> None:
         if batch is None:  # every image of this batch was unreadable and skipped (data.skip_bad_images)
@@ -169,8 +225,14 @@ class WSOLModule(L.LightningModule):
         maps = self.model.localization_map(out, kind=self.cfg.model.localization_map)
         scoremaps = scoremaps_for_evaluation(maps, self.cfg.data.image_size)
         self._evaluator.accumulate(scoremaps, batch["image_id"], out["logits"].float().cpu().numpy())
+        if self._intervention is not None:
+            self._intervention.add(out, self.model.combination, self.model.combination_m)
 
     def on_validation_epoch_end(self) -> None:
+        if self._intervention is not None:
+            for key, value in self._intervention.compute().items():
+                self.log(f"val/diag_{key}", float(value), sync_dist=False, rank_zero_only=False)
+            self._intervention = None
         evaluator = self._evaluator
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
