@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="dataset folder, if it moved since training")
     p.add_argument("--json", help="also write the metrics to this file")
     p.add_argument("--protocol", choices=["wsol", "official"], default="wsol",
-                   help="wsol: clovaai/wsolevaluation (default); official: the papers' box protocol (METHOD §5)")
+                   help="wsol: clovaai/wsolevaluation (default); official: the papers' box protocol (docs/method.md §5)")
 
 
 def run(args: argparse.Namespace) -> int:
