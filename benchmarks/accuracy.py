@@ -50,6 +50,53 @@ def commit() -> str:
     return git_commit(REPO)
 
 
+def suite_config(suite: str, overrides: list[str] = (), method: str | None = None):
+    from kdcicam.config import load_config
+
+    return load_config(REPO / SUITES[suite]["config"], [f"data.root={REPO / SUITES[suite]['data']}", *overrides],
+                       method=method)
+
+
+def stage_dirs(run_dir: Path, method: str) -> dict[str, Path]:
+    """The trained stages of a run: the run itself, or the KD-CI-CAM teachers and student."""
+    if method != "kd-ci-cam":
+        return {"model": run_dir}
+    return {s: run_dir / s for s in ("cls_teacher", "loc_teacher", "student") if (run_dir / s).is_dir()}
+
+
+def run_diagnostics(run_dir: Path, method: str) -> dict:
+    """Per stage: the per-epoch val curves and training diagnostics (metrics.csv), the dilemma summary
+    (where Cls and Loc peak) and the last epoch's mechanism diagnostics."""
+    from kdcicam.diagnostics import dilemma, epoch_curves
+
+    out = {}
+    for stage, folder in stage_dirs(run_dir, method).items():
+        curves = epoch_curves(folder / "metrics.csv")
+        last: dict = {}
+        for row in curves:  # the latest value of every diagnostic (train rows and val rows may alternate)
+            last.update({k: v for k, v in row.items() if k.startswith(("train/grad_", "train/pool_", "train/fg_",
+                                                                      "val/diag_"))})
+        out[stage] = {"curves": curves, "dilemma": dilemma(curves), "final": last}
+    return out
+
+
+def score_by_monitor(run_dir: Path, method: str, splits: list[str]) -> dict:
+    """Test metrics of the checkpoint kept by each val monitor (best_cls, best_loc), each with its own box
+    threshold chosen on val: the dilemma measured on test, test touched once per checkpoint."""
+    from kdcicam.training.evaluate import evaluate
+
+    folder = stage_dirs(run_dir, method).get("student" if method == "kd-ci-cam" else "model")
+    out = {}
+    for name in ("best_cls", "best_loc"):
+        ckpt = folder / "checkpoints" / f"{name}.ckpt" if folder else None
+        if ckpt is None or not ckpt.is_file():
+            continue
+        m = evaluate(ckpt, splits, progress=False, write=False)
+        out[name] = {"checkpoint": str(ckpt.relative_to(run_dir)), "box_threshold": m["box_threshold"],
+                     "metrics": {s: m[s] for s in splits}}
+    return out
+
+
 def result_path(suite: str, method: str, seed: int, tag: str) -> Path:
     return RESULTS / f"accuracy_{suite}{('_' + tag) if tag else ''}_{method}_seed{seed}.json"
 
@@ -131,6 +178,8 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
         "suite": suite, "method": method, "seed": seed, "tag": tag, "overrides": overrides,
         "metrics": {s: metrics[s] for s in splits},
         "box_threshold": metrics["box_threshold"], "box_threshold_chosen_on": metrics["box_threshold_chosen_on"],
+        "by_monitor": score_by_monitor(run_dir, method, splits),
+        "diagnostics": run_diagnostics(run_dir, method),
         "train_summary": summary, "config": config_to_dict(cfg),
         "reused_teachers": {"from": str(teachers_from), "stages": reused} if reused else None,
         "wall_seconds": {"train": round(train_seconds, 1), "evaluate": round(time.time() - t, 1),
@@ -167,7 +216,11 @@ def main() -> int:
                 args.reuse_teachers)
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
-    ensure_data(args.suite)
+    data = ensure_data(args.suite)
+    from floors import ensure_floor
+
+    cfg = suite_config(args.suite, args.overrides)
+    ensure_floor(args.suite, data, list(cfg.data.test_splits), cfg.data.image_size)
     for seed in args.seeds:
         for method in args.methods:
             path = result_path(args.suite, method, seed, args.tag)

@@ -136,3 +136,54 @@ def gradient_shares(norms: Mapping[str, float]) -> dict[str, float]:
     """Each term's share of the summed gradient norms (0 when all are 0)."""
     total = sum(norms.values())
     return {name: (value / total if total > 0 else 0.0) for name, value in norms.items()}
+
+
+def epoch_curves(metrics_csv) -> list[dict[str, float]]:
+    """Per-epoch values of a run's ``metrics.csv`` (Lightning's CSV logger): every ``val/*`` metric and the
+    epoch-level training diagnostics, with step-level training values (e.g. ``train/fg_coverage``)
+    averaged over the epoch. One dict per epoch, in order, each with its ``epoch``."""
+    import csv
+    from pathlib import Path
+
+    path = Path(metrics_csv)
+    if not path.is_file():
+        return []
+    sums: dict[int, dict[str, list[float]]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                epoch = int(float(row.get("epoch") or ""))
+            except ValueError:
+                continue
+            bucket = sums.setdefault(epoch, {})
+            for key, value in row.items():
+                if key in ("epoch", "step") or not value or not key.startswith(("val/", "train/")):
+                    continue
+                try:
+                    bucket.setdefault(key, []).append(float(value))
+                except ValueError:
+                    continue
+    return [{"epoch": e, **{k: float(np.mean(v)) for k, v in sorted(bucket.items())}} for e, bucket in sorted(sums.items())]
+
+
+def dilemma(curves: list[dict[str, float]], cls_key: str = "val/top1_cls", loc_key: str = "val/top1_loc",
+            box_key: str = "val/max_box_acc_v2") -> dict[str, float | int | None]:
+    """Where classification and localization peak on the val curves, and the *dilemma gap*: the best
+    Top-1 Loc minus the Top-1 Loc at the best-Cls epoch, and the best Top-1 Cls minus the Top-1 Cls at the
+    best-localization epoch (0 = one epoch is best at both). Ties go to the earliest epoch."""
+    rows = [r for r in curves if cls_key in r and box_key in r]
+    if not rows:
+        return {}
+    best_cls = max(rows, key=lambda r: r[cls_key])
+    best_box = max(rows, key=lambda r: r[box_key])
+    out: dict[str, float | int | None] = {
+        "epoch_best_cls": int(best_cls["epoch"]), "epoch_best_max_box_acc_v2": int(best_box["epoch"]),
+        "best_top1_cls": best_cls[cls_key], "best_max_box_acc_v2": best_box[box_key],
+        "cls_gap_at_best_loc": best_cls[cls_key] - best_box[cls_key],
+        "max_box_acc_v2_gap_at_best_cls": best_box[box_key] - best_cls[box_key]}
+    if all(loc_key in r for r in rows):
+        best_loc = max(rows, key=lambda r: r[loc_key])
+        out.update(epoch_best_top1_loc=int(best_loc["epoch"]), best_top1_loc=best_loc[loc_key],
+                   top1_loc_gap_at_best_cls=best_loc[loc_key] - best_cls[loc_key],
+                   cls_gap_at_best_top1_loc=best_cls[cls_key] - best_loc[cls_key])
+    return out
