@@ -57,35 +57,25 @@ def suite_config(suite: str, overrides: list[str] = (), method: str | None = Non
                        method=method)
 
 
-def stage_dirs(run_dir: Path, method: str) -> dict[str, Path]:
-    """The trained stages of a run: the run itself, or the KD-CI-CAM teachers and student."""
-    if method != "kd-ci-cam":
-        return {"model": run_dir}
-    return {s: run_dir / s for s in ("cls_teacher", "loc_teacher", "student") if (run_dir / s).is_dir()}
-
-
-def run_diagnostics(run_dir: Path, method: str) -> dict:
+def run_diagnostics(run_dir: Path) -> dict:
     """Per stage: the per-epoch val curves and training diagnostics (metrics.csv), the dilemma summary
     (where Cls and Loc peak) and the last epoch's mechanism diagnostics."""
-    from kdcicam.diagnostics import dilemma, epoch_curves
+    from kdcicam.diagnostics import dilemma, epoch_curves, final_diagnostics, run_stages
 
     out = {}
-    for stage, folder in stage_dirs(run_dir, method).items():
+    for stage, folder in run_stages(run_dir).items():
         curves = epoch_curves(folder / "metrics.csv")
-        last: dict = {}
-        for row in curves:  # the latest value of every diagnostic (train rows and val rows may alternate)
-            last.update({k: v for k, v in row.items() if k.startswith(("train/grad_", "train/pool_", "train/fg_",
-                                                                      "val/diag_"))})
-        out[stage] = {"curves": curves, "dilemma": dilemma(curves), "final": last}
+        out[stage] = {"curves": curves, "dilemma": dilemma(curves), "final": final_diagnostics(curves)}
     return out
 
 
 def score_by_monitor(run_dir: Path, method: str, splits: list[str]) -> dict:
     """Test metrics of the checkpoint kept by each val monitor (best_cls, best_loc), each with its own box
     threshold chosen on val: the dilemma measured on test, test touched once per checkpoint."""
+    from kdcicam.diagnostics import run_stages
     from kdcicam.training.evaluate import evaluate
 
-    folder = stage_dirs(run_dir, method).get("student" if method == "kd-ci-cam" else "model")
+    folder = run_stages(run_dir).get("student" if method == "kd-ci-cam" else "model")
     out = {}
     for name in ("best_cls", "best_loc"):
         ckpt = folder / "checkpoints" / f"{name}.ckpt" if folder else None
@@ -179,7 +169,7 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
         "metrics": {s: metrics[s] for s in splits},
         "box_threshold": metrics["box_threshold"], "box_threshold_chosen_on": metrics["box_threshold_chosen_on"],
         "by_monitor": score_by_monitor(run_dir, method, splits),
-        "diagnostics": run_diagnostics(run_dir, method),
+        "diagnostics": run_diagnostics(run_dir),
         "train_summary": summary, "config": config_to_dict(cfg),
         "reused_teachers": {"from": str(teachers_from), "stages": reused} if reused else None,
         "wall_seconds": {"train": round(train_seconds, 1), "evaluate": round(time.time() - t, 1),

@@ -8,53 +8,19 @@ import math
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoints import build_model, load_model, read_checkpoint
 from ..config import RunConfig, config_from_dict
 from ..errors import KdcicamError
+from ..scoremaps import scoremaps_for_evaluation
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(KdcicamError, FloatingPointError):
     """The loss became NaN or inf; training stops and the last good checkpoint is kept."""
-
-
-def model_options(cfg: RunConfig) -> dict[str, Any]:
-    """Options for :func:`kdcicam.create_model` from a run config."""
-    m = cfg.model
-    opts: dict[str, Any] = {"output_stride": m.output_stride, "freeze_stages": m.freeze_stages,
-                            "combination": m.combination}
-    if cfg.method in ("ci-cam", "kd-ci-cam"):
-        opts.update(pool_rate=m.pool_rate, soft_intervention=m.soft_intervention)
-    if cfg.method == "ci-cam":
-        opts.update(recipe=m.recipe, aux=m.aux, aux_weight=m.aux_weight, mask_threshold=m.mask_threshold,
-                    sparsity=m.sparsity, sparsity_upsampled=m.sparsity_upsampled)
-    if cfg.method == "kd-ci-cam":
-        cam_t = cfg.kd.cam_temperature
-        opts.update(alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
-                    kd_mode=cfg.kd.kd_mode, kd_t_squared=cfg.kd.kd_t_squared, teachers=cfg.kd.teachers,
-                    cam_temperature=None if cam_t in (None, "auto") else float(cam_t))
-    return opts
-
-
-def build_model(cfg: RunConfig, num_classes: int, pretrained: Any = None) -> nn.Module:
-    from ..models.registry import create_model
-
-    return create_model(cfg.method, backbone=cfg.model.backbone, num_classes=num_classes,
-                        pretrained=cfg.model.pretrained if pretrained is None else pretrained,
-                        **model_options(cfg))
-
-
-def scoremaps_for_evaluation(maps: torch.Tensor, size: int) -> np.ndarray:
-    """Localization maps → the evaluator's input: resized to the evaluation grid with bicubic
-    interpolation and min-max normalised, exactly as wsolevaluation's inference does."""
-    from ..evaluation import prepare_scoremap
-
-    arr = maps.detach().double().cpu().numpy()
-    return np.stack([prepare_scoremap(m, size) for m in arr])
 
 
 def lr_factor(epoch: int, cfg: RunConfig) -> float:
@@ -153,7 +119,9 @@ class WSOLModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/acc", acc * 100, prog_bar=True, batch_size=bs)
         for key, value in logs.items():
-            if key != "loss":
+            if key == "fg_coverage":  # a diagnostic: the epoch's mean, whatever log_every_n_steps is
+                self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=bs)
+            elif key != "loss":
                 self.log(f"train/{key}", value, batch_size=bs)
         return loss
 
@@ -276,24 +244,6 @@ class WSOLModule(L.LightningModule):
             torch.set_rng_state(extra["torch_rng_state"])
 
 
-def read_checkpoint(path: str) -> dict:
-    """Load a checkpoint safely: tensors and plain containers only (``weights_only=True``)."""
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise KdcicamError(f"{p}: checkpoint not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError ...
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise KdcicamError(f"{p}: refused or unreadable checkpoint ({reason}). Only tensors and plain data are "
-                           "loaded (weights_only=True); a file that needs arbitrary code to load is refused.") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise KdcicamError(f"{p}: not a kdcicam checkpoint (no state_dict / hyper_parameters)")
-    return ckpt
-
-
 def load_module(path: str, load_teachers: bool = False) -> WSOLModule:
     """Rebuild a WSOLModule from a checkpoint without touching pretrained-weight files."""
     ckpt = read_checkpoint(path)
@@ -307,8 +257,3 @@ def load_module(path: str, load_teachers: bool = False) -> WSOLModule:
     module.on_load_checkpoint(ckpt)
     module.eval()
     return module
-
-
-def load_model(path: str) -> nn.Module:
-    """The bare model of a checkpoint (used for teachers)."""
-    return load_module(path).model

@@ -37,7 +37,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from ..config import RunConfig, config_to_dict, kd_stage_configs, save_config, with_overrides
 from ..data.metadata import atomic_write_text
-from ..errors import ConfigError, KdcicamError, TrainingInterrupted
+from ..errors import KdcicamError, TrainingInterrupted
 from .datamodule import WSOLDataModule
 from .module import WSOLModule
 
@@ -303,8 +303,8 @@ def _resolve_cam_temperature(student: RunConfig, loc_teacher_ckpt: str, out: Pat
     """``kd.cam_temperature: auto`` → the localization teacher's raw-CAM standard deviation on the first
     training batches (evaluation transform, so the number does not depend on augmentation draws). A
     student that has started keeps the value in its saved config."""
+    from ..checkpoints import load_model
     from ..config import load_config
-    from .module import load_model
     from .scaling import cam_scale
 
     if student.kd.cam_temperature != "auto":
@@ -389,17 +389,3 @@ def train(config: RunConfig, out: str | os.PathLike, resume: bool = False) -> di
                                        teacher_checkpoints=teacher_ckpts, routes=allowed_routes(config.kd.teachers))
     atomic_write_text(out / "done.json", json.dumps(summaries, indent=2))
     return summaries
-
-
-def resolve_checkpoint(run_or_ckpt: str | os.PathLike) -> Path:
-    """A run folder (any method), a stage folder, or a .ckpt file → the checkpoint to use (best, else last)."""
-    p = Path(run_or_ckpt)
-    if p.is_file():
-        return p
-    if not p.is_dir():
-        raise ConfigError(f"{p}: no such run folder or checkpoint")
-    for stage_dir in (p / "student", p):
-        for name in ("best.ckpt", "last.ckpt"):
-            if (stage_dir / "checkpoints" / name).is_file():
-                return stage_dir / "checkpoints" / name
-    raise ConfigError(f"{p}: no checkpoints/best.ckpt or last.ckpt (nor under student/)")
