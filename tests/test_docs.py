@@ -72,7 +72,8 @@ def test_readme_commands_exist():
     from kdcicam.cli import main
 
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    shown = set(re.findall(r"^\$? ?kdcicam ([a-z]+(?: [a-z]+)?)", text, flags=re.M))
+    code = "\n".join(re.findall(r"^```(?:bash)?\n(.*?)^```", text, flags=re.M | re.S))
+    shown = set(re.findall(r"^\$? ?kdcicam ([a-z]+(?: [a-z]+)?)", code, flags=re.M))
     assert {"train", "evaluate", "score", "localize", "init"} <= {s.split()[0] for s in shown}
     for command in sorted(shown):
         words = command.split()

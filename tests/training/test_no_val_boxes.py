@@ -9,36 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from _datasets import metadata_copy, reduce_localization
 from kdcicam.cli import main
-from kdcicam.data.metadata import (
-    LOCALIZATION,
-    MASKS,
-    read_dataset_info,
-    read_metadata,
-    write_dataset_info,
-    write_metadata,
-)
 from kdcicam.errors import KdcicamError, NoBoxThresholdError
 from kdcicam.training.pipeline import effective_monitor
 from test_inference import synth_data, trained_run  # noqa: F401  (session fixtures)
 
 
 def dataset_variant(src: Path, dst: Path, val: str) -> Path:
-    """A copy of the metadata of ``src`` whose val split keeps ``val`` = "masks" (mask-only, the
-    wsolevaluation OpenImages layout) or "none" (labels only); the images stay where they are."""
-    info = read_dataset_info(src)
-    for split in info.splits:
-        shutil.copytree(src / split, dst / split)
-    write_dataset_info(dst, info)
-    md = read_metadata(dst / "val")
-    for name in (LOCALIZATION, MASKS):
-        (dst / "val" / name).unlink(missing_ok=True)
-    md.boxes = {}
-    if val == "none":
-        md.masks, md.ignore_masks = {}, {}
-    write_metadata(md, dst / "val")
-    again = read_metadata(dst / "val")
-    assert not again.has_boxes and again.has_masks == (val == "masks")
+    """A metadata copy of ``src`` whose val split keeps only ``val`` ("masks" or "none")."""
+    reduce_localization(metadata_copy(src, dst) / "val", val)
     return dst
 
 
