@@ -4,7 +4,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from kdcicam.data.metadata import LOCALIZATION, MASKS, read_dataset_info, read_metadata, write_dataset_info, write_metadata
+from kdcicam.data.metadata import (
+    LOCALIZATION,
+    MASKS,
+    read_dataset_info,
+    read_metadata,
+    write_dataset_info,
+    write_metadata,
+)
 
 
 def reduce_localization(split_dir: Path, keep: str) -> Path:

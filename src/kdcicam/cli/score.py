@@ -57,8 +57,8 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(("GT-known Loc, oracle threshold (best on this split)",
                      f"{result['gt_known_loc_oracle']:.2f}  (threshold {result['oracle_threshold']:.3f})"))
         if "gt_known_loc" in result:
-            rows.append(("GT-known Loc at the given threshold", f"{result['gt_known_loc']:.2f}  "
-                         f"(threshold {result['box_threshold']:.3f})"))
+            given = f"{result['gt_known_loc']:.2f}  (threshold {result['box_threshold']:.3f})"
+            rows.append(("GT-known Loc at the given threshold", given))
     if "pxap" in result:
         rows.append(("PxAP", f"{result['pxap']:.2f}"))
         rows.append(("PIoU", f"{result['piou']:.2f}  (threshold {result['piou_threshold']:.3f})"))

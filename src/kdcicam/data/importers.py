@@ -40,15 +40,23 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 from xml.parsers import expat
 
 import numpy as np
 
 from .cub import _header_size, _val_count, exif_transpose_box, round_half_up
-from .metadata import DATASET_YAML, DatasetInfo, Metadata, MetadataError, read_metadata, write_dataset_info, write_metadata
+from .metadata import (
+    DATASET_YAML,
+    DatasetInfo,
+    Metadata,
+    MetadataError,
+    read_metadata,
+    write_dataset_info,
+    write_metadata,
+)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 _PATH_HEADERS = frozenset({"path", "image", "image_path", "image_id", "file", "filename", "file_name", "name"})
@@ -627,7 +635,7 @@ def import_dataset(out: str | os.PathLike, train: SplitSpec, val: SplitSpec | No
             chosen = [im for im in pool if im.path in found]
             clash = picked & {im.path for im in chosen}
             if clash:
-                raise MetadataError(box_records[split][0].file, None, f"image {sorted(clash)[0]} has boxes in both "
+                raise MetadataError(box_records[split][0].file, None, f"image {min(clash)} has boxes in both "
                                     "the val and the test box files")
             picked |= {im.path for im in chosen}
             split_images[split] = chosen

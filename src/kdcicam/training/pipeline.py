@@ -175,8 +175,8 @@ def effective_monitor(monitor: str, mode: str, val_has_boxes: bool, val_has_mask
             monitor == "val/context_leakage" and not (val_has_boxes or val_has_masks):
         fallback = "val/pxap" if val_has_masks else "val/top1_cls"
         what = "masks but no boxes" if val_has_masks else "no boxes or masks"
-        return fallback, "max", f"eval.monitor={monitor} needs val localization, and val has {what}: best.ckpt is " \
-                                f"chosen by {fallback} instead"
+        why = f"eval.monitor={monitor} needs val localization, and val has {what}: best.ckpt is chosen by {fallback} instead"
+        return fallback, "max", why
     return monitor, mode, None
 
 
