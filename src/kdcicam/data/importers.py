@@ -45,15 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from xml.parsers import expat
 
-import numpy as np
-
-from .cub import _header_size, _val_count, exif_transpose_box, round_half_up
+from .cub import _header_size, exif_transpose_box, round_half_up, stratified_holdout
 from .metadata import (
     DATASET_YAML,
     DatasetInfo,
     Metadata,
     MetadataError,
     read_metadata,
+    read_text_file,
     write_dataset_info,
     write_metadata,
 )
@@ -120,12 +119,7 @@ def read_image_folder(root: str | os.PathLike) -> list[LabeledImage]:
 
 def _csv_rows(path: Path) -> Iterable[tuple[int, list[str]]]:
     """(line, stripped fields) of every non-blank CSV row; quoted fields may hold commas."""
-    if not path.is_file():
-        raise MetadataError(path, None, "file not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise MetadataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text_file(path, missing="file not found", encoding="utf-8-sig")
     reader = csv.reader(io.StringIO(text))
     line = 1
     try:
@@ -323,12 +317,9 @@ def read_coco(path: str | os.PathLike) -> list[BoxRecord]:
     """COCO detection JSON: ``images`` (id, file_name, width, height), ``annotations`` (image_id,
     bbox = x, y, width, height, category_id) and ``categories`` (id, name). Crowd boxes are kept."""
     path = Path(path).resolve()
+    text = read_text_file(path, missing="file not found", encoding="utf-8-sig")
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except OSError as e:
-        raise MetadataError(path, None, f"cannot read ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise MetadataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise MetadataError(path, e.lineno, f"invalid JSON ({e.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or \
@@ -386,24 +377,6 @@ def read_boxes(path: str | os.PathLike) -> list[BoxRecord]:
         return read_boxes_csv(path)
     raise MetadataError(path, None, "unknown box format: give a .csv (path,x0,y0,x1,y1[,label]), a COCO .json, "
                         "or a Pascal VOC .xml file or folder")
-
-
-# ------------------------------------------------------------------------------------------ hold-out
-def stratified_holdout(labels: list[int], fraction: float, seed: int) -> set[int]:
-    """Indices to hold out: ``round_half_up(fraction * n)`` of each class's n items (at most n - 1),
-    drawn by a numpy Generator seeded with ``(seed, class)`` over the class's items in the given order."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"hold-out fraction must be in [0, 1), got {fraction}")
-    by_class: dict[int, list[int]] = {}
-    for index, label in enumerate(labels):
-        by_class.setdefault(label, []).append(index)
-    held: set[int] = set()
-    for label, items in sorted(by_class.items()):
-        k = _val_count(len(items), fraction)
-        if k:
-            perm = np.random.default_rng([seed, label]).permutation(len(items))
-            held.update(items[i] for i in perm[:k])
-    return held
 
 
 # ------------------------------------------------------------------------------------------ matching

@@ -104,12 +104,22 @@ class Metadata:
 
 
 # ----------------------------------------------------------------------------------------- reading
-def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, comma-split fields) for every non-blank line."""
+def read_text_file(path: Path, missing: str | None = None, encoding: str = "utf-8") -> str:
+    """A metadata or annotation file's text; a missing file (when ``missing`` says how to put it), an
+    unreadable one or bytes that are not UTF-8 are a :class:`MetadataError` naming the file."""
+    if missing is not None and not path.is_file():
+        raise MetadataError(path, None, missing)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding=encoding)
     except UnicodeDecodeError as e:
         raise MetadataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise MetadataError(path, None, f"cannot read ({e.strerror})") from None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, comma-split fields) for every non-blank line."""
+    text = read_text_file(path)
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
