@@ -69,6 +69,17 @@ def run_diagnostics(run_dir: Path) -> dict:
     return out
 
 
+def stage_configs(run_dir: Path) -> dict:
+    """The config.yaml each stage trained with (derived values such as the pool rate and the CAM temperature
+    are filled in there, not in the suite's config)."""
+    import yaml
+
+    from kdcicam.diagnostics import run_stages
+
+    return {stage: yaml.safe_load((folder / "config.yaml").read_text()) for stage, folder in run_stages(run_dir).items()
+            if (folder / "config.yaml").is_file()}
+
+
 def score_by_monitor(run_dir: Path, method: str, splits: list[str]) -> dict:
     """Test metrics of the checkpoint kept by each val monitor (best_cls, best_loc), each with its own box
     threshold chosen on val: the dilemma measured on test, test touched once per checkpoint."""
@@ -169,6 +180,7 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
         "metrics": {s: metrics[s] for s in splits},
         "box_threshold": metrics["box_threshold"], "box_threshold_chosen_on": metrics["box_threshold_chosen_on"],
         "by_monitor": score_by_monitor(run_dir, method, splits),
+        "stage_configs": stage_configs(run_dir),
         "diagnostics": run_diagnostics(run_dir),
         "train_summary": summary, "config": config_to_dict(cfg),
         "reused_teachers": {"from": str(teachers_from), "stages": reused} if reused else None,

@@ -85,6 +85,9 @@ class ModelConfig:
 class OptimConfig:
     lr: float = 1e-3
     backbone_lr_mult: float = 0.1
+    # CI-CAM's intervention conv (mask2attention): null = with the backbone at lr·backbone_lr_mult (official);
+    # a number = its own group at lr·intervention_lr_mult
+    intervention_lr_mult: Optional[float] = None
     epochs: int = 10
     poly_power: float = 0.9
     step: int = 0  # multiply by `decay` every `step` epochs (0: never)
@@ -345,6 +348,8 @@ def validate(config: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: kd.cam_temperature must be null, \"auto\" or a positive number, got {ct!r}")
     if config.model.pool_rate_target is not None and config.model.pool_rate_target < 0:
         raise ConfigError(f"{where}: model.pool_rate_target must be >= 0, got {config.model.pool_rate_target}")
+    if config.optim.intervention_lr_mult is not None and config.optim.intervention_lr_mult < 0:
+        raise ConfigError(f"{where}: optim.intervention_lr_mult must be >= 0, got {config.optim.intervention_lr_mult}")
     if not 0 < config.model.pool_correct_fraction <= 1:
         raise ConfigError(f"{where}: model.pool_correct_fraction must be in (0, 1], got "
                           f"{config.model.pool_correct_fraction}")

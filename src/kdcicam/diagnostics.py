@@ -160,9 +160,10 @@ def epoch_curves(metrics_csv) -> list[dict[str, float]]:
                 if key in ("epoch", "step") or not value or not key.startswith(("val/", "train/")):
                     continue
                 try:
-                    bucket.setdefault(key, []).append(float(value))
+                    number = float(value)
                 except ValueError:
                     continue
+                bucket.setdefault(key, []).append(number)  # only once parsed: no empty (NaN) column
     return [{"epoch": e, **{k: float(np.mean(v)) for k, v in sorted(bucket.items())}} for e, bucket in sorted(sums.items())]
 
 

@@ -232,6 +232,24 @@ class CICAMModel(CAMModel):
                 "aux_mask_branch": self.aux_mask_branch, "sparsity": self.sparsity,
                 "sparsity_upsampled": self.sparsity_upsampled}
 
+    def param_groups(self, lr: float, backbone_lr_mult: float = 1.0,
+                     intervention_lr_mult: float | None = None) -> list[dict[str, Any]]:
+        """As CAM's groups, mask2attention with the backbone (the official grouping), or in a group of its own
+        at ``lr·intervention_lr_mult`` when that is given (a scaled-down recipe takes far fewer Adam steps, and
+        the intervention's weights then hardly leave their initialisation)."""
+        groups = super().param_groups(lr, backbone_lr_mult)
+        if intervention_lr_mult is None:
+            return groups
+        ids = {id(p) for p in self.mask2attention.parameters()}
+        for g in groups:
+            g["params"] = [p for p in g["params"] if id(p) not in ids]
+        own = [p for p in self.mask2attention.parameters() if p.requires_grad]
+        groups = [g for g in groups if g["params"]]
+        if own:
+            groups.append({"name": "intervention", "params": own, "lr": lr * intervention_lr_mult,
+                           "lr_mult": intervention_lr_mult})
+        return groups
+
     @torch.no_grad()
     def init_pool(self, input_size: tuple[int, int]) -> tuple[int, int]:
         """Materialise the pool for images of ``input_size`` (H, W) before training starts (e.g.

@@ -224,7 +224,10 @@ class WSOLModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         o = self.cfg.optim
-        groups = self.model.param_groups(o.lr, o.backbone_lr_mult)
+        extra = {}  # CAM has no intervention: the setting is ignored there, so one config serves all three methods
+        if o.intervention_lr_mult is not None and hasattr(self.model, "mask2attention"):
+            extra["intervention_lr_mult"] = o.intervention_lr_mult
+        groups = self.model.param_groups(o.lr, o.backbone_lr_mult, **extra)
         optimizer = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, self.cfg))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

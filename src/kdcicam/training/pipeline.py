@@ -197,7 +197,10 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
         from ..config import load_config
 
         saved = load_config(out / "config.yaml")
-        if config_to_dict(saved) != config_to_dict(config):
+        given = config_to_dict(config)
+        if config.model.pool_rate_target is not None:  # the saved rate was derived from the target
+            given["model"]["pool_rate"] = saved.model.pool_rate
+        if config_to_dict(saved) != given:
             log.warning("%s: resuming with the config saved in the run folder, not the one given", out)
         config = saved
     datamodule = WSOLDataModule(config, routes=routes)

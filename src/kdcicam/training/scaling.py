@@ -24,12 +24,13 @@ from ..config import RunConfig
 
 def expected_pool_updates(class_counts: list[int], batch_size: int, epochs: int, correct_fraction: float) -> float:
     """Expected updates per class (mean over classes): an update of class c happens in every step whose
-    batch holds a correctly classified sample of c. With n images in ⌈n/B⌉ shuffled batches of B, a batch
-    holds a correct sample of c with probability ``1 − (1 − q·n_c/n)^B``."""
+    batch holds a correctly classified sample of c. With n images in ⌊n/B⌋ shuffled batches of B (the
+    training loader drops the last partial batch), a batch holds a correct sample of c with probability
+    ``1 − (1 − q·n_c/n)^B``."""
     n = sum(class_counts)
     if n == 0 or not class_counts:
         return 0.0
-    batches = math.ceil(n / batch_size)
+    batches = n // batch_size
     per_class = [1.0 - (1.0 - correct_fraction * nc / n) ** batch_size for nc in class_counts]
     return epochs * batches * sum(per_class) / len(per_class)
 
