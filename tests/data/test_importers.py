@@ -234,3 +234,22 @@ def test_exif_rotated_image_box_drawn_on_stored_pixels(tmp_path: Path):
     val = read_metadata(tmp_path / "d" / "val")
     assert val.image_sizes["cat/rot.jpg"] == (20, 40)
     assert val.boxes["cat/rot.jpg"] == [(15, 0, 20, 10)]  # stored (0,0,10,5) rotated with the pixels
+
+
+def test_a_file_name_the_metadata_cannot_hold(tmp_path: Path):
+    folder = make_folder(tmp_path / "photos", per_class=2)
+    Image.new("RGB", (8, 8)).save(folder / "cat" / "a,b.png")
+    with pytest.raises(MetadataError, match="has a comma"):
+        import_dataset(tmp_path / "d", SplitSpec(labels=folder), val_fraction=0.5)
+    assert not (tmp_path / "d").exists()
+
+
+def test_symlinked_images_stay_in_their_folder(tmp_path: Path):
+    folder = make_folder(tmp_path / "photos", per_class=2)
+    elsewhere = make_folder(tmp_path / "elsewhere", per_class=1)
+    (folder / "owl" / "linked.png").symlink_to(elsewhere / "owl" / "owl_0.png")
+    (tmp_path / "labels.csv").write_text("owl/linked.png,owl\ncat/cat_0.png,cat\ndog/dog_0.png,dog\n")
+    summary = import_dataset(tmp_path / "d", SplitSpec(labels=tmp_path / "labels.csv"), image_root=folder,
+                             val_fraction=0.0)
+    assert summary.image_root == folder.resolve()
+    assert "owl/linked.png" in read_metadata(tmp_path / "d" / "train").image_ids

@@ -136,7 +136,12 @@ def _resolve_listed(value: str, base: Path, file: Path, line: int) -> Path:
     if not value:
         raise MetadataError(file, line, "empty image path")
     p = Path(value.replace("\\", "/"))
-    return (p if p.is_absolute() else base / p).resolve()
+    return _absolute(p if p.is_absolute() else base / p)
+
+
+def _absolute(path: Path) -> Path:
+    """An absolute, normalised path that keeps symlinks (a linked image stays inside its folder)."""
+    return Path(os.path.normpath(os.path.abspath(path)))
 
 
 def read_label_csv(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[LabeledImage]:
@@ -408,7 +413,7 @@ class _ImageIndex:
             if key in self.exact:
                 return self.exact[key]
             as_path = Path(key)
-            resolved = (as_path if as_path.is_absolute() else record.file.parent / as_path).resolve()
+            resolved = _absolute(as_path if as_path.is_absolute() else record.file.parent / as_path)
             if resolved in self.by_path:
                 return self.by_path[resolved]
         name = PurePosixPath(_norm(record.key)).name
@@ -498,7 +503,12 @@ class _Builder:
         return clipped
 
     def image_id(self, image: LabeledImage) -> str:
-        return image.path.relative_to(self.image_root).as_posix()
+        image_id = image.path.relative_to(self.image_root).as_posix()
+        if "," in image_id or image_id != image_id.strip() or any(c in image_id for c in "\r\n"):
+            file, line = image.where()
+            raise MetadataError(file, line, f"image path {image_id!r} has a comma, a line break or leading/trailing "
+                                "spaces, which the comma-separated metadata cannot hold; rename the file")
+        return image_id
 
 
 def _assign_boxes(records: list[BoxRecord], index: _ImageIndex, split: str
