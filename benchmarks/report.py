@@ -41,11 +41,42 @@ PAPER_CUB_VGG16 = {
 }
 
 
+#: metric keys renamed since older results files were written (the oracle-threshold numbers, docs/method.md §5)
+RENAMED_KEYS = {"gt_known_loc_at_best": "gt_known_loc_oracle", "top1_loc_at_best": "top1_loc_oracle",
+                "top5_loc_at_best": "top5_loc_oracle"}
+
+
+def current_keys(result: dict) -> dict:
+    """A results file's per-split metrics under today's names (old files stay readable)."""
+    for metrics in result.get("metrics", {}).values():
+        for old, new in RENAMED_KEYS.items():
+            if old in metrics and new not in metrics:
+                metrics[new] = metrics.pop(old)
+    return result
+
+
+def portable(command: str) -> str:
+    """A recorded command without this machine's absolute paths: the interpreter as `python`, paths inside
+    the repository relative to it, others as `…/<last two parts>`."""
+    words = []
+    for word in command.split():
+        path = Path(word)
+        if not path.is_absolute():
+            words.append(word)
+        elif path.name.startswith("python"):
+            words.append("python")
+        elif REPO in path.parents:
+            words.append(path.relative_to(REPO).as_posix())
+        else:
+            words.append("…/" + "/".join(path.parts[-2:]))
+    return " ".join(words)
+
+
 def load() -> dict[tuple[str, str], dict[str, list[dict]]]:
     """(suite, tag) -> method -> list of run results (one per seed)."""
     groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for path in sorted(RESULTS.glob("accuracy_*.json")):
-        r = json.loads(path.read_text())
+        r = current_keys(json.loads(path.read_text()))
         groups[(r["suite"], r.get("tag", ""))][r["method"]].append(r)
     return groups
 
@@ -393,7 +424,7 @@ def pool_section(suite: str) -> list[str]:
         return []
     data = json.loads(path.read_text())
     lines = [f"### What the context pool learned on {suite} (`benchmarks/pool_prior.py`)", "",
-             (f"Commit `{data['commit'][:12]}`, command `{data['command']}`. Pearson correlations, mean over classes: "
+             (f"Commit `{data['commit'][:12]}`, command `{portable(data['command'])}`. Pearson correlations, mean over classes: "
              "the pool `M[c]` against `P[c]`, the mean GT-box coverage of class c's training images on the pool's grid, "
              "and against `P̄`, the same over all classes; and between the pools of two different classes."), "",
              "| run | model | pool rate | corr(M[c], P[c]) | corr(M[c], P̄) | corr(M[c], M[c']) |", "|---|---|---|---|---|---|"]
@@ -429,7 +460,7 @@ RECIPE_WHY = {
               "distillation as KL·T² with a CAM temperature matched to Lite0's CAM scale, a localization-teacher mask "
               "threshold that splits foreground from background; the official crops (Resize 304 / 336 + RandomCrop "
               "224) and lr 5e-4 are kept. Every difference from the official code and the measurement behind it is "
-              "listed in [docs/method.md](method.md#scaling-the-recipes-down); the diagnostics below show, per run, "
+              "listed in [docs/method.md](method.md#9-scaling-the-recipes-down); the diagnostics below show, per run, "
               "whether each mechanism acted."),
 }
 
@@ -466,7 +497,7 @@ def speed_section() -> list[str]:
         machine = data.get("machine", {})
         lines += ["### Evaluator speed (`benchmarks/evaluator_speed.py`)", "",
                   (f"Commit `{data.get('commit', '?')}`, {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
-                   f"date {data.get('date', '?')}; command `{data.get('command', '?')}`. "
+                   f"date {data.get('date', '?')}; command `{portable(data.get('command', '?'))}`. "
                    f"Load average (1 min) before / after: {_load(data, 'before')} / {_load(data, 'after')}. "
                    f"{data.get('note', '')[:1].upper()}{data.get('note', '')[1:]}."), "",
                   "| maps | mode | reference img/s | ours img/s | ratio (floor 5×, aim 20×) | equal metrics |",
@@ -492,7 +523,7 @@ def speed_section() -> list[str]:
         inf = data.get("inference", {})
         if inf:
             lines += ["### Inference throughput (`benchmarks/throughput.py`)", "",
-                      f"Commit `{inf.get('run', {}).get('commit', '?')}`, command `{inf.get('run', {}).get('command', '?')}`.", "",
+                      f"Commit `{inf.get('run', {}).get('commit', '?')}`, command `{portable(inf.get('run', {}).get('command', '?'))}`.", "",
                       (f"- `Localizer`: {inf.get('localizer_images_per_s')} img/s vs the bare backbone's forward "
                       f"{inf.get('backbone_images_per_s')} img/s on the same batch: ratio "
                       f"{inf.get('ratio', float('nan')):.2f} (goal ≥ 0.8).")]
@@ -522,8 +553,9 @@ def main() -> int:
                      f"(pretrained={cfg['model']['pretrained']}, output stride {cfg['model']['output_stride'] or 32}, "
                      f"frozen blocks {cfg['model']['freeze_stages']}), {cfg['data']['image_size']} px, "
                      f"{cfg['optim']['epochs']} epochs per stage, batch {cfg['data']['batch_size']}. "
+                     + SUITE_DATA.get(suite, "") +
                      f"Machine: {any_run['machine']['cpu']}, {any_run['machine']['cores']} cores, torch "
-                     f"{any_run['machine']['torch']}. Commit(s): "
+                     + " / ".join(sorted({r['machine']['torch'] for rs in runs.values() for r in rs})) + ". Commit(s): "
                      + ", ".join(sorted({f"`{r['commit'][:12]}`" for rs in runs.values() for r in rs})) + ".")
         lines.append("")
         splits = sorted({s for rs in runs.values() for r in rs for s in r["metrics"]}, key=lambda s: (s != "test", s))
@@ -663,6 +695,14 @@ NOTES_WHY = [
 ]
 
 SUITE_CONFIG = {"synthetic": "configs/synthetic.yaml", "cub50": "configs/cub50.yaml"}
+#: what each suite's data is, said where its numbers are
+SUITE_DATA = {
+    "cub50": ("Data: CUB-200-2011 classes 1–50 only, from a reduced copy whose images are resized to a shorter side "
+              "of 256 px (boxes rescaled with them): 1,500 official train images (10 % of each class held out as "
+              "val by `kdcicam data cub`, seed 0) and the 1,389 official test images. "),
+    "synthetic": ("Data: `kdcicam data synthetic` with its defaults (8 classes, 128 px, 2,400 / 400 / 800 / 800 train / "
+                  "val / test / test_conflict images, rho 0.9, seed 0). "),
+}
 
 if __name__ == "__main__":
     sys.exit(main())
