@@ -704,8 +704,10 @@ def notes(groups: dict[tuple[str, str], dict[str, list[dict]]]) -> list[str]:
                f"{pools[1]:.2f} with the all-class one P̄ (pool table above). " if pools else "")
             + (f"CAM's own MaxBoxAccV2 varies by {cam_std:.2f} (std) between seeds."
                if len(seeds) > 1 else "One seed cannot tell differences of this size from seed noise."))
-    lines.append("- What would test the methods' claims better, and was not run here (CPU time): a finer CAM grid; "
-                 "longer training of teachers and student (the papers train 100 epochs); more cub50 seeds.")
+    lines.append("- What would test the methods' claims better, and was not run here (CPU time): cub50 seeds 1 and 2 of "
+                 "the current recipe (three are needed for the targets); the intervention trained at the classifier's "
+                 "lr (`optim.intervention_lr_mult=1`, chosen on val), since the diagnostics show `F ⊙ (1 + A)` leaving "
+                 "the CAM unchanged; a finer CAM grid on synthetic; longer training (the papers train 100 epochs).")
     return lines
 
 
