@@ -71,14 +71,14 @@ PARITY_RULE = {
                         "<= 1e-3 * max(1, max |logit|) for the logits; fp32 rounding through the network and the "
                         "normalisation gives ~1e-5. delta = the observed max map difference."),
     "boxes": ("The evaluator quantises a map to q = uint8(255 s) and boxes the pixels with q > L at level "
-              "L = int(255 t). A pixel can change side only if its score lies within delta of a level boundary "
-              "k/255. So at the chosen threshold the boxes must be identical for every image with no pixel within "
-              "delta of that threshold's boundary (L+1)/255; images with such a pixel (near ties) may differ and "
-              "are counted."),
+              "L = int(255 t). A pixel can change side only if its score differs between the devices and lies "
+              "within delta of a level boundary k/255. So at the chosen threshold the boxes must be identical for "
+              "every image with no such pixel near that threshold's boundary (L+1)/255; images with one (near "
+              "ties) may differ and are counted."),
     "metrics": ("Count metrics (% of N images): |CPU - device| <= 100 * k / N, k = the images whose result could "
                 "flip: top-1/top-5 class near ties (logit gap at the rank boundary <= 2 * the max logit "
                 "difference) for Top-k Cls; those plus box near ties at the chosen threshold for Top-k Loc and "
-                "GT-known Loc; those with a pixel within delta of any boundary k/255 for the threshold-swept "
+                "GT-known Loc; those with such a pixel near any boundary k/255 for the threshold-swept "
                 "MaxBoxAcc and MaxBoxAccV2. Pixel-averaged metrics (PxAP, PIoU, context leakage): "
                 "<= 0.1 points, since every pixel moves by <= delta. Expected in practice: equal."),
 }
@@ -102,12 +102,14 @@ class Sizes:
     localizer_images: int
     source_wh: tuple[int, int]
     budget_s: float
+    timed_precisions: tuple[str, ...] = PRECISIONS  # throughput; the smoke times fp32 only (CPU bf16 is slow)
 
 
 GPU = Sizes(image=224, classes=50, batch=64, warmup=3, timed=10, data_size=128, n_train=512, n_eval=96,
             data_classes=4, train_batch=32, epochs=2, localizer_images=128, source_wh=(500, 375), budget_s=270)
 SMOKE = Sizes(image=64, classes=4, batch=4, warmup=1, timed=1, data_size=64, n_train=32, n_eval=16,
-              data_classes=4, train_batch=8, epochs=1, localizer_images=4, source_wh=(80, 60), budget_s=120)
+              data_classes=4, train_batch=8, epochs=1, localizer_images=4, source_wh=(80, 60), budget_s=120,
+              timed_precisions=("fp32",))
 
 
 # ------------------------------------------------------------------------------------------ context
@@ -191,6 +193,12 @@ def build_module(method: str, sizes: Sizes, device: torch.device, channels_last:
     return module
 
 
+def lightning_precision(cuda: bool) -> str:
+    """bf16-mixed on a GPU; fp32 for the Lightning runs on CPU, where bf16 convolutions without native
+    support are tens of times slower (the smoke's bf16 steps are in train_step)."""
+    return "bf16-mixed" if cuda else "32-true"
+
+
 def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -225,6 +233,7 @@ def section_train_step(ctx: Context) -> dict[str, Any]:
     rows, ok = [], True
     for method in METHODS:
         for precision in PRECISIONS:
+            start = time.time()
             module = build_module(method, ctx.sizes, ctx.device)
             batch = make_batch(module, ctx.sizes, ctx.device, precision)
             pool = getattr(module.model, "pool", None)
@@ -241,6 +250,7 @@ def section_train_step(ctx: Context) -> dict[str, Any]:
                 row.update(pool_updated=bool(before is not None and before.shape == after.shape
                                              and not torch.equal(before, after) and after.abs().sum() > 0),
                            pool_shape=list(after.shape), pool_finite=bool(torch.isfinite(after).all()))
+            row["seconds"] = round(time.time() - start, 2)
             row["ok"] = row["loss_finite"] and row["grads_finite"] and row.get("pool_updated", True) \
                 and row.get("pool_finite", True)
             ok &= row["ok"]
@@ -271,14 +281,15 @@ def rank_gap(logits: np.ndarray, k: int) -> np.ndarray:
     return s[:, k - 1] - s[:, k] if logits.shape[1] > k else np.full(len(logits), np.inf)
 
 
-def near_boundary(maps: np.ndarray, delta: float, boundary: float | None = None) -> np.ndarray:
-    """Per image: a pixel lies within ``delta`` of ``boundary`` (or of any k/255 when None)."""
+def near_ties(maps: np.ndarray, other: np.ndarray, delta: float, boundary: float | None = None) -> np.ndarray:
+    """Per image: a pixel whose score differs between the devices and lies within ``delta`` of
+    ``boundary`` (of any k/255 when None), i.e. one that could be quantised to another side."""
     if boundary is None:
         scaled = maps * 255.0
         dist = np.abs(scaled - np.round(scaled)) / 255.0
     else:
         dist = np.abs(maps - boundary)
-    return (dist <= delta).reshape(len(maps), -1).any(axis=1)
+    return ((dist <= delta) & (maps != other)).reshape(len(maps), -1).any(axis=1)
 
 
 def compare_parity(cpu: dict, dev: dict, threshold: float) -> dict[str, Any]:
@@ -291,8 +302,8 @@ def compare_parity(cpu: dict, dev: dict, threshold: float) -> dict[str, Any]:
     logit_scale = max(1.0, float(np.abs(cpu["logits"]).max()))
     level = int(threshold * 255)
     boundary = (level + 1) / 255.0
-    box_ties = near_boundary(cpu["maps"], delta, boundary)
-    sweep_ties = near_boundary(cpu["maps"], delta)
+    box_ties = near_ties(cpu["maps"], dev["maps"], delta, boundary)
+    sweep_ties = near_ties(cpu["maps"], dev["maps"], delta)
     cls1 = rank_gap(cpu["logits"], 1) <= 2 * dlogit
     cls5 = rank_gap(cpu["logits"], 5) <= 2 * dlogit
     differ = [not np.array_equal(scoremap_to_boxes(a, [threshold])[0], scoremap_to_boxes(b, [threshold])[0])
@@ -340,9 +351,10 @@ def train_small(ctx: Context, out: Path, extra: tuple[str, ...] = ()) -> Path:
     from kdcicam.training.pipeline import train_stage
 
     accel = "gpu" if ctx.device.type == "cuda" else "cpu"
+    precision = lightning_precision(ctx.device.type == "cuda")
     cfg = run_config("ci-cam", ctx.sizes.data_size, True, (
         f"data.root={ctx.data}", f"data.batch_size={ctx.sizes.train_batch}", f"data.eval_batch_size={ctx.sizes.n_eval}",
-        "data.test_splits=[test]", f"optim.epochs={ctx.sizes.epochs}", "trainer.precision=bf16-mixed",
+        "data.test_splits=[test]", f"optim.epochs={ctx.sizes.epochs}", f"trainer.precision={precision}",
         f"trainer.accelerator={accel}", "trainer.log_every_n_steps=1", *extra))
     train_stage(cfg, out)
     return out / "checkpoints" / "best.ckpt"
@@ -372,7 +384,7 @@ def section_parity(ctx: Context) -> dict[str, Any]:
         report["tf32_on_max_logit_diff"] = float(np.abs(results["cpu"]["logits"] - logits).max())
     else:
         report["note"] = "no accelerator: the CPU compared with itself (the code path only)"
-    report.update(split=split, checkpoint_training="ci-cam, bf16-mixed, "
+    report.update(split=split, checkpoint_training=f"ci-cam, {lightning_precision(ctx.device.type == 'cuda')}, "
                   f"{ctx.sizes.epochs} epoch(s) of {ctx.sizes.n_train} synthetic images at {ctx.sizes.data_size} px",
                   rule=PARITY_RULE)
     report["ok"] = report["ok"] and report["same_threshold_chosen"]
@@ -389,7 +401,7 @@ def section_throughput(ctx: Context) -> dict[str, Any]:
     s = ctx.sizes
     train = []
     for method in METHODS:
-        for precision in PRECISIONS:
+        for precision in s.timed_precisions:
             for channels_last in (True, False):
                 module = build_module(method, s, ctx.device, channels_last)
                 step = step_fn(module, make_batch(module, s, ctx.device, precision), ctx.device, precision)
@@ -453,7 +465,7 @@ def ddp_child(spec: dict) -> int:
     """Run by section_ddp (and, once per extra rank, by Lightning's launcher with the same argv)."""
     from lightning.pytorch.callbacks import Callback
 
-    sizes = Sizes(**{**spec["sizes"], "source_wh": tuple(spec["sizes"]["source_wh"])})
+    sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["sizes"].items()})
     out = Path(spec["out"])
 
     class RecordRank(Callback):
@@ -471,7 +483,8 @@ def ddp_child(spec: dict) -> int:
     accel = "gpu" if spec["cuda"] else "cpu"
     cfg = run_config("ci-cam", sizes.data_size, True, (
         f"data.root={spec['data']}", f"data.batch_size={sizes.train_batch}", f"data.eval_batch_size={sizes.n_eval}",
-        "data.test_splits=[test]", "optim.epochs=1", "trainer.precision=bf16-mixed", f"trainer.accelerator={accel}",
+        "data.test_splits=[test]", "optim.epochs=1", f"trainer.precision={lightning_precision(spec['cuda'])}",
+        f"trainer.accelerator={accel}",
         "trainer.strategy=ddp", f"trainer.devices={spec['world']}"))
     out.mkdir(parents=True, exist_ok=True)
     train_stage(cfg, out, extra_callbacks=[RecordRank()])
