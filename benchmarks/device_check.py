@@ -1,7 +1,7 @@
 """The GPU path, checked end to end in one command on whatever accelerator is present (CUDA if there is
 one, else the CPU), and recorded in ``benchmarks/results/device_check.json``:
 
-    python benchmarks/device_check.py --commit SHA      # on a GPU machine: about 3 min on an H200
+    python benchmarks/device_check.py --commit SHA      # on a GPU machine: within a 270 s budget
     python benchmarks/device_check.py --cpu-smoke --out /tmp/smoke.json   # the same code on CPU, seconds
 
 Sections, each recorded with ``ok``, ``seconds`` and, when it failed, the error (the script goes on to
@@ -107,8 +107,8 @@ class Sizes:
 
 GPU = Sizes(image=224, classes=50, batch=64, warmup=3, timed=10, data_size=128, n_train=512, n_eval=96,
             data_classes=4, train_batch=32, epochs=2, localizer_images=128, source_wh=(500, 375), budget_s=270)
-SMOKE = Sizes(image=64, classes=4, batch=4, warmup=1, timed=1, data_size=64, n_train=32, n_eval=16,
-              data_classes=4, train_batch=8, epochs=1, localizer_images=4, source_wh=(80, 60), budget_s=120,
+SMOKE = Sizes(image=32, classes=4, batch=4, warmup=1, timed=1, data_size=32, n_train=32, n_eval=16,
+              data_classes=4, train_batch=8, epochs=1, localizer_images=4, source_wh=(40, 30), budget_s=120,
               timed_precisions=("fp32",))
 
 
@@ -129,8 +129,9 @@ def versions() -> dict[str, Any]:
     out: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                            "lightning": lightning.__version__, "cuda": torch.version.cuda,
                            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
-    with contextlib.suppress(Exception):
-        out["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None
+    with contextlib.suppress(Exception):  # a tuple in recent torch, an int in older ones
+        nccl = torch.cuda.nccl.version() if torch.cuda.is_available() else None
+        out["nccl"] = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl
     return out
 
 
@@ -175,21 +176,19 @@ def run_config(method: str, image: int, channels_last: bool, extra: tuple[str, .
                               "trainer.progress_bar=false", *extra], method=method)
 
 
-def build_module(method: str, sizes: Sizes, device: torch.device, channels_last: bool = True):
-    """A WSOLModule on ``device``; the KD-CI-CAM student gets both teachers (random CI-CAMs)."""
+def build_module(method: str, sizes: Sizes, device: torch.device):
+    """A WSOLModule on ``device``, channels_last; the KD-CI-CAM student gets both teachers (random CI-CAMs)."""
     from kdcicam.config import config_to_dict, kd_stage_configs
     from kdcicam.models.distill import freeze_teacher
     from kdcicam.training.module import WSOLModule, build_model
 
-    cfg = run_config(method, sizes.image, channels_last)
+    cfg = run_config(method, sizes.image, True)
     module = WSOLModule(config_to_dict(cfg), num_classes=sizes.classes).to(device).train()
     if module.is_student:
         stages = kd_stage_configs(cfg)
         for role in ("cls", "loc"):
             teacher = build_model(stages[f"{role}_teacher"], sizes.classes, pretrained=False)
-            if channels_last:
-                teacher = teacher.to(memory_format=torch.channels_last)
-            module._teachers[role] = freeze_teacher(teacher).to(device)
+            module._teachers[role] = freeze_teacher(teacher.to(memory_format=torch.channels_last)).to(device)
     return module
 
 
@@ -197,6 +196,15 @@ def lightning_precision(cuda: bool) -> str:
     """bf16-mixed on a GPU; fp32 for the Lightning runs on CPU, where bf16 convolutions without native
     support are tens of times slower (the smoke's bf16 steps are in train_step)."""
     return "bf16-mixed" if cuda else "32-true"
+
+
+def set_channels_last(module, on: bool) -> None:
+    """Switch a built module (its teachers too) between channels_last and contiguous, weights and input."""
+    fmt = torch.channels_last if on else torch.contiguous_format
+    module.cfg.trainer.channels_last = on  # WSOLModule converts its input by this flag
+    module.model.to(memory_format=fmt)
+    for teacher in module._teachers.values():
+        teacher.to(memory_format=fmt)
 
 
 def autocast(device: torch.device, precision: str):
@@ -232,9 +240,9 @@ def step_fn(module, batch: dict, device: torch.device, precision: str) -> Callab
 def section_train_step(ctx: Context) -> dict[str, Any]:
     rows, ok = [], True
     for method in METHODS:
-        for precision in PRECISIONS:
+        module = build_module(method, ctx.sizes, ctx.device)
+        for precision in PRECISIONS:  # fp32 first, then bf16 on the weights (and pool) it left
             start = time.time()
-            module = build_module(method, ctx.sizes, ctx.device)
             batch = make_batch(module, ctx.sizes, ctx.device, precision)
             pool = getattr(module.model, "pool", None)
             before = pool.maps.detach().clone() if pool is not None else None
@@ -255,7 +263,7 @@ def section_train_step(ctx: Context) -> dict[str, Any]:
                 and row.get("pool_finite", True)
             ok &= row["ok"]
             rows.append(row)
-            del module
+        del module
     return {"ok": ok, "steps": rows, "input": [ctx.sizes.batch, 3, ctx.sizes.image, ctx.sizes.image],
             "classes": ctx.sizes.classes, "autocast": "torch.autocast(device_type, dtype=torch.bfloat16)"}
 
@@ -401,9 +409,10 @@ def section_throughput(ctx: Context) -> dict[str, Any]:
     s = ctx.sizes
     train = []
     for method in METHODS:
+        module = build_module(method, s, ctx.device)
         for precision in s.timed_precisions:
             for channels_last in (True, False):
-                module = build_module(method, s, ctx.device, channels_last)
+                set_channels_last(module, channels_last)
                 step = step_fn(module, make_batch(module, s, ctx.device, precision), ctx.device, precision)
                 if ctx.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -415,7 +424,8 @@ def section_throughput(ctx: Context) -> dict[str, Any]:
                 if ctx.device.type == "cuda":
                     row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2)
                 train.append(row)
-                del module, step
+                del step
+        del module
     localizer = []
     for channels_last in (True, False):
         args = argparse.Namespace(method="cam", backbone="efficientnet_lite0", classes=s.classes, pretrained=False,

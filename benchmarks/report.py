@@ -323,6 +323,53 @@ def speed_section() -> list[str]:
     return lines
 
 
+def device_check_section(data: dict | None = None) -> list[str]:
+    """benchmarks/device_check.py's results: what ran on which accelerator, and what it measured."""
+    path = RESULTS / "device_check.json"
+    if data is None:
+        if not path.is_file():
+            return []
+        data = json.loads(path.read_text())
+    dev, v, sec = data["device"], data["versions"], data["sections"]
+    lines = ["### Device check (`benchmarks/device_check.py`)", "",
+             (f"{dev.get('name')} ({dev['type']}{', ' + str(dev['count']) + ' GPU(s)' if dev.get('count') else ''}), "
+              f"torch {v.get('torch')}, CUDA {v.get('cuda')}, cuDNN {v.get('cudnn')}, NCCL {v.get('nccl')}, Lightning "
+              f"{v.get('lightning')}; commit `{data['commit'][:12]}`, {data['date']}, mode {data['mode']}, command "
+              f"`{data['command']}`, {data.get('wall_seconds')} s."), ""]
+    for name, r in sec.items():
+        state = "ok" if r["ok"] else f"**failed**: {r.get('error') or r.get('skipped')}"
+        lines.append(f"- {name}: {state}")
+    step = sec.get("train_step", {})
+    if step.get("steps"):
+        lines.append("  - training steps: " + ", ".join(
+            f"{LABEL[s['method']]} {s['precision']} loss {s['loss']:.3f}"
+            + (f" (pool {'updated' if s.get('pool_updated') else 'NOT updated'})" if "pool_updated" in s else "")
+            for s in step["steps"]))
+    parity = sec.get("parity", {})
+    if "max_map_diff" in parity:
+        lines.append(f"  - parity on {parity['images']} {parity['split']} images: max score-map difference "
+                     f"{parity['max_map_diff']:.2e} (TF32 on: {parity.get('tf32_on_max_map_diff', float('nan')):.2e}), "
+                     f"max logit difference {parity['max_logit_diff']:.2e}; boxes differing {parity['boxes_differing']} "
+                     f"({parity['box_near_ties']} near ties); metrics equal: {parity['metrics_equal']}, within the "
+                     f"tolerance: {parity['metrics_within_tolerance']}.")
+    ddp = sec.get("ddp", {})
+    if ddp.get("ranks"):
+        lines.append(f"  - DDP: world size {len(ddp['ranks'])}, backend {ddp['ranks'][0]['backend']}, pools identical "
+                     f"across ranks: {ddp['pools_identical']}.")
+    tp = sec.get("throughput", {})
+    if tp.get("train"):
+        lines += ["", "| method | precision | channels_last | train img/s (median) |", "|---|---|---|---|"]
+        lines += [f"| {LABEL[r['method']]} | {r['precision']} | {r['channels_last']} | {r['images_per_s_median']} |"
+                  for r in tp["train"]]
+        setup = tp.get("train_setup", {})
+        lines += ["", (f"Batch {setup.get('batch')} of {setup.get('image')} px, {setup.get('classes')} classes, output "
+                       f"stride {setup.get('output_stride')}, every layer trained. `Localizer` vs the bare backbone "
+                       "forward: " + "; ".join(f"channels_last {r['setup']['channels_last']}: {r['localizer_images_per_s']} "
+                                               f"vs {r['backbone_images_per_s']} img/s (ratio {r['ratio']})"
+                                               for r in tp.get("localizer", [])) + ".")]
+    return lines + [""]
+
+
 def main() -> int:
     groups = load()
     lines = ["# Benchmarks", "",
@@ -360,7 +407,7 @@ def main() -> int:
         lines += ablation_section(suite, {tag: runs for (s, tag), runs in groups.items() if s == suite and tag})
     for suite in ("synthetic", "cub50"):
         lines += pool_section(suite)
-    lines += notes(groups) + [""] + speed_section()
+    lines += notes(groups) + [""] + speed_section() + device_check_section()
     from kdcicam.data.metadata import atomic_write_text
 
     atomic_write_text(OUT, "\n".join(lines).rstrip() + "\n")

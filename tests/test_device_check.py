@@ -94,3 +94,13 @@ def test_the_parity_rule_allows_only_near_ties():
     assert not far["ok"]  # 1e-2 is beyond float rounding
     worse = compare_parity(cpu, {**cpu, "metrics": {**metrics, "top1_cls": 75.0}}, threshold=0.5)
     assert not worse["ok"] and not worse["metrics_within_tolerance"]
+
+
+def test_the_report_summarises_a_device_check(smoke):
+    import report
+
+    lines = report.device_check_section(smoke[0])
+    text = "\n".join(lines)
+    assert lines[0].startswith("### Device check") and "mode cpu-smoke" in text
+    assert "- ddp: ok" in text and "backend gloo" in text and "pools identical across ranks: True" in text
+    assert text.count("| CI-CAM | fp32 |") == 2  # channels_last on and off
