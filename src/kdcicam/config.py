@@ -62,6 +62,10 @@ class ModelConfig:
     localization_map: str = "combinational"  # combinational | top1
     # CI-CAM
     pool_rate: float = 0.01
+    # when set, pool_rate is derived from it: the target r·N, with N the expected number of pool updates
+    # per class over the run (docs/method.md, "Scaling the recipes down"); the derived rate is saved
+    pool_rate_target: Optional[float] = None
+    pool_correct_fraction: float = 0.8  # share of a class's samples assumed correctly classified in that estimate
     soft_intervention: bool = False
     recipe: str = "mm21"  # mm21: CE(up)+CE(down); kd: CE(down) only
     # teacher extras (METHOD.md §3.1)
@@ -76,6 +80,9 @@ class ModelConfig:
 class OptimConfig:
     lr: float = 1e-3
     backbone_lr_mult: float = 0.1
+    # CI-CAM's intervention conv (mask2attention): null = with the backbone at lr·backbone_lr_mult (official);
+    # a number = its own group at lr·intervention_lr_mult
+    intervention_lr_mult: Optional[float] = None
     epochs: int = 10
     poly_power: float = 0.9
     step: int = 0  # multiply by `decay` every `step` epochs (0: never)
@@ -109,6 +116,7 @@ class TrainerConfig:
     progress_bar: bool = True
     val_every_n_epochs: int = 1
     fail_on_nonfinite_loss: bool = True
+    diag_every_n_steps: int = 25  # gradient share of every loss term, sampled every N steps (0: off)
 
 
 @dataclass
@@ -127,6 +135,10 @@ class KDConfig:
     temperature: float = 15.0
     kd_mode: str = "official"  # official | kl
     kd_t_squared: bool = False
+    # the CAM distillation's temperature: null = kd.temperature (as coded); a number; or "auto" = the
+    # localization teacher's raw-CAM standard deviation on the first training batches (measured when the
+    # student starts, saved in the student's config.yaml)
+    cam_temperature: Any = None
     teachers: str = "both"  # both | cls | loc | none
     route_augment: list[AugmentSettings] = field(default_factory=lambda: [
         AugmentSettings(kind="rrc", scale_min=0.2, randaugment=True),
@@ -297,6 +309,16 @@ def validate(config: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: kd.alpha must be in [0, 1], got {config.kd.alpha}")
     if config.kd.temperature <= 0:
         raise ConfigError(f"{where}: kd.temperature must be positive, got {config.kd.temperature}")
+    ct = config.kd.cam_temperature
+    if not (ct is None or ct == "auto" or (isinstance(ct, (int, float)) and not isinstance(ct, bool) and ct > 0)):
+        raise ConfigError(f"{where}: kd.cam_temperature must be null, \"auto\" or a positive number, got {ct!r}")
+    if config.model.pool_rate_target is not None and config.model.pool_rate_target < 0:
+        raise ConfigError(f"{where}: model.pool_rate_target must be >= 0, got {config.model.pool_rate_target}")
+    if config.optim.intervention_lr_mult is not None and config.optim.intervention_lr_mult < 0:
+        raise ConfigError(f"{where}: optim.intervention_lr_mult must be >= 0, got {config.optim.intervention_lr_mult}")
+    if not 0 < config.model.pool_correct_fraction <= 1:
+        raise ConfigError(f"{where}: model.pool_correct_fraction must be in (0, 1], got "
+                          f"{config.model.pool_correct_fraction}")
     if len(config.kd.route_augment) != 3:
         raise ConfigError(f"{where}: kd.route_augment needs 3 entries (routes 0, 1, 2), got "
                           f"{len(config.kd.route_augment)}")

@@ -111,6 +111,8 @@ def test_cam_model_output_contract_and_loss():
     loss, logs = model.loss(x, y, out)
     assert torch.isclose(loss, F.cross_entropy(out["logits"], y))
     assert set(logs) >= {"loss", "loss_ce"}
+    terms, term_logs = model.loss_terms(x, y, out)  # the loss as its terms (for gradient shares)
+    assert set(terms) == {"ce"} and torch.equal(terms["ce"], loss) and "loss" not in term_logs
     assert model.method == "cam" and model.num_classes == 4
 
 

@@ -285,7 +285,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         pool = CausalContextPool(3, 2, 2, rate=0.2).train()
         for _ in range(2):
             pool.update(cams[sl], labels[sl], preds[sl])
-        torch.save(pool.maps, os.path.join(out_dir, f"pool{rank}.pt"))
+        torch.save({"maps": pool.maps, "updates": pool.updates}, os.path.join(out_dir, f"pool{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -300,16 +300,131 @@ def _ddp_data():
 
 def test_pool_update_is_synced_across_ddp_ranks(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    p0 = torch.load(tmp_path / "pool0.pt", weights_only=True)
-    p1 = torch.load(tmp_path / "pool1.pt", weights_only=True)
+    s0 = torch.load(tmp_path / "pool0.pt", weights_only=True)
+    s1 = torch.load(tmp_path / "pool1.pt", weights_only=True)
+    p0, p1 = s0["maps"], s1["maps"]
     assert torch.equal(p0, p1)
     cams, labels, preds = _ddp_data()
     single = CausalContextPool(3, 2, 2, rate=0.2).train()
     for _ in range(2):
         single.update(cams, labels, preds)
     assert torch.allclose(p0, single.maps, atol=1e-6)
+    # update counts are summed across ranks: rank 0's half has no correct class-2 sample, rank 1's has
+    assert torch.equal(s0["updates"], s1["updates"]) and torch.equal(s0["updates"], single.updates)
+    assert torch.equal(single.updates, torch.tensor([2.0, 2.0, 2.0], dtype=torch.float64))
     # and the ranks' own halves alone would have given a different pool
     alone = CausalContextPool(3, 2, 2, rate=0.2).train()
     alone.update(cams[:4], labels[:4], preds[:4])
     alone.update(cams[:4], labels[:4], preds[:4])
     assert not torch.allclose(alone.maps, single.maps, atol=1e-3)
+    assert torch.equal(alone.updates, torch.tensor([2.0, 2.0, 0.0], dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------- diagnostics buffers
+def test_pool_counts_update_steps_per_class_and_keeps_the_first_map():
+    pool = CausalContextPool(3, rate=0.5).train()
+    assert pool.updates.shape == (3,) and pool.updates.dtype == torch.float64
+    g = torch.Generator().manual_seed(0)
+    cams = torch.randn(4, 3, 2, 2, generator=g)
+    # step 1: two correct samples of class 1 (one step: +1), a wrong class-0 sample (not counted)
+    assert pool.update(cams, torch.tensor([1, 1, 0, 1]), torch.tensor([1, 1, 2, 0]))
+    assert torch.equal(pool.updates, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
+    assert pool.first.shape == (3, 2, 2)
+    assert torch.equal(pool.first[1], pool.maps[1]) and pool.first[1].abs().sum() > 0
+    assert torch.equal(pool.first[[0, 2]], torch.zeros(2, 2, 2))
+    first1 = pool.first[1].clone()
+    # step 2: class 0 is correct for the first time; class 1 again (its first map stays)
+    assert pool.update(cams.flip(-1), torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 0, 1]))
+    assert torch.equal(pool.updates, torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64))
+    assert torch.equal(pool.first[0], pool.maps[0]) and torch.equal(pool.first[1], first1)
+    assert not torch.equal(pool.maps[1], first1)  # the pool moved on from it
+    assert torch.equal(pool.first[2], torch.zeros(2, 2))
+    pool.eval()  # evaluation neither updates nor counts
+    assert not pool.update(cams, torch.tensor([2, 2, 2, 2]), torch.tensor([2, 2, 2, 2]))
+    assert pool.updates[2] == 0
+
+
+def _old_state_dict(model: CICAMModel) -> dict[str, torch.Tensor]:
+    """A state dict as written before the pool's diagnostics buffers existed."""
+    return {k: v for k, v in model.state_dict().items() if k not in ("pool.updates", "pool.first")}
+
+
+def test_checkpoint_without_diagnostics_buffers_loads_strictly_with_zeros():
+    trained = _model(pool_rate=0.3).train()
+    x = torch.rand(4, 3, 16, 16)
+    for _ in range(2):
+        out = trained(x)
+        trained.update_pool(out, out["pred_up"])
+    assert trained.pool.updates.sum() > 0
+    old = _old_state_dict(trained)
+    # a fresh model with a lazy pool, and one whose pool is already sized (and has counts of its own)
+    for fresh in (_model(), _model(pool_size=[4, 4])):
+        if fresh.pool.is_materialized:
+            fresh.pool.updates.fill_(5)
+            fresh.pool.first.fill_(1)
+        keys = set(old)
+        fresh.load_state_dict(old, strict=True)
+        assert set(old) == keys  # the caller's dict is left alone
+        assert torch.equal(fresh.pool.maps, trained.pool.maps)
+        assert torch.equal(fresh.pool.updates, torch.zeros(3, dtype=torch.float64))
+        assert torch.equal(fresh.pool.first, torch.zeros(3, 4, 4))
+    # a current checkpoint round-trips both buffers
+    again = _model()
+    again.load_state_dict(trained.state_dict(), strict=True)
+    assert torch.equal(again.pool.updates, trained.pool.updates) and torch.equal(again.pool.first, trained.pool.first)
+
+
+def test_forward_returns_the_attention_and_loss_terms_sum_to_the_loss():
+    x, y = torch.rand(3, 3, 16, 16), torch.tensor([2, 0, 1])
+    model = _model(aux="diff_aux", aux_weight=0.5, mask_threshold=0.2, sparsity=0.04).train()
+    model.pool.materialize(4, 4)
+    model.pool.maps.copy_(torch.randn(3, 4, 4))
+    out = model(x)
+    assert torch.allclose(out["attention"], context_attention(model.mask2attention, model.pool.maps, out["pred_up"]))
+    assert torch.allclose(out["features_down"], out["features"] * (1 + out["attention"]), atol=1e-6)
+    terms, logs = model.loss_terms(x, y, out)
+    assert set(terms) == {"ce_down", "ce_up", "diff", "aux", "sparsity"}
+    loss, loss_logs = model.loss(x, y, out)
+    assert torch.allclose(sum(terms.values()), loss) and torch.allclose(loss_logs["loss"], loss)
+    assert torch.allclose(terms["diff"], 0.5 * logs["loss_diff"]) and torch.allclose(terms["aux"], 0.5 * logs["loss_aux"])
+    assert torch.allclose(terms["sparsity"], 0.04 * logs["loss_sparsity"])
+    assert "loss" not in logs and 0 < logs["fg_coverage"] < 1
+    kd = _model(recipe="kd").eval()
+    terms, logs = kd.loss_terms(x, y, kd(x))
+    assert set(terms) == {"ce_down"} and "fg_coverage" not in logs
+
+
+def test_fg_coverage_is_the_share_of_foreground_pixels():
+    x, y = torch.rand(3, 3, 16, 16), torch.tensor([2, 0, 1])
+    coverage = {}
+    for thr in (0.0, 0.3, 0.6):
+        model = _model(aux="fore", mask_threshold=thr).eval()  # same weights for every threshold
+        out = model(x)
+        _, logs = model.loss_terms(x, y, out)
+        _, _, mask = _fg_bg(model, x, out, thr)
+        assert logs["fg_coverage"] == pytest.approx(float(mask.mean()))
+        coverage[thr] = float(logs["fg_coverage"])
+    assert coverage[0.0] > 0.95  # threshold 0 on a min-shifted (non-negative) map: nearly every pixel
+    assert coverage[0.0] > coverage[0.3] > coverage[0.6] > 0
+
+
+def test_kd_student_cam_temperature_option_round_trips():
+    student = create_model("kd-ci-cam", TinyBackbone(), num_classes=3, temperature=15.0, cam_temperature=2.5)
+    assert student.objective.cam_temperature == 2.5 and student.objective.T == 15.0
+    assert student.options()["cam_temperature"] == 2.5
+    same = create_model("kd-ci-cam", TinyBackbone(), num_classes=3, temperature=4.0)
+    assert same.options()["cam_temperature"] is None and same.objective.cam_temperature == 4.0
+    with pytest.raises(ConfigError, match="CAM temperature"):
+        create_model("kd-ci-cam", TinyBackbone(), num_classes=3, cam_temperature=0.0)
+
+
+def test_intervention_lr_mult_puts_mask2attention_in_its_own_group():
+    model = create_model("ci-cam", TinyBackbone(), num_classes=4)
+    official = {g["name"]: g for g in model.param_groups(1e-3, 0.1)}
+    ids = {id(p) for p in model.mask2attention.parameters()}
+    assert ids <= {id(p) for p in official["backbone"]["params"]}  # the official grouping: with the backbone
+    groups = {g["name"]: g for g in model.param_groups(1e-3, 0.1, intervention_lr_mult=1.0)}
+    assert {id(p) for p in groups["intervention"]["params"]} == ids and groups["intervention"]["lr"] == 1e-3
+    assert not ids & {id(p) for p in groups["backbone"]["params"]}
+    every = [id(p) for g in groups.values() for p in g["params"]]
+    assert len(every) == len(set(every)) == len([p for p in model.parameters() if p.requires_grad])

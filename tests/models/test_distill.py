@@ -130,3 +130,27 @@ def test_freeze_teacher_stays_in_eval_without_gradients():
     y1, y2 = teacher(x), teacher(x)
     assert not y1.requires_grad and torch.equal(y1, y2)  # eval: no dropout, running BN stats
     assert torch.equal(net[1].running_mean, torch.zeros(4))
+
+
+def test_objective_terms_sum_to_the_loss_and_cam_temperature_is_its_own():
+    out = _student_out()
+    y = torch.tensor([0, 2, 1, 1])
+    routes = torch.tensor([1, 0, 2, 2])
+    t_logits, t_cams = torch.randn(4, 3), 5 * torch.randn(4, 3, 2, 2)
+    i1, i2 = torch.tensor([0]), torch.tensor([2, 3])
+    same = StudentObjective(alpha=0.7, T=15.0)  # cam_T None: the CAMs use T, as the official code does
+    own = StudentObjective(alpha=0.7, T=15.0, cam_T=2.0)
+    assert same.cam_temperature == 15.0 and own.cam_temperature == 2.0 and own.config()["cam_T"] == 2.0
+    for obj, cam_t in ((same, 15.0), (own, 2.0)):
+        terms, logs = obj.terms(out, y, routes, t_logits, t_cams)
+        assert set(terms) == {"ce", "kd", "cam"} and "loss" not in logs
+        loss, _ = obj(out, y, routes, t_logits, t_cams)
+        assert torch.allclose(sum(terms.values()), loss)
+        assert torch.allclose(terms["ce"], 0.3 * F.cross_entropy(out["logits"], y))
+        assert torch.allclose(terms["kd"], 0.7 * kd_loss(out["logits"][i1], t_logits[i1], 15.0))  # logits keep T
+        assert torch.allclose(terms["cam"], 0.7 * cam_distill_loss(out["cams"][i2], t_cams[i2], cam_t))
+    cam_same = same.terms(out, y, routes, t_logits, t_cams)[0]["cam"]
+    cam_own = own.terms(out, y, routes, t_logits, t_cams)[0]["cam"]
+    assert cam_own > 10 * cam_same  # σ(CAM/15) is nearly flat for CAMs a few units large
+    with pytest.raises(ConfigError, match="CAM temperature"):
+        StudentObjective(cam_T=-1.0)

@@ -85,3 +85,26 @@ def test_kd_stages_apply_their_overrides() -> None:
 
 def test_defaults_are_valid() -> None:
     assert config_from_dict({}) == RunConfig()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("kd.cam_temperature=0", "kd.cam_temperature"),
+    ("kd.cam_temperature=-2", "kd.cam_temperature"),
+    ("kd.cam_temperature=hot", "kd.cam_temperature"),
+    ("kd.cam_temperature=true", "kd.cam_temperature"),
+    ("model.pool_rate_target=-1", "model.pool_rate_target"),
+    ("model.pool_correct_fraction=0", "model.pool_correct_fraction"),
+    ("model.pool_correct_fraction=1.5", "model.pool_correct_fraction"),
+])
+def test_bad_mechanism_settings_name_the_key(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, [override])
+
+
+def test_mechanism_settings_accept_their_valid_forms(tmp_path: Path) -> None:
+    for value, expected in (("null", None), ("auto", "auto"), ("2.5", 2.5), ("3", 3)):
+        cfg = load_config(None, [f"kd.cam_temperature={value}", "model.pool_rate_target=0",
+                                 "model.pool_correct_fraction=1"])
+        assert cfg.kd.cam_temperature == expected and cfg.model.pool_rate_target == 0
+        save_config(cfg, tmp_path / "c.yaml")
+        assert load_config(tmp_path / "c.yaml") == cfg

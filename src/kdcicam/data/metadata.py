@@ -19,11 +19,12 @@ wrong, because a researcher debugging a 50,000-line file needs the line, not a t
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
 
 import yaml
 
@@ -134,7 +135,7 @@ def _number(value: str, file: Path, line: int, what: str, integer: bool = False)
         number = float(value)
     except ValueError:
         raise MetadataError(file, line, f"{what} {value!r} is not a number") from None
-    if number != number or number in (float("inf"), float("-inf")):
+    if not math.isfinite(number):
         raise MetadataError(file, line, f"{what} {value!r} is not finite")
     if integer and number != int(number):
         raise MetadataError(file, line, f"{what} {value!r} is not an integer")

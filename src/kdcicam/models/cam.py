@@ -176,10 +176,17 @@ class CAMModel(nn.Module):
             raise ValueError("localization_map(kind='gt') needs labels")
         return gt_cam(out["cams"], labels)
 
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor, out: dict[str, torch.Tensor]
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The loss as its weighted terms (they sum to the loss) and the logs."""
+        ce = F.cross_entropy(out["logits"], y)
+        return {"ce": ce}, {"loss_ce": ce.detach()}
+
     def loss(self, x: torch.Tensor, y: torch.Tensor, out: dict[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ce = F.cross_entropy(out["logits"], y)
-        return ce, {"loss": ce.detach(), "loss_ce": ce.detach()}
+        terms, logs = self.loss_terms(x, y, out)
+        total = sum(terms.values())
+        return total, {"loss": total.detach(), **logs}  # type: ignore[return-value,union-attr]
 
     def param_groups(self, lr: float, backbone_lr_mult: float = 1.0) -> list[dict[str, Any]]:
         """Adam groups per METHOD.md §4: classifier at ``lr``; mask2attention (if any) and the

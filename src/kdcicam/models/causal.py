@@ -53,9 +53,16 @@ def standardize(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 class CausalContextPool(nn.Module):
     """The context pool ``M`` [C, h, w]: a persistent buffer (saved in checkpoints), zero at start,
-    updated only in training mode as ``M ← N(M + r·N(E))``."""
+    updated only in training mode as ``M ← N(M + r·N(E))``.
+
+    Two more buffers record whether it moved (see :mod:`kdcicam.diagnostics`): ``updates`` [C], the
+    number of steps in which class c had a correctly classified sample (the ``N`` of ``r·N``), and
+    ``first`` [C, h, w], each class's first non-zero map. Checkpoints written before they existed load
+    with both at zero."""
 
     maps: torch.Tensor
+    updates: torch.Tensor
+    first: torch.Tensor
 
     def __init__(self, num_classes: int, h: int | None = None, w: int | None = None, rate: float = 0.01,
                  eps: float = 1e-5):
@@ -68,6 +75,8 @@ class CausalContextPool(nn.Module):
         self.rate = float(rate)
         self.eps = float(eps)
         self.register_buffer("maps", torch.zeros(self.num_classes, h or 0, w or 0), persistent=True)
+        self.register_buffer("updates", torch.zeros(self.num_classes, dtype=torch.float64), persistent=True)
+        self.register_buffer("first", torch.zeros(self.num_classes, h or 0, w or 0), persistent=True)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, size={tuple(self.maps.shape[1:])}, rate={self.rate}"
@@ -80,6 +89,7 @@ class CausalContextPool(nn.Module):
         """Create the zero pool for an h×w feature map (in place, so DDP's buffer list stays valid)."""
         with torch.no_grad():
             self.maps.resize_(self.num_classes, h, w).zero_()
+            self.first.resize_(self.num_classes, h, w).zero_()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore[override]
                               unexpected_keys, error_msgs):
@@ -87,6 +97,9 @@ class CausalContextPool(nn.Module):
         if (isinstance(stored, torch.Tensor) and stored.dim() == 3 and stored.shape[0] == self.num_classes
                 and not self.is_materialized):
             self.materialize(int(stored.shape[1]), int(stored.shape[2]))
+        if isinstance(stored, torch.Tensor):  # a checkpoint from before the diagnostics buffers
+            state_dict.setdefault(prefix + "updates", torch.zeros_like(self.updates))
+            state_dict.setdefault(prefix + "first", torch.zeros_like(stored))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -130,11 +143,19 @@ class CausalContextPool(nn.Module):
         if tuple(self.maps.shape[1:]) != (h, w):
             raise ValueError(f"context pool is {tuple(self.maps.shape[1:])} but the CAMs are {(h, w)}")
         e = self.class_sums(cams_up, labels, preds, self.num_classes)
+        labels, preds = labels.to(e.device).long(), preds.to(e.device).long()
+        hits = torch.bincount(labels[labels == preds], minlength=self.num_classes).float()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(e, op=dist.ReduceOp.SUM)
+            dist.all_reduce(hits, op=dist.ReduceOp.SUM)
         m = self.maps.float()
         new = standardize(m + self.rate * standardize(e, self.eps), self.eps)
         self.maps.copy_(new.to(self.maps.dtype))
+        seen = hits > 0
+        fresh = seen & (self.updates.to(seen.device) == 0) & (new.flatten(1).abs().amax(1) > 0)
+        if fresh.any():
+            self.first[fresh] = new[fresh].to(self.first.dtype)
+        self.updates += seen.to(self.updates.device, self.updates.dtype)
         return True
 
 
@@ -211,6 +232,24 @@ class CICAMModel(CAMModel):
                 "aux_mask_branch": self.aux_mask_branch, "sparsity": self.sparsity,
                 "sparsity_upsampled": self.sparsity_upsampled}
 
+    def param_groups(self, lr: float, backbone_lr_mult: float = 1.0,
+                     intervention_lr_mult: float | None = None) -> list[dict[str, Any]]:
+        """As CAM's groups, mask2attention with the backbone (the official grouping), or in a group of its own
+        at ``lr·intervention_lr_mult`` when that is given (a scaled-down recipe takes far fewer Adam steps, and
+        the intervention's weights then hardly leave their initialisation)."""
+        groups = super().param_groups(lr, backbone_lr_mult)
+        if intervention_lr_mult is None:
+            return groups
+        ids = {id(p) for p in self.mask2attention.parameters()}
+        for g in groups:
+            g["params"] = [p for p in g["params"] if id(p) not in ids]
+        own = [p for p in self.mask2attention.parameters() if p.requires_grad]
+        groups = [g for g in groups if g["params"]]
+        if own:
+            groups.append({"name": "intervention", "params": own, "lr": lr * intervention_lr_mult,
+                           "lr_mult": intervention_lr_mult})
+        return groups
+
     @torch.no_grad()
     def init_pool(self, input_size: tuple[int, int]) -> tuple[int, int]:
         """Materialise the pool for images of ``input_size`` (H, W) before training starts (e.g.
@@ -239,7 +278,7 @@ class CICAMModel(CAMModel):
         features_down = features * (1.0 + attention.to(features.dtype))
         return {"logits": self.head(features_down), "cams": self.head.class_cams(features_down),
                 "features": features, "features_down": features_down, "logits_up": logits_up,
-                "cams_up": cams_up, "pred_up": pred_up}
+                "cams_up": cams_up, "pred_up": pred_up, "attention": attention}
 
     def update_pool(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> bool:
         """Update the context pool from a training forward's up branch (no-op in eval mode)."""
@@ -247,7 +286,7 @@ class CICAMModel(CAMModel):
 
     # -- losses ----------------------------------------------------------------------------
     def _fg_bg_logits(self, x: torch.Tensor, out: dict[str, torch.Tensor], need_bg: bool
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """z_fg (and z_bg): the masked images through the backbone, no intervention, shared head."""
         branch = "" if self.aux_mask_branch == "down" else "_up"
         with torch.no_grad():
@@ -259,30 +298,33 @@ class CICAMModel(CAMModel):
         xn = self.backbone.normalize(x)
         z_fg = self.head(self.backbone.forward_features(xn * fg))
         z_bg = self.head(self.backbone.forward_features(xn * (1.0 - fg))) if need_bg else None
-        return z_fg, z_bg
+        return z_fg, z_bg, fg.float().mean().detach()
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, out: dict[str, torch.Tensor]
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The CI-CAM / teacher loss (the pool is updated separately, by :meth:`update_pool`)."""
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor, out: dict[str, torch.Tensor]
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The CI-CAM / teacher loss as its weighted terms (they sum to the loss), and the logs: the
+        unweighted terms and ``fg_coverage``, the share of pixels the fg/bg mask calls foreground."""
         ce_down = F.cross_entropy(out["logits"], y)
-        total = ce_down
+        terms: dict[str, torch.Tensor] = {"ce_down": ce_down}
         logs: dict[str, torch.Tensor] = {"loss_ce_down": ce_down.detach()}
         if self.recipe == "mm21":
             ce_up = F.cross_entropy(out["logits_up"], y)
-            total = total + ce_up
+            terms["ce_up"] = ce_up
             logs["loss_ce_up"] = ce_up.detach()
         if self.aux is not None and self.aux_weight > 0:
-            z_fg, z_bg = self._fg_bg_logits(x, out, need_bg=self.aux == "diff_aux")
+            z_fg, z_bg, coverage = self._fg_bg_logits(x, out, need_bg=self.aux == "diff_aux")
+            logs["fg_coverage"] = coverage
             if self.aux == "fore":
                 fore = F.cross_entropy(z_fg, y)
-                total = total + self.aux_weight * fore
+                terms["fore"] = self.aux_weight * fore
                 logs["loss_fore"] = fore.detach()
             else:
                 assert z_bg is not None
                 diff = z_fg - z_bg
                 l_diff = F.cross_entropy(diff, y)
                 l_aux = F.cross_entropy((diff + out["logits"]) / 2.0, y)
-                total = total + self.aux_weight * (l_diff + l_aux)
+                terms["diff"] = self.aux_weight * l_diff
+                terms["aux"] = self.aux_weight * l_aux
                 logs["loss_diff"] = l_diff.detach()
                 logs["loss_aux"] = l_aux.detach()
         if self.sparsity > 0:
@@ -290,10 +332,17 @@ class CICAMModel(CAMModel):
             if self.sparsity_upsampled:
                 s = F.interpolate(s[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
             spa = s.mean()
-            total = total + self.sparsity * spa
+            terms["sparsity"] = self.sparsity * spa
             logs["loss_sparsity"] = spa.detach()
-        logs["loss"] = total.detach()
-        return total, logs
+        return terms, logs
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, out: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The CI-CAM / teacher loss (the pool is updated separately, by :meth:`update_pool`)."""
+        terms, logs = self.loss_terms(x, y, out)
+        total = sum(terms.values())
+        logs["loss"] = total.detach()  # type: ignore[union-attr]
+        return total, logs  # type: ignore[return-value]
 
 
 @register_model("kd-ci-cam")
@@ -307,14 +356,15 @@ class KDCICAMModel(CICAMModel):
     def __init__(self, backbone: Backbone, num_classes: int, *, combination: str = "quadratic",
                  combination_m: int = 20, pool_rate: float = 0.002, pool_size: Any = None,
                  soft_intervention: bool = False, alpha: float = 0.8, temperature: float = 15.0,
-                 kd_mode: str = "official", teachers: str = "both", kd_t_squared: bool = False):
+                 kd_mode: str = "official", teachers: str = "both", kd_t_squared: bool = False,
+                 cam_temperature: float | None = None):
         super().__init__(backbone, num_classes, combination=combination, combination_m=combination_m,
                          pool_rate=pool_rate, pool_size=pool_size, soft_intervention=soft_intervention,
                          recipe="kd")
         _check_choice("kd_mode", kd_mode, KD_MODES)
         _check_choice("teachers", teachers, TEACHERS)
         self.objective = StudentObjective(alpha=alpha, T=temperature, kd_mode=kd_mode, teachers=teachers,
-                                          t_squared=kd_t_squared)
+                                          t_squared=kd_t_squared, cam_T=cam_temperature)
         self._alpha = float(alpha)
 
     def options(self) -> dict[str, Any]:
@@ -322,7 +372,7 @@ class KDCICAMModel(CICAMModel):
         keep = ("combination", "combination_m", "pool_rate", "pool_size", "soft_intervention")
         return {**{k: base[k] for k in keep}, "alpha": self._alpha, "temperature": self.objective.T,
                 "kd_mode": self.objective.kd_mode, "teachers": self.objective.teachers,
-                "kd_t_squared": self.objective.t_squared}
+                "kd_t_squared": self.objective.t_squared, "cam_temperature": self.objective.cam_T}
 
     @property
     def allowed_routes(self) -> tuple[int, ...]:

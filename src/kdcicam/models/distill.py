@@ -95,30 +95,39 @@ class StudentObjective:
     loss)."""
 
     def __init__(self, alpha: float = 0.8, T: float = 15.0, kd_mode: str = "official", teachers: str = "both",
-                 t_squared: bool = False):
+                 t_squared: bool = False, cam_T: float | None = None):
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"alpha must lie in [0, 1], got {alpha}")
         if T <= 0:
             raise ConfigError(f"temperature T must be > 0, got {T}")
+        if cam_T is not None and cam_T <= 0:
+            raise ConfigError(f"CAM temperature must be > 0, got {cam_T}")
         if kd_mode not in KD_MODES:
             raise ConfigError(f"unknown kd_mode {kd_mode!r}; valid: {', '.join(KD_MODES)}")
         self.routes = allowed_routes(teachers)
         self.teachers = teachers
         self.alpha = 0.0 if teachers == "none" else float(alpha)
         self.T = float(T)
+        self.cam_T = float(cam_T) if cam_T is not None else None
         self.kd_mode = kd_mode
         self.t_squared = bool(t_squared)
 
+    @property
+    def cam_temperature(self) -> float:
+        """The CAM distillation's temperature: ``cam_T`` when set, else the logits' ``T`` (as coded)."""
+        return self.cam_T if self.cam_T is not None else self.T
+
     def config(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "T": self.T, "kd_mode": self.kd_mode, "teachers": self.teachers,
-                "t_squared": self.t_squared}
+                "t_squared": self.t_squared, "cam_T": self.cam_T}
 
     def draw_routes(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return draw_routes(n, generator, self.routes)
 
-    def __call__(self, student_out: dict[str, torch.Tensor], labels: torch.Tensor, routes: torch.Tensor,
-                 cls_teacher_logits: torch.Tensor | None = None, loc_teacher_cams: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def terms(self, student_out: dict[str, torch.Tensor], labels: torch.Tensor, routes: torch.Tensor,
+              cls_teacher_logits: torch.Tensor | None = None, loc_teacher_cams: torch.Tensor | None = None
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The weighted terms ``(1−α)·CE``, ``α·KD``, ``α·CAM-MSE`` (they sum to the loss) and the logs."""
         logits, cams = student_out["logits"], student_out["cams"]
         b = logits.shape[0]
         routes = torch.as_tensor(routes).to(logits.device).long()
@@ -141,12 +150,20 @@ class StudentObjective:
         if i2.numel():
             if loc_teacher_cams is None:
                 raise ValueError("loc_teacher_cams is required: the batch has route-2 (loc-KD) samples")
-            cam = cam_distill_loss(cams[i2], _rows(loc_teacher_cams, i2, b, "loc_teacher_cams"), self.T)
+            cam = cam_distill_loss(cams[i2], _rows(loc_teacher_cams, i2, b, "loc_teacher_cams"),
+                                   self.cam_temperature)
         a = self.alpha
-        loss = (1.0 - a) * ce + a * kd + a * cam
-        logs = {"loss": loss.detach(), "loss_ce": ce.detach(), "loss_kd": kd.detach(), "loss_cam": cam.detach(),
+        terms = {"ce": (1.0 - a) * ce, "kd": a * kd, "cam": a * cam}
+        logs = {"loss_ce": ce.detach(), "loss_kd": kd.detach(), "loss_cam": cam.detach(),
                 "n_route1": torch.tensor(float(i1.numel())), "n_route2": torch.tensor(float(i2.numel()))}
-        return loss, logs
+        return terms, logs
+
+    def __call__(self, student_out: dict[str, torch.Tensor], labels: torch.Tensor, routes: torch.Tensor,
+                 cls_teacher_logits: torch.Tensor | None = None, loc_teacher_cams: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms, logs = self.terms(student_out, labels, routes, cls_teacher_logits, loc_teacher_cams)
+        loss = terms["ce"] + terms["kd"] + terms["cam"]
+        return loss, {"loss": loss.detach(), **logs}
 
 
 class FrozenTeacher(nn.Module):

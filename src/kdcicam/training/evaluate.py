@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoints import resolve_checkpoint, stage_folder
 from ..data.metadata import atomic_write_text
 from ..errors import ConfigError, KdcicamError
+from ..scoremaps import scoremaps_for_evaluation
 from .datamodule import WSOLDataModule
-from .module import WSOLModule, load_module, scoremaps_for_evaluation
-from .pipeline import resolve_checkpoint
+from .module import WSOLModule, load_module
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def evaluate_official_protocol(run_or_ckpt: str | os.PathLike, splits: list[str]
 
     ckpt, module, dev, datamodule = _load_for_evaluation(run_or_ckpt, device, data_root)
     e, crop = module.cfg.eval, module.cfg.data.image_size
-    resize = e.official_resize or int(round(crop * 8 / 7))
+    resize = e.official_resize or round(crop * 8 / 7)
     results: dict[str, Any] = {"checkpoint": str(ckpt), "method": module.cfg.method, "protocol": "official",
                                "resize": resize, "crop": crop, "seg_threshold": e.official_seg_threshold}
     for split in splits:
@@ -112,40 +113,10 @@ def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str |
                                 source=str(ckpt)).compute(threshold=threshold)
         results[split] = metrics
     if write:
-        run_dir = ckpt.parent.parent
+        run_dir = stage_folder(ckpt)
         path = run_dir / "metrics.json"
         previous = json.loads(path.read_text()) if path.is_file() else {}
         previous.update(results)
         atomic_write_text(path, json.dumps(previous, indent=2))
         results["metrics_file"] = str(path)
     return results
-
-
-TABLE_ROWS = [("Top-1 Cls", "top1_cls"), ("Top-5 Cls", "top5_cls"), ("Top-1 Loc", "top1_loc"),
-              ("Top-5 Loc", "top5_loc"), ("GT-known Loc", "gt_known_loc"), ("MaxBoxAcc", ("max_box_acc", "50")),
-              ("MaxBoxAccV2", "max_box_acc_v2"), ("PxAP", "pxap"), ("PIoU", "piou"),
-              ("Context leakage", "context_leakage")]
-
-
-def metric_value(metrics: dict, key: Any) -> float | None:
-    value = metrics.get(key[0], {}).get(key[1]) if isinstance(key, tuple) else metrics.get(key)
-    return None if value is None else float(value)
-
-
-def format_table(columns: dict[str, dict]) -> str:
-    """Rows = metrics, one column per (run, split); absent metrics shown as '-'."""
-    names = list(columns)
-    width = max([16] + [len(n) + 2 for n in names])
-    lines = ["metric".ljust(18) + "".join(n.rjust(width) for n in names)]
-    for label, key in TABLE_ROWS:
-        values = [metric_value(columns[n], key) for n in names]
-        if all(v is None for v in values):
-            continue
-        lines.append(label.ljust(18) + "".join(("-" if v is None else f"{v:.2f}").rjust(width) for v in values))
-    return "\n".join(lines)
-
-
-def check_splits(splits: list[str]) -> list[str]:
-    if not splits:
-        raise ConfigError("--split: give at least one split")
-    return splits

@@ -8,51 +8,19 @@ import math
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoints import build_model, load_model, read_checkpoint
 from ..config import RunConfig, config_from_dict
 from ..errors import KdcicamError
+from ..scoremaps import scoremaps_for_evaluation
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(KdcicamError, FloatingPointError):
     """The loss became NaN or inf; training stops and the last good checkpoint is kept."""
-
-
-def model_options(cfg: RunConfig) -> dict[str, Any]:
-    """Options for :func:`kdcicam.create_model` from a run config."""
-    m = cfg.model
-    opts: dict[str, Any] = {"output_stride": m.output_stride, "freeze_stages": m.freeze_stages,
-                            "combination": m.combination}
-    if cfg.method in ("ci-cam", "kd-ci-cam"):
-        opts.update(pool_rate=m.pool_rate, soft_intervention=m.soft_intervention)
-    if cfg.method == "ci-cam":
-        opts.update(recipe=m.recipe, aux=m.aux, aux_weight=m.aux_weight, mask_threshold=m.mask_threshold,
-                    sparsity=m.sparsity, sparsity_upsampled=m.sparsity_upsampled)
-    if cfg.method == "kd-ci-cam":
-        opts.update(alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
-                    kd_mode=cfg.kd.kd_mode, kd_t_squared=cfg.kd.kd_t_squared, teachers=cfg.kd.teachers)
-    return opts
-
-
-def build_model(cfg: RunConfig, num_classes: int, pretrained: Any = None) -> nn.Module:
-    from ..models.registry import create_model
-
-    return create_model(cfg.method, backbone=cfg.model.backbone, num_classes=num_classes,
-                        pretrained=cfg.model.pretrained if pretrained is None else pretrained,
-                        **model_options(cfg))
-
-
-def scoremaps_for_evaluation(maps: torch.Tensor, size: int) -> np.ndarray:
-    """Localization maps → the evaluator's input: resized to the evaluation grid with bicubic
-    interpolation and min-max normalised, exactly as wsolevaluation's inference does."""
-    from ..evaluation import prepare_scoremap
-
-    arr = maps.detach().double().cpu().numpy()
-    return np.stack([prepare_scoremap(m, size) for m in arr])
 
 
 def lr_factor(epoch: int, cfg: RunConfig) -> float:
@@ -93,6 +61,7 @@ class WSOLModule(L.LightningModule):
                 self._teachers[role] = freeze_teacher(teacher)
         self.box_threshold: float | None = None
         self._evaluator = None
+        self._intervention: Any = None
 
     @property
     def is_student(self) -> bool:
@@ -133,9 +102,13 @@ class WSOLModule(L.LightningModule):
             self.model.update_pool(out, y)
         if self.is_student:
             teacher = self._teacher_outputs(x, batch["route"])
-            loss, logs = self.model.objective(out, y, batch["route"], **teacher)
+            terms, logs = self.model.objective.terms(out, y, batch["route"], **teacher)
         else:
-            loss, logs = self.model.loss(x, y, out)
+            terms, logs = self.model.loss_terms(x, y, out)
+        loss = sum(terms.values())
+        k = self.cfg.trainer.diag_every_n_steps
+        if k > 0 and self.global_step % k == 0 and torch.is_grad_enabled():
+            self._log_gradient_shares(terms, y.shape[0])
         if self.cfg.trainer.fail_on_nonfinite_loss and not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, batch "
@@ -145,9 +118,57 @@ class WSOLModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/acc", acc * 100, prog_bar=True, batch_size=bs)
         for key, value in logs.items():
-            if key != "loss":
+            if key == "fg_coverage":  # a diagnostic: the epoch's mean, whatever log_every_n_steps is
+                self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=bs)
+            elif key != "loss":
                 self.log(f"train/{key}", value, batch_size=bs)
         return loss
+
+    def _log_gradient_shares(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Each loss term's gradient norm at the trainable parameters and its share of their sum, averaged
+        over the sampled steps of an epoch (train/grad_norm_*, train/grad_share_*)."""
+        from ..diagnostics import gradient_norms, gradient_shares
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norms = gradient_norms(terms, params)
+        for name, share in gradient_shares(norms).items():
+            self.log(f"train/grad_norm_{name}", norms[name], on_step=False, on_epoch=True, batch_size=batch_size)
+            self.log(f"train/grad_share_{name}", share, on_step=False, on_epoch=True, batch_size=batch_size)
+
+    def on_train_epoch_end(self) -> None:
+        pool = getattr(self.model, "pool", None)
+        if pool is None:
+            return
+        from ..diagnostics import pool_stats
+
+        for key, value in pool_stats(pool, self._object_prior(pool)).items():
+            if value is not None:
+                self.log(f"train/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
+
+    def _object_prior(self, pool) -> Any:
+        """Each class's object-location prior on the pool's grid, from the GT boxes of the train split (or,
+        when it has none, of val); None when neither has boxes or there is no datamodule."""
+        if not pool.is_materialized:
+            return None
+        shape = tuple(pool.maps.shape[1:])
+        cached = getattr(self, "_prior_cache", None)
+        if cached is not None and cached[0] == shape:
+            return cached[1]
+        prior = None
+        dm = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        if dm is not None:
+            from ..diagnostics import box_prior
+
+            for split in (self.cfg.data.train_split, self.cfg.data.val_split):
+                try:
+                    md = dm.metadata(split)
+                except KdcicamError:
+                    continue
+                if md.boxes:
+                    prior = box_prior(md, *shape)[0]
+                    break
+        self._prior_cache = (shape, prior)
+        return prior
 
     # ------------------------------------------------------------------ validation
     def _new_evaluator(self, metadata):
@@ -160,6 +181,9 @@ class WSOLModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         dm = self.trainer.datamodule
         self._evaluator = self._new_evaluator(dm.metadata(self.cfg.data.val_split))
+        from ..diagnostics import InterventionStats
+
+        self._intervention = InterventionStats()
 
     def validation_step(self, batch: dict | None, batch_idx: int) -> None:
         if batch is None:  # every image of this batch was unreadable and skipped (data.skip_bad_images)
@@ -168,8 +192,14 @@ class WSOLModule(L.LightningModule):
         maps = self.model.localization_map(out, kind=self.cfg.model.localization_map)
         scoremaps = scoremaps_for_evaluation(maps, self.cfg.data.image_size)
         self._evaluator.accumulate(scoremaps, batch["image_id"], out["logits"].float().cpu().numpy())
+        if self._intervention is not None:
+            self._intervention.add(out, self.model.combination, self.model.combination_m)
 
     def on_validation_epoch_end(self) -> None:
+        if self._intervention is not None:
+            for key, value in self._intervention.compute().items():
+                self.log(f"val/diag_{key}", float(value), sync_dist=False, rank_zero_only=False)
+            self._intervention = None
         evaluator = self._evaluator
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
@@ -190,7 +220,10 @@ class WSOLModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         o = self.cfg.optim
-        groups = self.model.param_groups(o.lr, o.backbone_lr_mult)
+        extra = {}  # CAM has no intervention: the setting is ignored there, so one config serves all three methods
+        if o.intervention_lr_mult is not None and hasattr(self.model, "mask2attention"):
+            extra["intervention_lr_mult"] = o.intervention_lr_mult
+        groups = self.model.param_groups(o.lr, o.backbone_lr_mult, **extra)
         optimizer = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, self.cfg))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
@@ -208,24 +241,6 @@ class WSOLModule(L.LightningModule):
             torch.set_rng_state(extra["torch_rng_state"])
 
 
-def read_checkpoint(path: str) -> dict:
-    """Load a checkpoint safely: tensors and plain containers only (``weights_only=True``)."""
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise KdcicamError(f"{p}: checkpoint not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError ...
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise KdcicamError(f"{p}: refused or unreadable checkpoint ({reason}). Only tensors and plain data are "
-                           "loaded (weights_only=True); a file that needs arbitrary code to load is refused.") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise KdcicamError(f"{p}: not a kdcicam checkpoint (no state_dict / hyper_parameters)")
-    return ckpt
-
-
 def load_module(path: str, load_teachers: bool = False) -> WSOLModule:
     """Rebuild a WSOLModule from a checkpoint without touching pretrained-weight files."""
     ckpt = read_checkpoint(path)
@@ -239,8 +254,3 @@ def load_module(path: str, load_teachers: bool = False) -> WSOLModule:
     module.on_load_checkpoint(ckpt)
     module.eval()
     return module
-
-
-def load_model(path: str) -> nn.Module:
-    """The bare model of a checkpoint (used for teachers)."""
-    return load_module(path).model

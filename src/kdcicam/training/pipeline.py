@@ -6,6 +6,7 @@ A run folder holds everything needed to re-run it::
     runs/NAME/config.yaml            the full typed config
     runs/NAME/checkpoints/last.ckpt  written atomically every epoch (and every N steps)
     runs/NAME/checkpoints/best.ckpt  by eval.monitor on val
+    runs/NAME/checkpoints/best_cls.ckpt, best_loc.ckpt  by val Top-1 Cls and by val MaxBoxAccV2
     runs/NAME/metrics.csv            CSV logger; tb/ holds TensorBoard events
     runs/NAME/done.json              written last: the stage finished
 
@@ -34,14 +35,16 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from ..config import RunConfig, config_to_dict, kd_stage_configs, save_config
+from ..config import RunConfig, config_to_dict, kd_stage_configs, save_config, with_overrides
 from ..data.metadata import atomic_write_text
-from ..errors import ConfigError, KdcicamError, TrainingInterrupted
+from ..errors import KdcicamError, TrainingInterrupted
 from .datamodule import WSOLDataModule
 from .module import WSOLModule
 
 log = logging.getLogger(__name__)
 MIN_FREE_BYTES = 200 * 1024 * 1024
+#: besides best.ckpt (by eval.monitor), every run keeps its best epoch by each of these val metrics
+DILEMMA_MONITORS = {"best_cls": "val/top1_cls", "best_loc": "val/max_box_acc_v2"}
 
 
 @contextlib.contextmanager
@@ -193,23 +196,29 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
         from ..config import load_config
 
         saved = load_config(out / "config.yaml")
-        if config_to_dict(saved) != config_to_dict(config):
+        given = config_to_dict(config)
+        if config.model.pool_rate_target is not None:  # the saved rate was derived from the target
+            given["model"]["pool_rate"] = saved.model.pool_rate
+        if config_to_dict(saved) != given:
             log.warning("%s: resuming with the config saved in the run folder, not the one given", out)
         config = saved
+    datamodule = WSOLDataModule(config, routes=routes)
+    if config.model.pool_rate_target is not None and config.method in ("ci-cam", "kd-ci-cam"):
+        config = _with_derived_pool_rate(config, datamodule)
+        datamodule = WSOLDataModule(config, routes=routes)
     save_config(config, out / "config.yaml")
 
     cfg = config
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    datamodule = WSOLDataModule(cfg, routes=routes)
     info = datamodule.info
     module = WSOLModule(config_to_dict(cfg), num_classes=info.num_classes, class_names=info.class_names,
                         teacher_checkpoints=teacher_checkpoints)
-    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=cfg.eval.monitor,
-                           mode=cfg.eval.monitor_mode, save_top_k=1, save_last=False, enable_version_counter=False,
-                           auto_insert_metric_name=False)
-    callbacks: list[Callback] = [best, LastCheckpoint(last, cfg.trainer.checkpoint_every_n_steps)]
+    best = _best_checkpoint(out, "best", cfg.eval.monitor, cfg.eval.monitor_mode)
+    # the dilemma, measured: the best epoch for classification and the best for localization, both kept
+    by_monitor = {name: _best_checkpoint(out, name, monitor, "max") for name, monitor in DILEMMA_MONITORS.items()}
+    callbacks: list[Callback] = [best, *by_monitor.values(), LastCheckpoint(last, cfg.trainer.checkpoint_every_n_steps)]
     callbacks += list(extra_callbacks or [])
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
@@ -240,12 +249,64 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
     summary = {"stage_dir": str(out), "best": str(out / "checkpoints" / "best.ckpt"), "last": str(last),
                "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
                "monitor": cfg.eval.monitor, "epochs": cfg.optim.epochs, "train_seconds": round(time.time() - start, 1),
-               "method": cfg.method}
+               "method": cfg.method,
+               "by_monitor": {name: {"monitor": DILEMMA_MONITORS[name], "path": str(out / "checkpoints" / f"{name}.ckpt"),
+                                     "score": float(cb.best_model_score) if cb.best_model_score is not None else None}
+                              for name, cb in by_monitor.items()}}
     if trainer.is_global_zero:
-        if not Path(summary["best"]).is_file():  # no validation ran: the last weights are the best we have
-            shutil.copyfile(last, summary["best"])
+        for path in [summary["best"], *(v["path"] for v in summary["by_monitor"].values())]:
+            if not Path(path).is_file():  # no validation ran: the last weights are the best we have
+                shutil.copyfile(last, path)
         atomic_write_text(done, json.dumps(summary, indent=2))
     return summary
+
+
+class NamedBestCheckpoint(ModelCheckpoint):
+    """A best-by-monitor checkpoint whose resumable state is keyed by its file name too, so that two of
+    them may watch the same metric (best.ckpt and best_loc.ckpt both follow val MaxBoxAccV2 by default)."""
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, filename=self.filename)
+
+
+def _best_checkpoint(out: Path, name: str, monitor: str, mode: str) -> ModelCheckpoint:
+    cls = ModelCheckpoint if name == "best" else NamedBestCheckpoint  # best.ckpt keeps its state key (resume)
+    return cls(dirpath=out / "checkpoints", filename=name, monitor=monitor, mode=mode, save_top_k=1,
+               save_last=False, enable_version_counter=False, auto_insert_metric_name=False)
+
+
+def _with_derived_pool_rate(config: RunConfig, datamodule: WSOLDataModule) -> RunConfig:
+    """``model.pool_rate`` from ``model.pool_rate_target`` (see :mod:`kdcicam.training.scaling`); the run
+    then saves the derived rate in its config.yaml."""
+    from .scaling import derive_pool_rate
+
+    t = config.trainer
+    world = (t.devices if isinstance(t.devices, int) and t.devices > 0 else 1) * max(t.num_nodes, 1)
+    scaled = with_overrides(config, "data", {"batch_size": config.data.batch_size * world}, "pool rate")
+    md = datamodule.train_dataset().metadata
+    rate = derive_pool_rate(scaled, md.class_labels, md.num_classes)
+    log.info("model.pool_rate %.5f derived from model.pool_rate_target %s", rate, config.model.pool_rate_target)
+    return with_overrides(config, "model", {"pool_rate": rate}, "derived pool rate")
+
+
+def _resolve_cam_temperature(student: RunConfig, loc_teacher_ckpt: str, out: Path) -> RunConfig:
+    """``kd.cam_temperature: auto`` → the localization teacher's raw-CAM standard deviation on the first
+    training batches (evaluation transform, so the number does not depend on augmentation draws). A
+    student that has started keeps the value in its saved config."""
+    from ..checkpoints import load_model
+    from ..config import load_config
+    from .scaling import cam_scale
+
+    if student.kd.cam_temperature != "auto":
+        return student
+    saved = out / "config.yaml"
+    if saved.is_file():
+        return load_config(saved)
+    loader = WSOLDataModule(student).eval_dataloader(student.data.train_split)
+    scale = cam_scale(load_model(loc_teacher_ckpt), loader)
+    log.info("kd.cam_temperature auto: the localization teacher's raw CAMs have std %.3f", scale)
+    return with_overrides(student, "kd", {"cam_temperature": round(scale, 4)}, "kd.cam_temperature")
 
 
 def _interrupted_message(out: Path, trainer: L.Trainer, last: Path) -> str:
@@ -310,22 +371,12 @@ def train(config: RunConfig, out: str | os.PathLike, resume: bool = False) -> di
         stage_dir = out / stage
         summaries[stage] = train_stage(stages[stage], stage_dir, resume=resume or (stage_dir / "checkpoints").is_dir())
         teacher_ckpts[stage.split("_")[0]] = summaries[stage]["best"]
+    if "loc" in teacher_ckpts:
+        stages["student"] = _resolve_cam_temperature(stages["student"], teacher_ckpts["loc"], out / "student")
+    elif stages["student"].kd.cam_temperature == "auto":
+        stages["student"] = with_overrides(stages["student"], "kd", {"cam_temperature": None}, "kd.cam_temperature")
     summaries["student"] = train_stage(stages["student"], out / "student",
                                        resume=resume or (out / "student" / "checkpoints").is_dir(),
                                        teacher_checkpoints=teacher_ckpts, routes=allowed_routes(config.kd.teachers))
     atomic_write_text(out / "done.json", json.dumps(summaries, indent=2))
     return summaries
-
-
-def resolve_checkpoint(run_or_ckpt: str | os.PathLike) -> Path:
-    """A run folder (any method), a stage folder, or a .ckpt file → the checkpoint to use (best, else last)."""
-    p = Path(run_or_ckpt)
-    if p.is_file():
-        return p
-    if not p.is_dir():
-        raise ConfigError(f"{p}: no such run folder or checkpoint")
-    for stage_dir in (p / "student", p):
-        for name in ("best.ckpt", "last.ckpt"):
-            if (stage_dir / "checkpoints" / name).is_file():
-                return stage_dir / "checkpoints" / name
-    raise ConfigError(f"{p}: no checkpoints/best.ckpt or last.ckpt (nor under student/)")

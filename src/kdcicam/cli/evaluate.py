@@ -18,11 +18,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.metadata import atomic_write_text
-    from .evaluate import check_splits, evaluate, format_table
+    from ..errors import ConfigError
+    from ..evaluation.table import format_table
+    from ..training.evaluate import evaluate
 
-    splits = check_splits(args.split)
+    if not args.split:
+        raise ConfigError("--split: give at least one split")
+    splits = args.split
     if args.protocol == "official":
-        from .evaluate import evaluate_official_protocol
+        from ..training.evaluate import evaluate_official_protocol
 
         results = evaluate_official_protocol(args.run, splits, device=args.device, data_root=args.data_root)
         print(f"checkpoint: {results['checkpoint']}  (official protocol: resize {results['resize']}, crop "
