@@ -182,7 +182,7 @@ def build_module(method: str, sizes: Sizes, device: torch.device):
     from kdcicam.models.distill import freeze_teacher
     from kdcicam.training.module import WSOLModule, build_model
 
-    cfg = run_config(method, sizes.image, True)
+    cfg = run_config(method, sizes.image, True, ("trainer.diag_every_n_steps=0",))  # the plain step, no extra grads
     module = WSOLModule(config_to_dict(cfg), num_classes=sizes.classes).to(device).train()
     if module.is_student:
         stages = kd_stage_configs(cfg)
