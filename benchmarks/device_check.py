@@ -136,7 +136,8 @@ def versions() -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads()}
 
 
 @contextlib.contextmanager
@@ -445,7 +446,8 @@ def section_ddp(ctx: Context) -> dict[str, Any]:
     cuda = ctx.device.type == "cuda"
     world = torch.cuda.device_count() if cuda else 1
     out = ctx.work / "ddp"
-    spec = {"out": str(out), "data": str(ctx.data), "sizes": asdict(ctx.sizes), "cuda": cuda, "world": world}
+    spec = {"out": str(out), "data": str(ctx.data), "sizes": asdict(ctx.sizes), "cuda": cuda, "world": world,
+            "threads": torch.get_num_threads()}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--ddp-child", json.dumps(spec)]
     timeout = max(30.0, ctx.remaining() - 5)
     start = time.time()
@@ -476,6 +478,7 @@ def ddp_child(spec: dict) -> int:
     from lightning.pytorch.callbacks import Callback
 
     sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["sizes"].items()})
+    torch.set_num_threads(spec["threads"])
     out = Path(spec["out"])
 
     class RecordRank(Callback):
@@ -524,7 +527,7 @@ def make_data(ctx: Context) -> None:
     s = ctx.sizes
     generate_synthetic(ctx.data, SyntheticConfig(seed=3, size=s.data_size, num_classes=s.data_classes,
                                                  n_train=s.n_train, n_val=s.n_eval, n_test=s.n_eval,
-                                                 n_test_conflict=0, workers=min(8, os.cpu_count() or 1)))
+                                                 n_test_conflict=0, workers=1 if s.n_train <= 64 else 8))
 
 
 def run_section(name: str, fn: Callable[[Context], dict], ctx: Context, smoke: bool) -> dict[str, Any]:
@@ -567,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         return ddp_child(json.loads(args.ddp_child))
 
     start = time.time()
+    if args.cpu_smoke:  # tiny tensors: one thread is as fast, and on a busy machine a second one only spins
+        torch.set_num_threads(1)
     sizes = SMOKE if args.cpu_smoke else GPU
     budget = args.budget_s or sizes.budget_s
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_smoke else "cpu")
