@@ -143,28 +143,19 @@ def machine() -> dict[str, Any]:
 @contextlib.contextmanager
 def fp32_convolutions(device: torch.device) -> Iterator[None]:
     """cuDNN convolutions and matmuls in IEEE fp32 (TF32 off), deterministic algorithms; restored after.
-    Uses ``fp32_precision`` where torch has it (2.9+; mixing it with the legacy flags is an error there)."""
+    Through the ``allow_tf32`` flags: torch 2.9+'s ``fp32_precision`` would also do, but setting only the
+    per-operator values makes the older flags unreadable (an error) for any code that reads them later."""
     if device.type != "cuda":
         yield
         return
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    new_api = hasattr(getattr(cudnn, "conv", None), "fp32_precision")
-    saved = ((cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, matmul.fp32_precision) if new_api
-             else (cudnn.allow_tf32, matmul.allow_tf32))
-    deterministic = cudnn.deterministic
+    saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic)
     try:
-        if new_api:
-            cudnn.conv.fp32_precision = cudnn.rnn.fp32_precision = matmul.fp32_precision = "ieee"
-        else:
-            cudnn.allow_tf32 = matmul.allow_tf32 = False
+        cudnn.allow_tf32 = matmul.allow_tf32 = False
         cudnn.deterministic = True
         yield
     finally:
-        if new_api:
-            cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, matmul.fp32_precision = saved
-        else:
-            cudnn.allow_tf32, matmul.allow_tf32 = saved
-        cudnn.deterministic = deterministic
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic = saved
 
 
 # ------------------------------------------------------------------------------------------ models

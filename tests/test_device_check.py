@@ -104,3 +104,15 @@ def test_the_report_summarises_a_device_check(smoke):
     assert lines[0].startswith("### Device check") and "mode cpu-smoke" in text
     assert "- ddp: ok" in text and "backend gloo" in text and "pools identical across ranks: True" in text
     assert text.count("| CI-CAM | fp32 |") == 2  # channels_last on and off
+
+
+def test_parity_turns_tf32_off_and_restores_it():
+    """The flags are global and settable without a GPU; the parity evaluation must leave them as found."""
+    import torch
+    from device_check import fp32_convolutions
+
+    b = torch.backends
+    before = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.deterministic)
+    with fp32_convolutions(torch.device("cuda")):
+        assert (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.deterministic) == (False, False, True)
+    assert (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.deterministic) == before
