@@ -30,7 +30,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -103,8 +103,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                "data are loaded (weights_only=True)") from None
 
 
-class LastCheckpoint(Callback):
-    """``last.ckpt`` at every epoch end and, optionally, every N optimizer steps."""
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` at every epoch end and, optionally, every N optimizer steps.
+
+    A :class:`~lightning.pytorch.callbacks.Checkpoint`, so that Lightning runs it after the best-by-metric
+    checkpoints that precede it in the callback list: they update their state at the same epoch end, and
+    last.ckpt must hold that state, or a resumed run would compare its next epochs with a stale best."""
 
     def __init__(self, path: Path, every_n_steps: int = 0):
         self.path = Path(path)
