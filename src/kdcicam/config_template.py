@@ -141,7 +141,7 @@ method: {method}
         (f"  accelerator: {'gpu' if gpu else 'cpu'}", None),
         ("  devices: 1", "-1 = every GPU, with strategy: ddp" if gpu else "one process"),
         ("  strategy: auto", None),
-        ("  precision: auto", "16-mixed on CUDA, 32 on CPU"),
+        ("  precision: auto", "bf16 (or fp16) mixed on a GPU, 32-bit on CPU"),
         ("  seed: 0", None),
         ("kd:", "only for --method kd-ci-cam; the defaults follow the official CUB recipe (docs/method.md §4)"),
         ("  loc_teacher:", None),
