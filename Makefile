@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` and `make test`. Each sets up .venv when missing.
+# The commands of the README: `make demo`, `make test` and `make lint`. Each sets up .venv when missing
+# (`make lint` runs the ruff that .[dev] pins).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -57,35 +57,36 @@ def suite_config(suite: str, overrides: list[str] = (), method: str | None = Non
                        method=method)
 
 
-def stage_dirs(run_dir: Path, method: str) -> dict[str, Path]:
-    """The trained stages of a run: the run itself, or the KD-CI-CAM teachers and student."""
-    if method != "kd-ci-cam":
-        return {"model": run_dir}
-    return {s: run_dir / s for s in ("cls_teacher", "loc_teacher", "student") if (run_dir / s).is_dir()}
-
-
-def run_diagnostics(run_dir: Path, method: str) -> dict:
+def run_diagnostics(run_dir: Path) -> dict:
     """Per stage: the per-epoch val curves and training diagnostics (metrics.csv), the dilemma summary
     (where Cls and Loc peak) and the last epoch's mechanism diagnostics."""
-    from kdcicam.diagnostics import dilemma, epoch_curves
+    from kdcicam.diagnostics import dilemma, epoch_curves, final_diagnostics, run_stages
 
     out = {}
-    for stage, folder in stage_dirs(run_dir, method).items():
+    for stage, folder in run_stages(run_dir).items():
         curves = epoch_curves(folder / "metrics.csv")
-        last: dict = {}
-        for row in curves:  # the latest value of every diagnostic (train rows and val rows may alternate)
-            last.update({k: v for k, v in row.items() if k.startswith(("train/grad_", "train/pool_", "train/fg_",
-                                                                      "val/diag_"))})
-        out[stage] = {"curves": curves, "dilemma": dilemma(curves), "final": last}
+        out[stage] = {"curves": curves, "dilemma": dilemma(curves), "final": final_diagnostics(curves)}
     return out
+
+
+def stage_configs(run_dir: Path) -> dict:
+    """The config.yaml each stage trained with (derived values such as the pool rate and the CAM temperature
+    are filled in there, not in the suite's config)."""
+    import yaml
+
+    from kdcicam.diagnostics import run_stages
+
+    return {stage: yaml.safe_load((folder / "config.yaml").read_text()) for stage, folder in run_stages(run_dir).items()
+            if (folder / "config.yaml").is_file()}
 
 
 def score_by_monitor(run_dir: Path, method: str, splits: list[str]) -> dict:
     """Test metrics of the checkpoint kept by each val monitor (best_cls, best_loc), each with its own box
     threshold chosen on val: the dilemma measured on test, test touched once per checkpoint."""
+    from kdcicam.diagnostics import run_stages
     from kdcicam.training.evaluate import evaluate
 
-    folder = stage_dirs(run_dir, method).get("student" if method == "kd-ci-cam" else "model")
+    folder = run_stages(run_dir).get("student" if method == "kd-ci-cam" else "model")
     out = {}
     for name in ("best_cls", "best_loc"):
         ckpt = folder / "checkpoints" / f"{name}.ckpt" if folder else None
@@ -95,6 +96,29 @@ def score_by_monitor(run_dir: Path, method: str, splits: list[str]) -> dict:
         out[name] = {"checkpoint": str(ckpt.relative_to(run_dir)), "box_threshold": m["box_threshold"],
                      "metrics": {s: m[s] for s in splits}}
     return out
+
+
+def rescore(path: Path) -> dict:
+    """Re-evaluate a finished run with this code (new metrics, the best_cls / best_loc checkpoints, the
+    diagnostics) without training again; the training's own record (wall time, commit, command, config) is
+    kept, and ``rescored`` says when and at which commit the evaluation was redone."""
+    from kdcicam.data.metadata import atomic_write_text
+    from kdcicam.training.evaluate import evaluate
+
+    r = json.loads(path.read_text())
+    run_dir = REPO / "runs" / "bench" / f"{r['suite']}{('_' + r['tag']) if r.get('tag') else ''}" / f"{r['method']}-seed{r['seed']}"
+    if not (run_dir / "done.json").is_file() and not (run_dir / "student" / "done.json").is_file():
+        sys.exit(f"--rescore: {run_dir} holds no finished run")
+    splits = list(r["metrics"])
+    t = time.time()
+    metrics = evaluate(run_dir, splits, progress=False)
+    r.update(metrics={s: metrics[s] for s in splits}, box_threshold=metrics["box_threshold"],
+             by_monitor=score_by_monitor(run_dir, r["method"], splits), stage_configs=stage_configs(run_dir),
+             diagnostics=run_diagnostics(run_dir),
+             rescored={"commit": commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                       "evaluate_seconds": round(time.time() - t, 1)})
+    atomic_write_text(path, json.dumps(r, indent=2))
+    return r
 
 
 def result_path(suite: str, method: str, seed: int, tag: str) -> Path:
@@ -179,7 +203,8 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
         "metrics": {s: metrics[s] for s in splits},
         "box_threshold": metrics["box_threshold"], "box_threshold_chosen_on": metrics["box_threshold_chosen_on"],
         "by_monitor": score_by_monitor(run_dir, method, splits),
-        "diagnostics": run_diagnostics(run_dir, method),
+        "stage_configs": stage_configs(run_dir),
+        "diagnostics": run_diagnostics(run_dir),
         "train_summary": summary, "config": config_to_dict(cfg),
         "reused_teachers": {"from": str(teachers_from), "stages": reused} if reused else None,
         "wall_seconds": {"train": round(train_seconds, 1), "evaluate": round(time.time() - t, 1),
@@ -207,10 +232,17 @@ def main() -> int:
     p.add_argument("--reuse-teachers", type=Path, default=None, metavar="KD_RUN_DIR",
                    help="KD-CI-CAM ablations of the student only: copy the finished teachers of this run folder "
                         "(same teacher configs and seed) instead of training them again; recorded in the results")
+    p.add_argument("--rescore", action="store_true",
+                   help="re-evaluate the finished runs whose results files exist (no training), keeping their "
+                        "training record")
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rescore-one", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (ablations; use with --tag; after "
                    "`--` when they follow --seeds or --methods, which take several values)")
     args = p.parse_args()
+    if args.rescore_one:
+        rescore(args.rescore_one)
+        return 0
     if args.single:
         run_one(args.suite, args.methods[0], args.seeds[0], args.tag, args.overrides, args.eval_splits,
                 args.reuse_teachers)
@@ -224,6 +256,11 @@ def main() -> int:
     for seed in args.seeds:
         for method in args.methods:
             path = result_path(args.suite, method, seed, args.tag)
+            if path.is_file() and args.rescore:
+                print(f"[rescore] {path.name}", flush=True)
+                subprocess.run([sys.executable, __file__, "--suite", args.suite, "--rescore-one", str(path)], check=True,
+                               cwd=REPO)
+                continue
             if path.is_file():
                 print(f"[skip] {path.name} exists")
                 continue

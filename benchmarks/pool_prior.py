@@ -37,25 +37,6 @@ CHECKPOINTS = {"ci-cam": "checkpoints/best.ckpt", "kd-ci-cam (student)": "studen
                "kd-ci-cam (cls. teacher)": "cls_teacher/checkpoints/best.ckpt"}
 
 
-def box_prior(metadata, h: int, w: int, fine: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Per class and over all classes, the mean GT-box coverage of each of the h×w cells."""
-    H, W = h * fine, w * fine
-    sums = np.zeros((metadata.num_classes, H, W))
-    counts = np.zeros(metadata.num_classes)
-    ys, xs = (np.arange(H) + 0.5) / H, (np.arange(W) + 0.5) / W
-    for image_id in metadata.image_ids:
-        iw, ih = metadata.image_sizes[image_id]
-        cover = np.zeros((H, W), dtype=bool)
-        for x0, y0, x1, y1 in metadata.boxes.get(image_id, []):
-            cover |= ((ys >= y0 / ih) & (ys <= y1 / ih))[:, None] & ((xs >= x0 / iw) & (xs <= x1 / iw))[None, :]
-        c = metadata.class_labels[image_id]
-        sums[c] += cover
-        counts[c] += 1
-    per_class = (sums / np.maximum(counts, 1)[:, None, None]).reshape(-1, h, fine, w, fine).mean(axis=(2, 4))
-    overall = (sums.sum(0) / max(counts.sum(), 1)).reshape(h, fine, w, fine).mean(axis=(1, 3))
-    return per_class, overall
-
-
 def corr(a: np.ndarray, b: np.ndarray) -> float | None:
     a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
     denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
@@ -85,6 +66,7 @@ def main() -> int:
     args = p.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     from kdcicam.data.metadata import atomic_write_text, read_metadata
+    from kdcicam.diagnostics import box_prior
 
     found = []
     runs = sorted((run for folder in args.runs for run in (folder / args.suite).glob("*-seed*")),

@@ -115,7 +115,7 @@ def test_no_foreground_gives_no_box():
 
 # ------------------------------------------------------------------------ the trained checkpoint
 def test_from_checkpoint_reads_threshold_names_and_config(localizer, trained_run: Path):
-    from kdcicam.training.module import read_checkpoint
+    from kdcicam.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(str(trained_run / "checkpoints" / "best.ckpt"))
     assert localizer.threshold == pytest.approx(ckpt["kdcicam"]["box_threshold"])
@@ -149,8 +149,9 @@ def test_boxes_and_cams_are_the_evaluators(localizer, synth_data: Path):
     """Same preprocessing, map and box rule as `kdcicam evaluate`: the CAM equals the evaluation
     pipeline's score map, and the boxes equal scoremap_to_boxes at the threshold."""
     from kdcicam.evaluation import scoremap_to_boxes
+    from kdcicam.scoremaps import scoremaps_for_evaluation
     from kdcicam.training.datamodule import WSOLDataModule
-    from kdcicam.training.module import load_module, scoremaps_for_evaluation
+    from kdcicam.training.module import load_module
 
     module = load_module(str(localizer.checkpoint))
     dm = WSOLDataModule(module.cfg)

@@ -58,11 +58,13 @@ def runs(trained_run: Path, tmp_path: Path):  # noqa: F811
 
 
 def test_report_is_valid_self_contained_html_with_every_number(runs, tmp_path: Path):
-    from kdcicam.training.evaluate import TABLE_ROWS, metric_value
+    from kdcicam.evaluation.table import TABLE_ROWS, metric_value
+    from kdcicam.training.evaluate import evaluate
     from kdcicam.viz import write_report
 
     plain, kd = runs
-    first = write_report([plain], tmp_path / "first.html", splits=["test", "test_conflict"], num_images=0)
+    first = write_report([plain], tmp_path / "first.html", splits=["test", "test_conflict"], num_images=0,
+                         evaluate=evaluate)
     assert first.is_file() and (plain / "metrics.json").is_file()  # evaluated on the fly, written by evaluate
     metrics = json.loads((plain / "metrics.json").read_text())
     # the KD run gets hand-edited metrics (its numbers must differ) for test only: test_conflict is missing
@@ -70,7 +72,8 @@ def test_report_is_valid_self_contained_html_with_every_number(runs, tmp_path: P
     edited["test"] = {**metrics["test"], "top1_cls": 12.345, "context_leakage": 77.777}
     (kd / "student" / "metrics.json").write_text(json.dumps(edited))
 
-    out = write_report([plain, kd], tmp_path / "sub" / "report.html", splits=["test_conflict", "test"], num_images=4)
+    out = write_report([plain, kd], tmp_path / "sub" / "report.html", splits=["test_conflict", "test"], num_images=4,
+                       evaluate=evaluate)
     text = out.read_text(encoding="utf-8")
     checker = TagChecker()
     checker.feed(text)
@@ -98,6 +101,16 @@ def test_report_is_valid_self_contained_html_with_every_number(runs, tmp_path: P
     assert "cam <&> run" in "".join(checker.text) and "cam <&> run" not in text
     grid = text.split("Heatmaps on the same images")[1]
     assert 0 <= grid.index("alt='test_conflict/") < grid.index("alt='test/")  # the confounder's cases first
+
+
+def test_without_an_evaluate_function_missing_splits_are_noted(runs, tmp_path: Path):
+    """kdcicam.viz stands beside training: it evaluates a missing split only with the function it is given."""
+    from kdcicam.viz import write_report
+
+    plain, _ = runs
+    text = write_report([plain], tmp_path / "r.html", splits=["test"], num_images=0).read_text(encoding="utf-8")
+    assert not (plain / "metrics.json").exists()
+    assert "no metrics for test" in text and "kdcicam evaluate" in text
 
 
 def test_report_command(runs, tmp_path: Path, capsys):

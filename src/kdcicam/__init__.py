@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "Localizer", "evaluation", "__version__"]
+__all__ = ["Localizer", "__version__", "create_model", "evaluation", "list_models"]
 
 
 def __getattr__(name: str) -> Any:

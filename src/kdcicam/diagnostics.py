@@ -15,6 +15,7 @@ files and the report):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -143,7 +144,6 @@ def epoch_curves(metrics_csv) -> list[dict[str, float]]:
     epoch-level training diagnostics, with step-level training values (e.g. ``train/fg_coverage``)
     averaged over the epoch. One dict per epoch, in order, each with its ``epoch``."""
     import csv
-    from pathlib import Path
 
     path = Path(metrics_csv)
     if not path.is_file():
@@ -188,3 +188,30 @@ def dilemma(curves: list[dict[str, float]], cls_key: str = "val/top1_cls", loc_k
                    top1_loc_gap_at_best_cls=best_loc[loc_key] - best_cls[loc_key],
                    cls_gap_at_best_top1_loc=best_cls[cls_key] - best_loc[cls_key])
     return out
+
+
+KD_STAGE_FOLDERS = ("cls_teacher", "loc_teacher", "student")
+#: the diagnostics a reader looks at first, in the order tables show them: (label, metrics.csv key, format)
+SUMMARY_KEYS = (
+    ("pool N/class", "train/pool_updates_mean", "{:.0f}"), ("r·N", "train/pool_rn_mean", "{:.1f}"),
+    ("pool vs first map", "train/pool_corr_first", "{:.2f}"), ("pool vs object prior", "train/pool_corr_prior", "{:.2f}"),
+    ("mean abs(A)", "val/diag_attention_abs", "{:.3f}"), ("logit change", "val/diag_logit_change", "{:.3f}"),
+    ("top-1 kept", "val/diag_pred_agreement", "{:.3f}"), ("map corr up/down", "val/diag_map_corr", "{:.3f}"),
+    ("fg coverage", "train/fg_coverage", "{:.2f}"),
+)
+
+
+def run_stages(run_dir) -> dict[str, Path]:
+    """The trained stages of a run folder: ``{"model": run}`` for CAM / CI-CAM, the teachers and the
+    student (those present) for a KD-CI-CAM run."""
+    run = Path(run_dir)
+    stages = {s: run / s for s in KD_STAGE_FOLDERS if (run / s / "metrics.csv").is_file()}
+    return stages or {"model": run}
+
+
+def final_diagnostics(curves: list[dict[str, float]]) -> dict[str, float]:
+    """The latest value of every mechanism diagnostic over a run's epoch curves."""
+    last: dict[str, float] = {}
+    for row in curves:
+        last.update({k: v for k, v in row.items() if k.startswith(("train/grad_", "train/pool_", "train/fg_", "val/diag_"))})
+    return last

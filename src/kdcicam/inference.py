@@ -22,7 +22,6 @@ bottom border ends one grid cell short of the image edge.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -38,7 +37,7 @@ from PIL import Image
 from torch import nn
 from torchvision import tv_tensors
 
-from .errors import KdcicamError
+from .errors import KdcicamError, NoBoxThresholdError
 
 log = logging.getLogger(__name__)
 
@@ -235,22 +234,6 @@ def _check_threshold(threshold: float, where: str) -> float:
     return t
 
 
-def threshold_from_run(ckpt: Path, stored: float | None) -> tuple[float | None, str]:
-    """The threshold chosen on val: the checkpoint's (set by the last validation before it was
-    saved), else the ``box_threshold`` that ``kdcicam evaluate`` wrote into the run's metrics.json."""
-    if stored is not None:
-        return float(stored), "checkpoint (chosen on the validation split)"
-    metrics = ckpt.parent.parent / "metrics.json"
-    if metrics.is_file():
-        try:
-            value = json.loads(metrics.read_text()).get("box_threshold")
-        except (OSError, ValueError):
-            value = None
-        if value is not None:
-            return float(value), f"{metrics} (chosen on the validation split)"
-    return None, ""
-
-
 class Localizer:
     """Batched inference: images → :class:`LocalizationResult` (top-k classes, CAM, boxes).
 
@@ -300,22 +283,22 @@ class Localizer:
 
         ``threshold=None`` uses the box threshold chosen on the validation split during training.
         """
-        from .training.module import load_module
-        from .training.pipeline import resolve_checkpoint
+        from .checkpoints import load_checkpoint, threshold_from_run
 
-        ckpt = resolve_checkpoint(path_or_run_dir)
-        module = load_module(str(ckpt))
-        cfg = module.cfg
+        loaded = load_checkpoint(path_or_run_dir)
+        ckpt, cfg = loaded.path, loaded.config
         if threshold is None:
-            threshold, source = threshold_from_run(ckpt, module.box_threshold)
+            threshold, source = threshold_from_run(ckpt, loaded.box_threshold)
+            if threshold is None and loaded.val_has_boxes is False:
+                raise NoBoxThresholdError(ckpt, cfg.data.val_split, flag="a threshold (--threshold T)")
             if threshold is None:
                 raise KdcicamError(f"{ckpt}: the checkpoint stores no box threshold (no validation ran) and the run "
                                    "has no metrics.json; pass a threshold (--threshold T)")
         else:
             source = "given"
-        num_classes = module.num_classes
-        names = list(module.class_names) if module.class_names else [str(i) for i in range(num_classes)]
-        loc = cls(module.model, image_size=cfg.data.image_size, threshold=threshold, class_names=names, topk=topk,
+        num_classes = loaded.num_classes
+        names = list(loaded.class_names) if loaded.class_names else [str(i) for i in range(num_classes)]
+        loc = cls(loaded.model, image_size=cfg.data.image_size, threshold=threshold, class_names=names, topk=topk,
                   multi_contour=multi_contour, batch_size=batch_size, device=device,
                   channels_last=cfg.trainer.channels_last, map_kind=cfg.model.localization_map)
         loc.checkpoint = ckpt
@@ -334,7 +317,7 @@ class Localizer:
     @torch.inference_mode()
     def forward_batch(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Model input [B, 3, S, S] → (softmax probabilities [B, C], score maps [B, S, S] float32)."""
-        from .training.module import scoremaps_for_evaluation
+        from .scoremaps import scoremaps_for_evaluation
 
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:

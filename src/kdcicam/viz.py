@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .inference import LocalizationResult, Localizer
 
 log = logging.getLogger(__name__)
+
+#: ``evaluate(run_dir, splits, device=..., progress=...) -> results`` (``kdcicam evaluate``'s function)
+Evaluate = Callable[..., dict[str, Any]]
 
 PRED_COLOR = (255, 40, 40)
 GT_COLOR = (40, 220, 60)
@@ -219,6 +222,38 @@ def box_acc_curves_png(curves: dict[str, dict[str, Any] | None], title: str = ""
     return _figure_png(fig)
 
 
+#: the per-epoch val metrics of the training-curves figure: (metrics.csv key, panel title)
+CURVE_PANELS = (("val/top1_cls", "val Top-1 Cls (%)"), ("val/top1_loc", "val Top-1 Loc (%)"),
+                ("val/max_box_acc_v2", "val MaxBoxAccV2 (%)"))
+
+
+def training_curves_png(curves: dict[str, list[dict[str, float]]], floor: float | None = None) -> bytes | None:
+    """Val Top-1 Cls, Top-1 Loc and MaxBoxAccV2 per epoch, one line per run (or stage), the best epoch of
+    each marked: where classification and localization peak apart, the dilemma shows. ``floor``: a
+    MaxBoxAccV2 reference line (e.g. the centre-Gaussian map's)."""
+    given = {k: v for k, v in curves.items() if any(key in row for row in v for key, _ in CURVE_PANELS)}
+    if not given:
+        return None
+    fig = _figure(3.4 * len(CURVE_PANELS) + 0.4, 3.0)
+    axes = fig.subplots(1, len(CURVE_PANELS), squeeze=False)[0]
+    for ax, (key, title) in zip(axes, CURVE_PANELS):
+        for label, rows in given.items():
+            pts = [(r["epoch"], r[key]) for r in rows if key in r]
+            if not pts:
+                continue
+            e, v = np.asarray(pts).T
+            (line,) = ax.plot(e, v, label=label, linewidth=1.6, marker=".")
+            best = int(np.argmax(v))
+            ax.plot([e[best]], [v[best]], "o", color=line.get_color(), markersize=6, fillstyle="none")
+        if floor is not None and key == "val/max_box_acc_v2":
+            ax.axhline(floor, color="grey", linestyle="--", linewidth=1, label="centre Gaussian")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="best")
+    return _figure_png(fig)
+
+
 def leakage_bars_png(values: dict[str, dict[str, float | None]]) -> bytes | None:
     """Context leakage (% of CAM mass outside the object), grouped by split, one bar per run."""
     splits = list(dict.fromkeys(s for per in values.values() for s, v in per.items() if v is not None))
@@ -263,16 +298,6 @@ class RunInfo:
         return str(self.metrics.get("method") or self.config.method)
 
 
-def _load_run_config(ckpt: Path):
-    from .config import config_from_dict, load_config
-    from .training.module import read_checkpoint
-
-    saved = ckpt.parent.parent / "config.yaml"
-    if saved.is_file():
-        return load_config(saved)
-    return config_from_dict(read_checkpoint(str(ckpt))["hyper_parameters"]["config"], str(ckpt))
-
-
 def _metrics_path(run: Path, ckpt: Path) -> Path:
     """``kdcicam evaluate`` writes metrics.json beside the evaluated stage (run/ or run/student/)."""
     for candidate in (ckpt.parent.parent / "metrics.json", run / "metrics.json"):
@@ -309,11 +334,12 @@ def _labels(paths: list[Path]) -> list[str]:
 
 
 def load_runs(run_dirs: Sequence[str | os.PathLike], splits: Sequence[str] | None, device: str | None = None,
-              evaluate_missing: bool = True) -> tuple[list[RunInfo], list[str]]:
-    """Each run with its metrics for ``splits`` (default: the first run's test splits); a run whose
-    metrics.json lacks a split is evaluated now (``kdcicam evaluate``, which writes metrics.json)."""
-    from .training.evaluate import evaluate
-    from .training.pipeline import resolve_checkpoint
+              evaluate: Evaluate | None = None) -> tuple[list[RunInfo], list[str]]:
+    """Each run with its metrics for ``splits`` (default: the first run's test splits). A run whose
+    metrics.json lacks a split is evaluated now with ``evaluate`` (the ``kdcicam evaluate`` function,
+    :func:`kdcicam.training.evaluate.evaluate`, which writes metrics.json; the CLI passes it, since this
+    module stands beside training, not on it); without it, the report notes the missing split."""
+    from .checkpoints import resolve_checkpoint, run_config
 
     if not run_dirs:
         raise KdcicamError("report: give at least one run folder")
@@ -321,13 +347,16 @@ def load_runs(run_dirs: Sequence[str | os.PathLike], splits: Sequence[str] | Non
     runs = []
     for path, label in zip(paths, _labels(paths)):
         ckpt = resolve_checkpoint(path)
-        runs.append(RunInfo(path=path, label=label, checkpoint=ckpt, config=_load_run_config(ckpt)))
+        runs.append(RunInfo(path=path, label=label, checkpoint=ckpt, config=run_config(ckpt)))
     splits = list(splits) if splits else list(runs[0].config.data.test_splits)
     for run in runs:
         mpath = _metrics_path(run.path, run.checkpoint)
         run.metrics = _read_json(mpath) if mpath.is_file() else {}
         missing = [s for s in splits if not isinstance(run.metrics.get(s), dict)]
-        if missing and evaluate_missing:
+        if missing and evaluate is None:
+            run.notes.append(f"no metrics for {', '.join(missing)} in {mpath}; run `kdcicam evaluate {run.path} "
+                             f"--split {' '.join(missing)}` first")
+        elif missing:
             log.info("%s: no metrics for %s in %s; evaluating now", run.path, ", ".join(missing), mpath)
             try:
                 result = evaluate(run.path, missing, device=device, progress=False)
@@ -459,7 +488,7 @@ _LOWER_IS_BETTER = {"context_leakage"}
 
 
 def _metrics_table_html(runs: list[RunInfo], splits: list[str]) -> str:
-    from .training.evaluate import TABLE_ROWS, metric_value
+    from .evaluation.table import TABLE_ROWS, metric_value
 
     columns = [(run, split) for split in splits for run in runs]
     head = "".join(f"<th>{html.escape(run.label)}<br><span class='sub'>{html.escape(split)}</span></th>"
@@ -482,10 +511,56 @@ def _metrics_table_html(runs: list[RunInfo], splits: list[str]) -> str:
     thresholds = []
     for run, split in columns:
         t = run.metrics.get("box_threshold")
-        thresholds.append("-" if t is None else f"{float(t):.2f}")
-    rows.append("<tr><td>Box threshold (val)</td>" + "".join(f"<td>{t}</td>" for t in thresholds) + "</tr>")
+        given = " (given)" if run.metrics.get("box_threshold_chosen_on") == "given" else ""
+        thresholds.append("-" if t is None else f"{float(t):.2f}{given}")
+    rows.append("<tr><td>Box threshold (chosen on val)</td>" + "".join(f"<td>{t}</td>" for t in thresholds) + "</tr>")
     rows.append("</tbody></table>")
     return "".join(rows)
+
+
+def _training_html(runs: list[RunInfo]) -> str:
+    """Per-epoch val curves of every run and KD stage, and the last epoch's mechanism diagnostics
+    (:mod:`kdcicam.diagnostics`), from each stage's metrics.csv."""
+    from .diagnostics import SUMMARY_KEYS, dilemma, epoch_curves, final_diagnostics, run_stages
+
+    curves: dict[str, list[dict[str, float]]] = {}
+    for run in runs:
+        for stage, folder in run_stages(run.path).items():
+            rows = epoch_curves(folder / "metrics.csv")
+            if rows:
+                curves[run.label if stage == "model" else f"{run.label} ({stage.replace('_', ' ')})"] = rows
+    if not curves:
+        return "<p class='note'>No metrics.csv in the run folders (trained elsewhere?).</p>"
+    parts = []
+    png = training_curves_png(curves)
+    if png is not None:
+        parts.append("<p class='note'>Validation metrics per epoch; a circle marks each curve's best epoch. When "
+                     "Top-1 Cls peaks at another epoch than the localization metrics, one checkpoint cannot have "
+                     "both at their best (the dilemma); <code>best_cls.ckpt</code> and <code>best_loc.ckpt</code> "
+                     "keep each.</p>")
+        parts.append(f"<img src='{_data_uri(png)}' alt='training curves'>")
+    finals = {label: final_diagnostics(rows) for label, rows in curves.items()}
+    shares = sorted({k.split("train/grad_share_", 1)[1] for f in finals.values() for k in f
+                     if k.startswith("train/grad_share_")})
+    head = "".join(f"<th>{html.escape(label)}</th>" for label, _, _ in SUMMARY_KEYS)
+    head += "".join(f"<th>grad share {html.escape(t)}</th>" for t in shares) + "<th>dilemma gap (Loc / Cls)</th>"
+    rows = [f"<table class='metrics'><thead><tr><th>run</th>{head}</tr></thead><tbody>"]
+    for label, f in finals.items():
+        cells = [("-" if f.get(key) is None else pattern.format(f[key])) for _, key, pattern in SUMMARY_KEYS]
+        cells += [("-" if f.get(f"train/grad_share_{t}") is None else f"{f[f'train/grad_share_{t}']:.3f}") for t in shares]
+        d = dilemma(curves[label])
+        gap = (f"{d.get('top1_loc_gap_at_best_cls', float('nan')):.2f} / {d.get('cls_gap_at_best_loc', float('nan')):.2f}"
+               if d else "-")
+        rows.append(f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{c}</td>" for c in cells + [gap]) + "</tr>")
+    rows.append("</tbody></table>")
+    parts.append("<p class='note'>Mechanisms, last epoch: context-pool updates per class and r·N, the pool's "
+                 "correlation with its first map (1 = it never moved) and with the class's object-location prior; "
+                 "the intervention's mean |A|, logit change, top-1 classes kept and up/down map correlation (1 = the "
+                 "CAM is unchanged); the teachers' fg-mask coverage; each loss term's share of the gradient norm. "
+                 "Dilemma gap: best val Top-1 Loc minus Top-1 Loc at the best-Cls epoch / best val Top-1 Cls minus "
+                 "Top-1 Cls at the best-MaxBoxAccV2 epoch.</p>")
+    parts.append("".join(rows))
+    return "".join(parts)
 
 
 def _runs_html(runs: list[RunInfo]) -> str:
@@ -535,6 +610,8 @@ def render_report(runs: list[RunInfo], splits: list[str], num_images: int = 12, 
         parts.append(f"<img src='{_data_uri(png)}' alt='context leakage'>")
     else:
         parts.append("<p class='note'>No context leakage in the metrics.</p>")
+    parts.append("<h2>Training: the dilemma and the mechanisms</h2>")
+    parts.append(_training_html(runs))
     parts.append("<h2>Heatmaps on the same images</h2>")
     parts.append(_image_grid_html(runs, splits, num_images, device, cell))
     parts += ["</body>", "</html>"]
@@ -542,16 +619,18 @@ def render_report(runs: list[RunInfo], splits: list[str], num_images: int = 12, 
 
 
 def write_report(run_dirs: Sequence[str | os.PathLike], out_html: str | os.PathLike,
-                 splits: Sequence[str] | None = None, num_images: int = 12, device: str | None = None) -> Path:
+                 splits: Sequence[str] | None = None, num_images: int = 12, device: str | None = None,
+                 evaluate: Evaluate | None = None) -> Path:
     """One self-contained HTML file comparing runs: metrics side by side, BoxAcc-versus-threshold
     curves, context-leakage bars and a grid of the same test images under each run's CAM.
 
     Runs may be single-stage folders (``checkpoints/`` inside) or KD-CI-CAM folders (``student/``).
-    Metrics come from each run's metrics.json; missing splits are evaluated first.
+    Metrics come from each run's metrics.json; missing splits are evaluated first with ``evaluate``
+    (see :func:`load_runs`).
     """
     if num_images < 0:
         raise KdcicamError(f"report: --images must be >= 0, got {num_images}")
-    runs, splits = load_runs(run_dirs, splits, device=device)
+    runs, splits = load_runs(run_dirs, splits, device=device, evaluate=evaluate)
     text = render_report(runs, splits, num_images=num_images, device=device)
     return atomic_write_bytes(out_html, text.encode("utf-8"))
 

@@ -41,6 +41,13 @@ def test_tiny_tree_counts_classes_and_splits(tiny_cub, tmp_path):
     assert sorted(splits["val"].class_labels.values()) == [0, 1, 2]
 
 
+def test_cub_files_saved_with_bom_or_crlf_convert_the_same(tiny_cub, tmp_path, windows_style):
+    convert_cub(tiny_cub.root, tmp_path / "plain")
+    windows_style(tiny_cub.root.glob("*.txt"))  # classes.txt (the class names) included
+    convert_cub(tiny_cub.root, tmp_path / "windows")
+    assert _all_files(tmp_path / "windows") == _all_files(tmp_path / "plain")  # written plain: LF, no BOM
+
+
 def test_box_rounding_half_up_and_clipping(tiny_cub, tmp_path):
     convert_cub(tiny_cub.root, tmp_path / "out")
     boxes = {}

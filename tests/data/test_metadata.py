@@ -236,3 +236,34 @@ def test_writing_a_mask_split_without_sizes_removes_a_stale_sizes_file(tmp_path)
     write_metadata(_metadata(boxes={}, image_sizes={}, masks={i: ["m.png"] for i in IDS}), tmp_path / "s")
     assert not (tmp_path / "s" / "image_sizes.txt").exists()
     assert read_metadata(tmp_path / "s", check_images=False).masks["b/3.jpg"] == ["m.png"]
+
+
+# ------------------------------------------------------------------------ files saved on Windows
+def test_bom_and_crlf_metadata_reads_the_same(split, windows_style, tmp_path):
+    """UTF-8 with a byte-order mark and/or CRLF line ends (what common Windows editors save) read exactly
+    like plain files, dataset.yaml included; the writers still write plain UTF-8 with LF."""
+    write_metadata(_metadata(masks={i: [f"m/{k}.png"] for k, i in enumerate(IDS)}), split)  # masks.txt too
+    _touch_images(split.parent / "images", [f"m/{k}.png" for k in range(len(IDS))])
+    plain = read_metadata(split)
+    windows_style([*split.glob("*.txt"), split.parent / "dataset.yaml"])
+    md = read_metadata(split)
+    assert md.image_ids == IDS == plain.image_ids
+    for field in ("class_labels", "image_sizes", "boxes", "masks", "class_names", "image_root", "num_classes"):
+        assert getattr(md, field) == getattr(plain, field), field
+    assert read_dataset_info(split.parent).class_names == ["cat", "dog"]
+    write_metadata(md, tmp_path / "out")
+    write_dataset_info(tmp_path / "out", read_dataset_info(split.parent))
+    for path in [*(tmp_path / "out").glob("*.txt"), tmp_path / "out" / "dataset.yaml"]:
+        data = path.read_bytes()
+        assert data and not data.startswith(b"\xef\xbb\xbf") and b"\r" not in data, path.name
+
+
+def test_bom_and_crlf_errors_keep_their_line_numbers(split, windows_style):
+    _edit(split, "class_labels.txt", 2, "a/2.jpg,7")
+    windows_style(split.glob("*.txt"))
+    _fails(split, "class_labels.txt", 2, "class 7 is outside 0..1")
+
+
+def test_other_encodings_are_still_refused_by_name(split):
+    (split / "image_ids.txt").write_bytes(b"\xef\xbb\xbfa/1.jpg\r\na/\xff.jpg\r\n")
+    _fails(split, "image_ids.txt", None, "not UTF-8 text")

@@ -86,6 +86,13 @@ def test_habitats_file_matches_the_plan(small):
         assert [md.class_labels[i] for i in md.image_ids] == [c for c, _ in plan_split(cfg, split)]
 
 
+def test_habitats_file_saved_with_bom_or_crlf(small, tmp_path, windows_style):
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "habitats.txt").write_bytes((small / "test" / "habitats.txt").read_bytes())
+    windows_style([tmp_path / "test" / "habitats.txt"])
+    assert read_habitats(tmp_path / "test") == read_habitats(small / "test")
+
+
 def test_measured_confounding():
     """Exact allocation: the train match count is the sum of round_half_up(rho * n_c)."""
     cfg = SyntheticConfig(num_classes=8, rho=0.9, n_train=2000, n_val=400, n_test=1000, n_test_conflict=800)

@@ -191,7 +191,7 @@ _CAMS: dict[str, int] = {}
                                 st.integers(0, 12)).flatmap(lambda h: st.binary(max_size=200).map(lambda t: h + t))))
 @FUZZ
 def _fuzz_cam_file(data: bytes) -> None:
-    from kdcicam.evaluation.commands import load_cam
+    from kdcicam.evaluation.saved_cams import load_cam
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "x.png.npy").write_bytes(data)

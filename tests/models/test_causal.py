@@ -1,4 +1,4 @@
-"""CI-CAM: context pool, intervention, losses, DDP sync, checkpoints (METHOD.md §2, §3.1)."""
+"""CI-CAM: context pool, intervention, losses, DDP sync, checkpoints (docs/method.md §2, §3.1)."""
 from __future__ import annotations
 
 import math
@@ -188,7 +188,7 @@ def test_fore_and_diff_aux_losses_equal_their_formulas():
     expected = _ce_terms(diff, x, y, out) + 0.5 * F.cross_entropy(d, y) + 0.5 * F.cross_entropy((d + out["logits"]) / 2, y)
     loss, logs = diff.loss(x, y, out)
     assert torch.allclose(loss, expected, atol=1e-6)
-    # METHOD.md's wording (mask from S_up) is available as an option
+    # the paper's wording (mask from S_up) is available as an option
     up = _model(aux="fore", mask_threshold=0.15, aux_mask_branch="up").eval()
     out = up(x)
     z_fg, _, _ = _fg_bg(up, x, out, 0.15, branch="_up")
@@ -416,3 +416,15 @@ def test_kd_student_cam_temperature_option_round_trips():
     assert same.options()["cam_temperature"] is None and same.objective.cam_temperature == 4.0
     with pytest.raises(ConfigError, match="CAM temperature"):
         create_model("kd-ci-cam", TinyBackbone(), num_classes=3, cam_temperature=0.0)
+
+
+def test_intervention_lr_mult_puts_mask2attention_in_its_own_group():
+    model = create_model("ci-cam", TinyBackbone(), num_classes=4)
+    official = {g["name"]: g for g in model.param_groups(1e-3, 0.1)}
+    ids = {id(p) for p in model.mask2attention.parameters()}
+    assert ids <= {id(p) for p in official["backbone"]["params"]}  # the official grouping: with the backbone
+    groups = {g["name"]: g for g in model.param_groups(1e-3, 0.1, intervention_lr_mult=1.0)}
+    assert {id(p) for p in groups["intervention"]["params"]} == ids and groups["intervention"]["lr"] == 1e-3
+    assert not ids & {id(p) for p in groups["backbone"]["params"]}
+    every = [id(p) for g in groups.values() for p in g["params"]]
+    assert len(every) == len(set(every)) == len([p for p in model.parameters() if p.requires_grad])

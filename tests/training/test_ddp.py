@@ -15,7 +15,7 @@ def test_ddp_two_cpu_processes_share_one_pool(tiny_data: Path, tmp_path: Path):
     out = tmp_path / "ddp"
     script = Path(__file__).with_name("ddp_run.py")
     proc = subprocess.run([sys.executable, str(script), str(tiny_data), str(out), *FAST], env=cli_env(),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     p0 = torch.load(out / "pool_rank0.pt", weights_only=True)
     p1 = torch.load(out / "pool_rank1.pt", weights_only=True)

@@ -3,6 +3,7 @@ uninterrupted run (CPU, same seed), also when killed mid-epoch after a step chec
 from __future__ import annotations
 
 import csv
+import pickle
 import signal
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def test_kill_and_resume_gives_identical_weights(tiny_data: Path, tmp_path: Path
         if last.is_file():
             try:
                 step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
-            except Exception:
+            except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError):  # not written yet
                 step = -1
             if step >= 6:
                 break

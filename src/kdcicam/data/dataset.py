@@ -306,7 +306,7 @@ class ImageOnly(v2.Transform):
 
 @dataclass
 class AugmentConfig:
-    """Training augmentation (METHOD.md §4). Every pipeline ends with a horizontal flip, then the
+    """Training augmentation (docs/method.md §4). Every pipeline ends with a horizontal flip, then the
     optional photometric ops, then float conversion.
 
     - ``kind="resize_crop"``: Resize then RandomCrop(crop). ``resize_mode="shorter"`` resizes the
@@ -385,7 +385,7 @@ def build_eval_transform(size: int = 224, kind: str = "wsol", resize: int | None
     """Evaluation pipeline.
 
     - ``kind="wsol"`` (wsolevaluation's protocol): Resize((size, size)), no crop; boxes scale with it.
-    - ``kind="official"`` (METHOD.md §5, CUB): Resize((resize, resize)) then CenterCrop(size); boxes
+    - ``kind="official"`` (docs/method.md §5, CUB): Resize((resize, resize)) then CenterCrop(size); boxes
       are mapped the same way and clamped to the crop (a box may shrink to zero area if it lies
       outside the crop; it is kept so box counts stay aligned with the metadata).
     """
@@ -395,7 +395,7 @@ def build_eval_transform(size: int = 224, kind: str = "wsol", resize: int | None
         ops: list[Callable] = [v2.Resize((size, size), antialias=True)]
     elif kind == "official":
         if resize is None:
-            raise ConfigError("eval kind 'official' needs resize (e.g. 344 for VGG16 on CUB, METHOD.md §5)")
+            raise ConfigError("eval kind 'official' needs resize (e.g. 344 for VGG16 on CUB, docs/method.md §5)")
         if resize < size:
             raise ConfigError(f"eval resize ({resize}) must be >= size ({size})")
         ops = [v2.Resize((resize, resize), antialias=True), v2.CenterCrop(size)]

@@ -19,11 +19,13 @@ wrong, because a researcher debugging a 50,000-line file needs the line, not a t
 """
 from __future__ import annotations
 
+import codecs
+import math
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
 
 import yaml
 
@@ -103,12 +105,28 @@ class Metadata:
 
 
 # ----------------------------------------------------------------------------------------- reading
+def read_text_file(path: str | os.PathLike, missing: str | None = None, encoding: str = "utf-8") -> str:
+    """A user's text file: UTF-8 with or without a byte-order mark (common Windows editors write one), line
+    ends LF, CRLF or CR, all returned as LF. A missing file (when ``missing`` says how to put it), an
+    unreadable one or bytes that are not UTF-8 are a :class:`MetadataError` naming the file (and the byte)."""
+    path = Path(path)
+    if missing is not None and not path.is_file():
+        raise MetadataError(path, None, missing)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise MetadataError(path, None, f"cannot read ({e.strerror})") from None
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[skip:].decode(encoding)
+    except UnicodeDecodeError as e:
+        raise MetadataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start + skip})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, comma-split fields) for every non-blank line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise MetadataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text_file(path)
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -134,7 +152,7 @@ def _number(value: str, file: Path, line: int, what: str, integer: bool = False)
         number = float(value)
     except ValueError:
         raise MetadataError(file, line, f"{what} {value!r} is not a number") from None
-    if number != number or number in (float("inf"), float("-inf")):
+    if not math.isfinite(number):
         raise MetadataError(file, line, f"{what} {value!r} is not finite")
     if integer and number != int(number):
         raise MetadataError(file, line, f"{what} {value!r} is not an integer")
@@ -152,7 +170,7 @@ def read_dataset_info(dataset_dir: str | os.PathLike) -> DatasetInfo:
     path = Path(dataset_dir) / DATASET_YAML
     _require(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text_file(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]  # one line: the CLI prints one

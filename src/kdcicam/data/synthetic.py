@@ -402,13 +402,13 @@ def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = 
 
 def read_habitats(split_dir: str | os.PathLike) -> dict[str, int]:
     """``habitats.txt`` of a split: image id → habitat class (to measure confounding and leakage)."""
-    from .metadata import MetadataError
+    from .metadata import MetadataError, read_text_file
 
     path = Path(split_dir) / HABITATS_FILE
     if not path.is_file():
         raise MetadataError(path, None, "file not found (only synthetic datasets have habitats)")
     result: dict[str, int] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(read_text_file(path).splitlines(), start=1):
         if not raw.strip():
             continue
         fields = raw.split(",")

@@ -24,6 +24,7 @@ _WHERE = {
     "prepare_scoremap": "boxes", "check_scoremap": "boxes", "threshold_list": "boxes",
     "quantize_scoremap": "boxes", "resize_box": "boxes", "box_iou_matrix": "boxes",
     "batch_box_ious": "engine", "load_gt_mask": "masks",
+    "score_saved_cams": "saved_cams", "load_cam": "saved_cams", "CamFileError": "saved_cams",
 }
 
 __all__ = [  # noqa: RUF022 - grouped by module
@@ -32,6 +33,7 @@ __all__ = [  # noqa: RUF022 - grouped by module
     "BoxConventionError", "ScoremapError", "box_iou_matrix", "check_scoremap", "normalize_scoremap",
     "prepare_scoremap", "quantize_scoremap", "resize_box", "scoremap_to_boxes", "threshold_list",
     "batch_box_ious", "load_gt_mask",
+    "score_saved_cams", "load_cam", "CamFileError",
 ]
 
 

@@ -1,4 +1,4 @@
-"""CI-CAM: the causal context pool and the intervention on the feature map (METHOD.md §2), and the
+"""CI-CAM: the causal context pool and the intervention on the feature map (docs/method.md §2), and the
 KD-CI-CAM student built on it (§3).
 
 The pool ``M ∈ R^{C×h×w}`` is a per-class running "context prior" accumulated from the up-branch
@@ -187,7 +187,7 @@ class CICAMModel(CAMModel):
     binarisation ``mask_threshold``, and ``sparsity`` λ·mean(S) (at feature size, or upsampled to
     the input when ``sparsity_upsampled``). As in the official code, the fg/bg mask comes from the
     down branch's combinational map ranked by ``z_down`` (``aux_mask_branch="up"`` uses S_up, as
-    METHOD.md words it), upsampled bilinearly to the input size, ``S > thr·max S``, and it masks the
+    the paper words it), upsampled bilinearly to the input size, ``S > thr·max S``, and it masks the
     *normalised* image (masked pixels become the dataset mean, not black).
     """
 
@@ -231,6 +231,24 @@ class CICAMModel(CAMModel):
                 "aux_weight": self.aux_weight, "mask_threshold": self.mask_threshold,
                 "aux_mask_branch": self.aux_mask_branch, "sparsity": self.sparsity,
                 "sparsity_upsampled": self.sparsity_upsampled}
+
+    def param_groups(self, lr: float, backbone_lr_mult: float = 1.0,
+                     intervention_lr_mult: float | None = None) -> list[dict[str, Any]]:
+        """As CAM's groups, mask2attention with the backbone (the official grouping), or in a group of its own
+        at ``lr·intervention_lr_mult`` when that is given (a scaled-down recipe takes far fewer Adam steps, and
+        the intervention's weights then hardly leave their initialisation)."""
+        groups = super().param_groups(lr, backbone_lr_mult)
+        if intervention_lr_mult is None:
+            return groups
+        ids = {id(p) for p in self.mask2attention.parameters()}
+        for g in groups:
+            g["params"] = [p for p in g["params"] if id(p) not in ids]
+        own = [p for p in self.mask2attention.parameters() if p.requires_grad]
+        groups = [g for g in groups if g["params"]]
+        if own:
+            groups.append({"name": "intervention", "params": own, "lr": lr * intervention_lr_mult,
+                           "lr_mult": intervention_lr_mult})
+        return groups
 
     @torch.no_grad()
     def init_pool(self, input_size: tuple[int, int]) -> tuple[int, int]:

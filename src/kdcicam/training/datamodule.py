@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import AugmentSettings, RunConfig
-from ..data.dataset import (AugmentConfig, WSOLDataset, build_eval_transform, build_train_transform, collate_wsol,
-                            transform_sample)
+from ..data.dataset import (
+    AugmentConfig,
+    WSOLDataset,
+    build_eval_transform,
+    build_train_transform,
+    collate_wsol,
+    transform_sample,
+)
 from ..data.metadata import Metadata, read_dataset_info, read_metadata
 from ..errors import ConfigError
 
@@ -142,7 +149,7 @@ class SeededDataset(WSOLDataset):
 
 
 def augment_config(settings: AugmentSettings, crop: int) -> AugmentConfig:
-    resize = settings.resize or int(round(crop * 8 / 7))
+    resize = settings.resize or round(crop * 8 / 7)
     return AugmentConfig(kind=settings.kind, crop=crop, resize=resize, scale=(settings.scale_min, settings.scale_max),
                          color_jitter=settings.color_jitter, lighting=settings.lighting,
                          randaugment=settings.randaugment)

@@ -8,12 +8,13 @@ import math
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoints import build_model, load_model, read_checkpoint
 from ..config import RunConfig, config_from_dict
 from ..errors import KdcicamError
+from ..scoremaps import scoremaps_for_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -22,43 +23,8 @@ class NonFiniteLossError(KdcicamError, FloatingPointError):
     """The loss became NaN or inf; training stops and the last good checkpoint is kept."""
 
 
-def model_options(cfg: RunConfig) -> dict[str, Any]:
-    """Options for :func:`kdcicam.create_model` from a run config."""
-    m = cfg.model
-    opts: dict[str, Any] = {"output_stride": m.output_stride, "freeze_stages": m.freeze_stages,
-                            "combination": m.combination}
-    if cfg.method in ("ci-cam", "kd-ci-cam"):
-        opts.update(pool_rate=m.pool_rate, soft_intervention=m.soft_intervention)
-    if cfg.method == "ci-cam":
-        opts.update(recipe=m.recipe, aux=m.aux, aux_weight=m.aux_weight, mask_threshold=m.mask_threshold,
-                    sparsity=m.sparsity, sparsity_upsampled=m.sparsity_upsampled)
-    if cfg.method == "kd-ci-cam":
-        cam_t = cfg.kd.cam_temperature
-        opts.update(alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
-                    kd_mode=cfg.kd.kd_mode, kd_t_squared=cfg.kd.kd_t_squared, teachers=cfg.kd.teachers,
-                    cam_temperature=None if cam_t in (None, "auto") else float(cam_t))
-    return opts
-
-
-def build_model(cfg: RunConfig, num_classes: int, pretrained: Any = None) -> nn.Module:
-    from ..models.registry import create_model
-
-    return create_model(cfg.method, backbone=cfg.model.backbone, num_classes=num_classes,
-                        pretrained=cfg.model.pretrained if pretrained is None else pretrained,
-                        **model_options(cfg))
-
-
-def scoremaps_for_evaluation(maps: torch.Tensor, size: int) -> np.ndarray:
-    """Localization maps → the evaluator's input: resized to the evaluation grid with bicubic
-    interpolation and min-max normalised, exactly as wsolevaluation's inference does."""
-    from ..evaluation import prepare_scoremap
-
-    arr = maps.detach().double().cpu().numpy()
-    return np.stack([prepare_scoremap(m, size) for m in arr])
-
-
 def lr_factor(epoch: int, cfg: RunConfig) -> float:
-    """METHOD.md §4: poly decay × step decay (× 0.1 for InceptionV3 from epoch 85)."""
+    """docs/method.md §4: poly decay × step decay (× 0.1 for InceptionV3 from epoch 85)."""
     o = cfg.optim
     factor = (1.0 - epoch / o.epochs) ** o.poly_power
     if o.step > 0:
@@ -94,6 +60,7 @@ class WSOLModule(L.LightningModule):
                                        f"{num_classes}; train the teachers on the student's dataset")
                 self._teachers[role] = freeze_teacher(teacher)
         self.box_threshold: float | None = None
+        self.val_has_boxes: bool | None = None  # None: no validation has run
         self._evaluator = None
         self._intervention: Any = None
 
@@ -152,7 +119,9 @@ class WSOLModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/acc", acc * 100, prog_bar=True, batch_size=bs)
         for key, value in logs.items():
-            if key != "loss":
+            if key == "fg_coverage":  # a diagnostic: the epoch's mean, whatever log_every_n_steps is
+                self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=bs)
+            elif key != "loss":
                 self.log(f"train/{key}", value, batch_size=bs)
         return loss
 
@@ -240,52 +209,42 @@ class WSOLModule(L.LightningModule):
             for other in gathered[1:]:
                 evaluator.merge(other)
         metrics = evaluator.compute()
-        self.box_threshold = float(metrics["best_threshold"]["50"])
+        # a val split without boxes chooses no threshold: Localizer / evaluate then ask for one
+        self.box_threshold = float(metrics["best_threshold"]["50"]) if "best_threshold" in metrics else None
+        self.val_has_boxes = bool(evaluator.boxes)
         for key in ("top1_cls", "top5_cls", "gt_known_loc", "top1_loc", "max_box_acc_v2", "context_leakage", "pxap"):
             value = metrics.get(key)
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 self.log(f"val/{key}", float(value), prog_bar=key in ("top1_cls", "gt_known_loc", "max_box_acc_v2"),
                          sync_dist=False, rank_zero_only=False)
-        self.log("val/max_box_acc", float(metrics["max_box_acc"]["50"]))
+        if "max_box_acc" in metrics:
+            self.log("val/max_box_acc", float(metrics["max_box_acc"]["50"]))
         self._evaluator = None
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         o = self.cfg.optim
-        groups = self.model.param_groups(o.lr, o.backbone_lr_mult)
+        extra = {}  # CAM has no intervention: the setting is ignored there, so one config serves all three methods
+        if o.intervention_lr_mult is not None and hasattr(self.model, "mask2attention"):
+            extra["intervention_lr_mult"] = o.intervention_lr_mult
+        groups = self.model.param_groups(o.lr, o.backbone_lr_mult, **extra)
         optimizer = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, self.cfg))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["kdcicam"] = {"box_threshold": self.box_threshold, "num_classes": self.num_classes,
+        checkpoint["kdcicam"] = {"box_threshold": self.box_threshold, "val_has_boxes": self.val_has_boxes,
+                                 "num_classes": self.num_classes,
                                  "class_names": self.class_names, "method": self.cfg.method,
                                  "torch_rng_state": torch.get_rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("kdcicam", {})
         self.box_threshold = extra.get("box_threshold")
+        self.val_has_boxes = extra.get("val_has_boxes")
         if extra.get("torch_rng_state") is not None:
             torch.set_rng_state(extra["torch_rng_state"])
-
-
-def read_checkpoint(path: str) -> dict:
-    """Load a checkpoint safely: tensors and plain containers only (``weights_only=True``)."""
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise KdcicamError(f"{p}: checkpoint not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError ...
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise KdcicamError(f"{p}: refused or unreadable checkpoint ({reason}). Only tensors and plain data are "
-                           "loaded (weights_only=True); a file that needs arbitrary code to load is refused.") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise KdcicamError(f"{p}: not a kdcicam checkpoint (no state_dict / hyper_parameters)")
-    return ckpt
 
 
 def load_module(path: str, load_teachers: bool = False) -> WSOLModule:
@@ -301,8 +260,3 @@ def load_module(path: str, load_teachers: bool = False) -> WSOLModule:
     module.on_load_checkpoint(ckpt)
     module.eval()
     return module
-
-
-def load_model(path: str) -> nn.Module:
-    """The bare model of a checkpoint (used for teachers)."""
-    return load_module(path).model

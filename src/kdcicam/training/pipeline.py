@@ -37,7 +37,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from ..config import RunConfig, config_to_dict, kd_stage_configs, save_config, with_overrides
 from ..data.metadata import atomic_write_text
-from ..errors import ConfigError, KdcicamError, TrainingInterrupted
+from ..errors import KdcicamError, TrainingInterrupted
 from .datamodule import WSOLDataModule
 from .module import WSOLModule
 
@@ -163,6 +163,23 @@ def _precision(cfg: RunConfig) -> str:
     return "16-mixed" if cuda else "32-true"
 
 
+#: val metrics that need GT boxes on val, and the one that needs masks
+BOX_MONITORS = frozenset({"val/max_box_acc_v2", "val/max_box_acc", "val/gt_known_loc", "val/top1_loc"})
+MASK_MONITORS = frozenset({"val/pxap"})
+
+
+def effective_monitor(monitor: str, mode: str, val_has_boxes: bool, val_has_masks: bool) -> tuple[str, str, str | None]:
+    """The checkpoint monitor this val split can compute: ``(monitor, mode, why it changed or None)``.
+    A box metric without val boxes falls back to PxAP (val masks) or Top-1 Cls; so does leakage without either."""
+    if monitor in BOX_MONITORS and not val_has_boxes or monitor in MASK_MONITORS and not val_has_masks or \
+            monitor == "val/context_leakage" and not (val_has_boxes or val_has_masks):
+        fallback = "val/pxap" if val_has_masks else "val/top1_cls"
+        what = "masks but no boxes" if val_has_masks else "no boxes or masks"
+        why = f"eval.monitor={monitor} needs val localization, and val has {what}: best.ckpt is chosen by {fallback} instead"
+        return fallback, "max", why
+    return monitor, mode, None
+
+
 def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_checkpoints: dict[str, str] | None = None,
                 routes: list[int] | None = None, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Train one model into ``out``; returns the stage summary (also written to done.json)."""
@@ -199,9 +216,17 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
     info = datamodule.info
     module = WSOLModule(config_to_dict(cfg), num_classes=info.num_classes, class_names=info.class_names,
                         teacher_checkpoints=teacher_checkpoints)
-    best = _best_checkpoint(out, "best", cfg.eval.monitor, cfg.eval.monitor_mode)
+    if cfg.model.pretrained is False:
+        log.warning("model.pretrained=false: the %s backbone starts from random weights (WSOL methods assume an "
+                    "ImageNet-pretrained backbone; pass model.pretrained=PATH to a state_dict)", cfg.model.backbone)
+    val = datamodule.metadata(cfg.data.val_split)
+    monitor, monitor_mode, why = effective_monitor(cfg.eval.monitor, cfg.eval.monitor_mode, val.has_boxes, val.has_masks)
+    if why:
+        log.warning("%s: %s", out, why)
+    best = _best_checkpoint(out, "best", monitor, monitor_mode)
     # the dilemma, measured: the best epoch for classification and the best for localization, both kept
-    by_monitor = {name: _best_checkpoint(out, name, monitor, "max") for name, monitor in DILEMMA_MONITORS.items()}
+    dilemma = {name: effective_monitor(m, "max", val.has_boxes, val.has_masks)[0] for name, m in DILEMMA_MONITORS.items()}
+    by_monitor = {name: _best_checkpoint(out, name, m, "max") for name, m in dilemma.items()}
     callbacks: list[Callback] = [best, *by_monitor.values(), LastCheckpoint(last, cfg.trainer.checkpoint_every_n_steps)]
     callbacks += list(extra_callbacks or [])
     if cfg.trainer.progress_bar:
@@ -235,9 +260,9 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
         raise TrainingInterrupted(_interrupted_message(out, trainer, last))
     summary = {"stage_dir": str(out), "best": str(out / "checkpoints" / "best.ckpt"), "last": str(last),
                "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
-               "monitor": cfg.eval.monitor, "epochs": cfg.optim.epochs, "train_seconds": round(time.time() - start, 1),
+               "monitor": monitor, "epochs": cfg.optim.epochs, "train_seconds": round(time.time() - start, 1),
                "method": cfg.method,
-               "by_monitor": {name: {"monitor": DILEMMA_MONITORS[name], "path": str(out / "checkpoints" / f"{name}.ckpt"),
+               "by_monitor": {name: {"monitor": dilemma[name], "path": str(out / "checkpoints" / f"{name}.ckpt"),
                                      "score": float(cb.best_model_score) if cb.best_model_score is not None else None}
                               for name, cb in by_monitor.items()}}
     if trainer.is_global_zero:
@@ -284,8 +309,8 @@ def _resolve_cam_temperature(student: RunConfig, loc_teacher_ckpt: str, out: Pat
     """``kd.cam_temperature: auto`` → the localization teacher's raw-CAM standard deviation on the first
     training batches (evaluation transform, so the number does not depend on augmentation draws). A
     student that has started keeps the value in its saved config."""
+    from ..checkpoints import load_model
     from ..config import load_config
-    from .module import load_model
     from .scaling import cam_scale
 
     if student.kd.cam_temperature != "auto":
@@ -370,17 +395,3 @@ def train(config: RunConfig, out: str | os.PathLike, resume: bool = False) -> di
                                        teacher_checkpoints=teacher_ckpts, routes=allowed_routes(config.kd.teachers))
     atomic_write_text(out / "done.json", json.dumps(summaries, indent=2))
     return summaries
-
-
-def resolve_checkpoint(run_or_ckpt: str | os.PathLike) -> Path:
-    """A run folder (any method), a stage folder, or a .ckpt file → the checkpoint to use (best, else last)."""
-    p = Path(run_or_ckpt)
-    if p.is_file():
-        return p
-    if not p.is_dir():
-        raise ConfigError(f"{p}: no such run folder or checkpoint")
-    for stage_dir in (p / "student", p):
-        for name in ("best.ckpt", "last.ckpt"):
-            if (stage_dir / "checkpoints" / name).is_file():
-                return stage_dir / "checkpoints" / name
-    raise ConfigError(f"{p}: no checkpoints/best.ckpt or last.ckpt (nor under student/)")

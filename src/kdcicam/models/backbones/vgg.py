@@ -17,9 +17,10 @@ import os
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .backbones import WSOLBackbone, load_matching_state_dict, read_state_dict
+from ...errors import ConfigError
+from .common import Pretrained, WSOLBackbone, load_matching_state_dict, read_state_dict, weights_path
 from .nonlocal_block import NonLocalBlock
+from .registry import register_backbone
 
 VARIANTS = ("cub", "imagenet")
 # torchvision's vgg16 "D" configuration without the final "M" (pool5)
@@ -96,3 +97,23 @@ class VGG16Backbone(WSOLBackbone):
             unit += [self.nonlocal_blocks[p] for i, p in self._nonlocal_at.items() if start <= i < end]
             units.append(unit)
         return units
+
+
+def _build_vgg16(name: str, pretrained: Pretrained, output_stride: int | None, variant: str,
+                 nonlocal_blocks: bool) -> WSOLBackbone:
+    return VGG16Backbone(variant, weights=weights_path(name, pretrained), output_stride=output_stride,
+                         nonlocal_blocks=nonlocal_blocks)
+
+
+@register_backbone("vgg16")
+def vgg16(name: str, pretrained: Pretrained, output_stride: int | None, *,
+          variant: str | None = None, nonlocal_blocks: bool = True) -> WSOLBackbone:
+    return _build_vgg16(name, pretrained, output_stride, variant or "cub", nonlocal_blocks)
+
+
+@register_backbone("vgg16_imagenet")
+def vgg16_imagenet(name: str, pretrained: Pretrained, output_stride: int | None, *,
+                   variant: str | None = None, nonlocal_blocks: bool = True) -> WSOLBackbone:
+    if variant is not None and variant != "imagenet":
+        raise ConfigError(f"backbone 'vgg16_imagenet' contradicts option variant={variant!r}")
+    return _build_vgg16(name, pretrained, output_stride, "imagenet", nonlocal_blocks)

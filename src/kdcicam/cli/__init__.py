@@ -1,5 +1,6 @@
-"""The `kdcicam` command. One small module per subcommand, loaded only when that command runs,
-so `kdcicam --help` and the data commands start fast.
+"""The `kdcicam` command: this package holds the entry point (:func:`main`) and one small module per
+subcommand (``kdcicam.cli.<name>``), each thin over the library and loaded only when that command
+runs, so `kdcicam --help` and the data commands start fast.
 
 Every subcommand module exposes ``add_arguments(parser)`` (cheap, no heavy imports) and
 ``run(args) -> int``. Errors caused by input (:class:`~kdcicam.errors.KdcicamError`) are printed
@@ -10,20 +11,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from . import __version__
-from .errors import KdcicamError
+from .. import __version__
+from ..errors import KdcicamError
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("kdcicam.data.commands", "make datasets: `data synthetic`, `data cub`"),
-    "train": ("kdcicam.training.commands_train", "train CAM, CI-CAM or KD-CI-CAM (resumable)"),
-    "evaluate": ("kdcicam.training.commands_evaluate", "evaluate a run or checkpoint on a split"),
-    "score": ("kdcicam.evaluation.commands", "score saved CAMs (.npy) with the wsolevaluation protocol"),
-    "localize": ("kdcicam.commands_localize", "boxes and heatmaps for your own images"),
-    "report": ("kdcicam.commands_report", "one self-contained HTML report comparing runs"),
-    "demo": ("kdcicam.commands_demo", "the whole pipeline on the embedded synthetic data"),
+    "data": ("kdcicam.cli.data", "make datasets: `data synthetic`, `data cub`, `data import` (your own images)"),
+    "init": ("kdcicam.cli.init", "write a commented starting config for a dataset"),
+    "train": ("kdcicam.cli.train", "train CAM, CI-CAM or KD-CI-CAM (resumable)"),
+    "evaluate": ("kdcicam.cli.evaluate", "evaluate a run or checkpoint on a split"),
+    "score": ("kdcicam.cli.score", "score saved CAMs (.npy) with the wsolevaluation protocol"),
+    "localize": ("kdcicam.cli.localize", "boxes and heatmaps for your own images"),
+    "report": ("kdcicam.cli.report", "one self-contained HTML report comparing runs"),
+    "demo": ("kdcicam.cli.demo", "the whole pipeline on the embedded synthetic data"),
 }
 
 
@@ -72,7 +74,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"kdcicam {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from .pipeline import train
+    from ..training.pipeline import train
 
     config = load_config(args.config, args.overrides, method=args.method)
     out = Path(args.out) if args.out else Path("runs") / f"{config.name or Path(args.config).stem}-{config.method}"

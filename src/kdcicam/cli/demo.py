@@ -24,18 +24,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .data.metadata import atomic_write_text
-    from .errors import ConfigError
-    from .training.evaluate import evaluate, format_table
-    from .training.pipeline import train
+    from ..config import load_config
+    from ..data.metadata import atomic_write_text
+    from ..errors import ConfigError
+    from ..evaluation.table import format_table
+    from ..training.evaluate import evaluate
+    from ..training.pipeline import train
 
     start = time.time()
     if not Path(args.config).is_file():
         raise ConfigError(f"--config {args.config}: not found (run from the repository root or pass --config)")
     data = Path(args.data)
     if not (data / "dataset.yaml").is_file():
-        from .data.synthetic import SyntheticConfig, generate_synthetic
+        from ..data.synthetic import SyntheticConfig, generate_synthetic
 
         print(f"[demo] generating the synthetic confounded-objects dataset into {data} ...", flush=True)
         t = time.time()
@@ -62,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "summary.txt", table + "\n")
     print("\n" + table)
     try:
-        from .viz import write_report
+        from ..viz import write_report
     except ImportError:
         write_report = None
     if write_report is not None:
-        report = write_report([out / m for m in args.methods], out / "report.html")
+        report = write_report([out / m for m in args.methods], out / "report.html", evaluate=evaluate)
         print(f"\n[demo] report: {report}")
     print(f"[demo] done in {time.time() - start:.0f} s; results in {out}/summary.json")
     return 0

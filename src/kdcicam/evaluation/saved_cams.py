@@ -1,37 +1,22 @@
-"""``kdcicam score``: score saved CAMs with the wsolevaluation protocol.
+"""Score a folder of saved CAMs with the wsolevaluation protocol (what ``kdcicam score`` runs).
 
 Layout as wsolevaluation reads (and its ``inference.py`` writes) them: the map of image id
 ``cls/img.jpg`` is ``CAM_DIR/cls/img.jpg.npy`` (``np.save`` appends ``.npy`` to the id, extension
-and sub-folders kept), a 2-D float array in [0, 1] on the evaluation grid (``--cam-size``).
+and sub-folders kept), a 2-D float array in [0, 1] on the evaluation grid (by default, the grid is
+the maps' own size: ``kdcicam evaluate --save-cams`` writes them at the run's ``data.image_size``).
+
+There is no validation split here, so GT-known Loc is read at the threshold best on the scored split
+itself and named for it (``gt_known_loc_oracle``); ``gt_known_loc`` appears only when a threshold
+chosen elsewhere is given (``box_threshold``), as in ``kdcicam evaluate`` (docs/method.md §5).
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import KdcicamError
 
 BATCH = 64  #: maps per evaluator call (memory stays flat however many images)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("cam_dir", metavar="CAM_DIR", help="folder of <image_id>.npy score maps")
-    parser.add_argument("--metadata", required=True, metavar="DIR",
-                        help="metadata split folder (image_ids.txt, image_sizes.txt, localization.txt, ...)")
-    parser.add_argument("--multi-contour", action="store_true",
-                        help="report MaxBoxAcc with every contour's box (MaxBoxAccV2 style) instead of the largest; "
-                        "max_box_acc_v2 is always the multi-contour mean over IoU 30/50/70")
-    parser.add_argument("--iou", type=int, nargs="+", default=[30, 50, 70], metavar="PCT",
-                        help="IoU thresholds in percent (default: 30 50 70)")
-    parser.add_argument("--interval", type=float, default=0.01, help="CAM threshold interval (default: 0.01)")
-    parser.add_argument("--cam-size", type=int, nargs="+", default=[224], metavar="N",
-                        help="evaluation grid: N, or W H (default: 224)")
-    parser.add_argument("--normalize", action="store_true",
-                        help="min-max normalise every map first (for raw CAMs); by default maps must be in [0, 1]")
-    parser.add_argument("--mask-root", metavar="DIR", help="root of the mask files (default: the dataset's image root)")
-    parser.add_argument("--json", metavar="OUT", help="write the metrics to this JSON file (atomically)")
 
 
 class CamFileError(KdcicamError, ValueError):
@@ -49,8 +34,8 @@ def cam_path(cam_dir: Path, image_id: str) -> Path:
     return cam_dir / (image_id + ".npy")
 
 
-def load_cam(cam_dir: Path, image_id: str, shape: tuple[int, int], normalize: bool):
-    """Load and check one map (never unpickles)."""
+def load_cam(cam_dir: Path, image_id: str, shape: tuple[int, int] | None, normalize: bool):
+    """Load and check one map (never unpickles); ``shape=None`` takes any 2-D map."""
     import zipfile
 
     import numpy as np
@@ -70,7 +55,9 @@ def load_cam(cam_dir: Path, image_id: str, shape: tuple[int, int], normalize: bo
         raise CamFileError(image_id, path, "not a single array")
     if cam.dtype == object or not np.issubdtype(cam.dtype, np.floating):
         raise CamFileError(image_id, path, f"dtype {cam.dtype}, expected a float array")
-    if cam.shape != shape:
+    if shape is None and cam.ndim != 2:
+        raise CamFileError(image_id, path, f"shape {cam.shape}: expected a 2-D map (height, width)")
+    if shape is not None and cam.shape != shape:
         raise CamFileError(image_id, path, f"shape {cam.shape}, expected {shape} (height, width); "
                            "resize CAMs to the evaluation grid (--cam-size) first")
     cam = cam.astype(np.float64, copy=False)
@@ -95,18 +82,11 @@ def check_no_strays(cam_dir: Path, image_ids: list[str]) -> None:
             raise CamFileError(stray, path, "a score map for an image id that is not in the metadata")
 
 
-def _size(values: list[int]) -> int | tuple[int, int]:
-    if len(values) == 1:
-        return values[0]
-    if len(values) == 2:
-        return values[0], values[1]
-    raise KdcicamError(f"--cam-size takes N or W H, got {values}")
-
-
-def score(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: list[int] | None = None,
-          interval: float = 0.01, cam_size: int | tuple[int, int] = 224, normalize: bool = False,
-          mask_root: Path | None = None) -> dict[str, Any]:
-    """Score a folder of maps; returns the JSON-ready metrics."""
+def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: list[int] | None = None,
+                      interval: float = 0.01, cam_size: int | tuple[int, int] | None = None, normalize: bool = False,
+                      mask_root: Path | None = None, box_threshold: float | None = None) -> dict[str, Any]:
+    """Score a folder of maps; returns the JSON-ready metrics. ``cam_size=None``: the first map's size (every
+    map must have it); ``box_threshold``: also read GT-known Loc there (a threshold chosen on another split)."""
     import numpy as np
 
     from ..data.metadata import read_metadata
@@ -120,7 +100,13 @@ def score(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: l
         metadata.image_root = mask_root
     if metadata.has_masks and metadata.image_root is None:
         raise KdcicamError(f"{metadata_dir}: the split has masks but no image root to find them; pass --mask-root")
+    if not (metadata.has_boxes or metadata.has_masks):
+        raise KdcicamError(f"{metadata_dir}: the split has neither boxes nor masks (no localization.txt or masks.txt): "
+                           "nothing to score")
     iou = list(iou or [30, 50, 70])
+    if cam_size is None:
+        h, w = load_cam(cam_dir, metadata.image_ids[0], None, normalize).shape
+        cam_size = (w, h)
     try:
         evaluator = WSOLEvaluator(metadata, cam_size, iou, interval)
     except ValueError as e:
@@ -132,7 +118,12 @@ def score(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: l
         batch = ids[first:first + BATCH]
         maps = np.stack([load_cam(cam_dir, i, (h, w), normalize) for i in batch])
         evaluator.accumulate(maps, batch)
-    m = evaluator.compute()
+    if box_threshold is not None:
+        try:
+            evaluator.grid.threshold_index(box_threshold)
+        except ValueError as e:
+            raise KdcicamError(f"--box-threshold {box_threshold}: {e}") from None
+    m = evaluator.compute(threshold=box_threshold)
     key = "_v2" if multi_contour else ""
     out: dict[str, Any] = {
         "cam_dir": str(cam_dir), "metadata": str(metadata_dir), "num_images": m["num_images"],
@@ -143,42 +134,15 @@ def score(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: l
         out.update({
             "max_box_acc": m["max_box_acc_v2_per_iou"] if multi_contour else m["max_box_acc"],
             "max_box_acc_v2": m["max_box_acc_v2"],
-            # per IoU threshold only, in both modes (where GT-known Loc is read is gt_known_threshold)
+            # per IoU threshold only, in both modes (GT-known Loc: single-contour, IoU 50)
             "best_threshold": {k: v for k, v in m["best_threshold" + key].items() if k != "used"},
             "box_acc_curve": m["box_acc_curve" + key],
-            "gt_known_loc": m["gt_known_loc"],
-            "gt_known_threshold": m["best_threshold"]["used"],
+            "gt_known_loc_oracle": m["gt_known_loc_oracle"],
+            "oracle_threshold": m["best_threshold"]["50"],
         })
+        if box_threshold is not None:
+            out.update({"gt_known_loc": m["gt_known_loc"], "box_threshold": m["best_threshold"]["used"]})
     if m["pxap"] is not None:
         out.update({"pxap": m["pxap"], "piou": m["piou"], "piou_threshold": m["piou_threshold"]})
     out["context_leakage"] = m["context_leakage"]
     return out
-
-
-def format_table(result: dict[str, Any]) -> str:
-    rows = [("images", str(result["num_images"]))]
-    if "max_box_acc" in result:
-        mode = "multi-contour" if result["multi_contour"] else "single-contour"
-        for iou, value in result["max_box_acc"].items():
-            rows.append((f"MaxBoxAcc@{iou} ({mode})", f"{value:.2f}  (threshold {result['best_threshold'][iou]:.3f})"))
-        rows.append(("MaxBoxAccV2 (multi-contour, mean of IoU 30/50/70)", f"{result['max_box_acc_v2']:.2f}"))
-        rows.append(("GT-known Loc (IoU 50, single-contour)", f"{result['gt_known_loc']:.2f}"))
-    if "pxap" in result:
-        rows.append(("PxAP", f"{result['pxap']:.2f}"))
-        rows.append(("PIoU", f"{result['piou']:.2f}  (threshold {result['piou_threshold']:.3f})"))
-    if result.get("context_leakage") is not None:
-        rows.append(("context leakage", f"{result['context_leakage']:.2f}"))
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..data.metadata import atomic_write_text
-
-    result = score(Path(args.cam_dir), Path(args.metadata), args.multi_contour, args.iou, args.interval,
-                   _size(args.cam_size), args.normalize, Path(args.mask_root) if args.mask_root else None)
-    print(format_table(result))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2, allow_nan=False) + "\n")
-        print(f"metrics written to {args.json}")
-    return 0

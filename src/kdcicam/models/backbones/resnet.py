@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .backbones import WSOLBackbone, load_matching_state_dict, read_state_dict
+from ...errors import ConfigError
+from .common import Pretrained, WSOLBackbone, load_matching_state_dict, read_state_dict, weights_path
+from .registry import register_backbone
 
 
 class ResNet50Backbone(WSOLBackbone):
@@ -54,3 +55,8 @@ class ResNet50Backbone(WSOLBackbone):
     def freeze_units(self) -> list[list[nn.Module]]:
         blocks = [[b] for layer in (self.layer1, self.layer2, self.layer3, self.layer4) for b in layer]
         return [[self.conv1, self.bn1], *blocks]
+
+
+@register_backbone("resnet50")
+def resnet50(name: str, pretrained: Pretrained, output_stride: int | None) -> WSOLBackbone:
+    return ResNet50Backbone(weights=weights_path(name, pretrained), output_stride=output_stride)

@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def find_images(inputs: list[str]) -> list[tuple[Path, str]]:
     """(file, output name) pairs: folders recursively (sorted), files as given. The output name is the
     path relative to the folder it came from (a bare name for files), unique across inputs."""
-    from .errors import KdcicamError
+    from ..errors import KdcicamError
 
     found: list[tuple[Path, str]] = []
     for item in inputs:
@@ -99,10 +99,10 @@ def csv_text(records: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .data.dataset import load_image_rgb
-    from .errors import ImageReadError, KdcicamError
-    from .inference import Localizer
-    from .viz import atomic_write_bytes, save_overlay
+    from ..data.dataset import load_image_rgb
+    from ..errors import ImageReadError, KdcicamError
+    from ..inference import Localizer
+    from ..viz import atomic_write_bytes, save_overlay
 
     if args.topk < 1:
         raise KdcicamError(f"--topk must be >= 1, got {args.topk}")

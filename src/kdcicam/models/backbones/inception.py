@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC
 
-from ..errors import ConfigError
-from .backbones import WSOLBackbone, load_matching_state_dict, read_state_dict
+from ...errors import ConfigError
+from .common import Pretrained, WSOLBackbone, load_matching_state_dict, read_state_dict, weights_path
 from .nonlocal_block import NonLocalBlock
+from .registry import register_backbone
 
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -108,3 +109,10 @@ class InceptionV3Backbone(WSOLBackbone):
             [self.Mixed_6a], [self.Mixed_6b], [self.Mixed_6c], [self.Mixed_6d],
             self._with_nonlocal(self.Mixed_6e, "Mixed_6e"),
         ]
+
+
+@register_backbone("inception_v3")
+def inception_v3(name: str, pretrained: Pretrained, output_stride: int | None, *,
+                 nonlocal_blocks: bool = True, normalization: str = "imagenet") -> WSOLBackbone:
+    return InceptionV3Backbone(weights=weights_path(name, pretrained), output_stride=output_stride,
+                               nonlocal_blocks=nonlocal_blocks, normalization=normalization)

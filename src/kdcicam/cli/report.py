@@ -19,8 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .viz import write_report
+    from ..training.evaluate import evaluate
+    from ..viz import write_report
 
-    path = write_report(args.runs, args.out, splits=args.split, num_images=args.images, device=args.device)
+    path = write_report(args.runs, args.out, splits=args.split, num_images=args.images, device=args.device,
+                        evaluate=evaluate)
     print(f"kdcicam report: {path}")
     return 0

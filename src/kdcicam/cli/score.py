@@ -1,0 +1,82 @@
+"""``kdcicam score CAM_DIR --metadata DIR``: score saved CAMs with the wsolevaluation protocol.
+
+GT-known Loc here is the *oracle* number (threshold best on this split), named so in the table and the
+JSON; ``--box-threshold T`` adds the number at a threshold chosen elsewhere (docs/method.md §5).
+
+The work is :func:`kdcicam.evaluation.saved_cams.score_saved_cams`; this module parses the arguments
+and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import KdcicamError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("cam_dir", metavar="CAM_DIR", help="folder of <image_id>.npy score maps")
+    parser.add_argument("--metadata", required=True, metavar="DIR",
+                        help="metadata split folder (image_ids.txt, image_sizes.txt, localization.txt, ...)")
+    parser.add_argument("--multi-contour", action="store_true",
+                        help="report MaxBoxAcc with every contour's box (MaxBoxAccV2 style) instead of the largest; "
+                        "max_box_acc_v2 is always the multi-contour mean over IoU 30/50/70")
+    parser.add_argument("--iou", type=int, nargs="+", default=[30, 50, 70], metavar="PCT",
+                        help="IoU thresholds in percent (default: 30 50 70)")
+    parser.add_argument("--interval", type=float, default=0.01, help="CAM threshold interval (default: 0.01)")
+    parser.add_argument("--cam-size", type=int, nargs="+", default=None, metavar="N",
+                        help="evaluation grid: N, or W H (default: the maps' own size; wsolevaluation's is 224)")
+    parser.add_argument("--box-threshold", type=float, default=None, metavar="T",
+                        help="also report GT-known Loc at this CAM threshold (one chosen on a validation split); "
+                        "without it only the oracle GT-known Loc (best threshold on this split) is reported")
+    parser.add_argument("--normalize", action="store_true",
+                        help="min-max normalise every map first (for raw CAMs); by default maps must be in [0, 1]")
+    parser.add_argument("--mask-root", metavar="DIR", help="root of the mask files (default: the dataset's image root)")
+    parser.add_argument("--json", metavar="OUT", help="write the metrics to this JSON file (atomically)")
+
+
+def _size(values: list[int] | None) -> int | tuple[int, int] | None:
+    if values is None:
+        return None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise KdcicamError(f"--cam-size takes N or W H, got {values}")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    rows = [("images", str(result["num_images"]))]
+    if "max_box_acc" in result:
+        mode = "multi-contour" if result["multi_contour"] else "single-contour"
+        for iou, value in result["max_box_acc"].items():
+            rows.append((f"MaxBoxAcc@{iou} ({mode})", f"{value:.2f}  (threshold {result['best_threshold'][iou]:.3f})"))
+        rows.append(("MaxBoxAccV2 (multi-contour, mean of IoU 30/50/70)", f"{result['max_box_acc_v2']:.2f}"))
+        rows.append(("GT-known Loc, oracle threshold (best on this split)",
+                     f"{result['gt_known_loc_oracle']:.2f}  (threshold {result['oracle_threshold']:.3f})"))
+        if "gt_known_loc" in result:
+            given = f"{result['gt_known_loc']:.2f}  (threshold {result['box_threshold']:.3f})"
+            rows.append(("GT-known Loc at the given threshold", given))
+    if "pxap" in result:
+        rows.append(("PxAP", f"{result['pxap']:.2f}"))
+        rows.append(("PIoU", f"{result['piou']:.2f}  (threshold {result['piou_threshold']:.3f})"))
+    if result.get("context_leakage") is not None:
+        rows.append(("context leakage", f"{result['context_leakage']:.2f}"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.metadata import atomic_write_text
+    from ..evaluation.saved_cams import score_saved_cams
+
+    result = score_saved_cams(Path(args.cam_dir), Path(args.metadata), args.multi_contour, args.iou, args.interval,
+                              _size(args.cam_size), args.normalize,
+                              Path(args.mask_root) if args.mask_root else None, args.box_threshold)
+    print(format_table(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2, allow_nan=False) + "\n")
+        print(f"metrics written to {args.json}")
+    return 0
