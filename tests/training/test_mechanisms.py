@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdcicam.checkpoints import load_model
 from kdcicam.config import load_config
 from kdcicam.diagnostics import dilemma, epoch_curves
 from kdcicam.training.datamodule import WSOLDataModule
-from kdcicam.training.module import load_model, load_module
+from kdcicam.training.module import load_module
 from kdcicam.training.pipeline import train
 from kdcicam.training.scaling import cam_scale, expected_pool_updates
 
