@@ -51,7 +51,8 @@ class DataConfig:
     image_size: int = 128  # training crop and evaluation size (CAMs are scored on this grid)
     batch_size: int = 32
     eval_batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int = 0  # > 0: that many loader processes, kept across epochs
+    cache_images: bool = False  # decode every image once and keep it in memory (w*h*3 bytes each)
     skip_bad_images: bool = False
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     limit_train_images: Optional[int] = None  # a deterministic subset, for smoke tests
@@ -112,7 +113,7 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "auto"  # auto: 16-mixed on CUDA, 32 on CPU
+    precision: str = "auto"  # auto: bf16-mixed on CUDA (16-mixed where bf16 is missing), 32 on CPU
     seed: int = 0
     channels_last: bool = True
     checkpoint_every_n_steps: int = 0  # besides every epoch; 0 = epoch ends only

@@ -156,11 +156,27 @@ def check_output_folder(out: Path) -> None:
                            f"{MIN_FREE_BYTES // 2**20} MiB for checkpoints")
 
 
+def _on_cuda(cfg: RunConfig) -> bool:
+    return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+
+
 def _precision(cfg: RunConfig) -> str:
+    """``auto``: bf16 mixed precision on a GPU that has it (fp32's range: no loss scaling, and the
+    pool's sums and the T=15 distillation softmax cannot overflow), else fp16 mixed; fp32 on CPU."""
     if cfg.trainer.precision != "auto":
         return cfg.trainer.precision
-    cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-    return "16-mixed" if cuda else "32-true"
+    if not _on_cuda(cfg):
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def _strategy(cfg: RunConfig) -> Any:
+    """``ddp`` with its backend named: NCCL between GPUs, gloo between CPU processes."""
+    if cfg.trainer.strategy != "ddp":
+        return cfg.trainer.strategy
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(process_group_backend="nccl" if _on_cuda(cfg) else "gloo")
 
 
 #: val metrics that need GT boxes on val, and the one that needs masks
@@ -231,12 +247,9 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
     callbacks += list(extra_callbacks or [])
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
-    strategy: Any = cfg.trainer.strategy
-    if strategy == "ddp" and not torch.cuda.is_available():
-        strategy = "ddp"  # gloo on CPU; Lightning picks the backend
     trainer = L.Trainer(
         default_root_dir=out, max_epochs=cfg.optim.epochs, accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=strategy,
+        devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=_strategy(cfg),
         precision=_precision(cfg), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         logger=[ResumableCSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tb", version="")],
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.progress_bar,
