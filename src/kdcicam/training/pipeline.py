@@ -301,8 +301,11 @@ class NamedBestCheckpoint(ModelCheckpoint):
 
 def _best_checkpoint(out: Path, name: str, monitor: str, mode: str) -> ModelCheckpoint:
     cls = ModelCheckpoint if name == "best" else NamedBestCheckpoint  # best.ckpt keeps its state key (resume)
+    # saved when validation ends, so that last.ckpt (written at the epoch's end, before Lightning's own
+    # epoch-end checkpoint hooks run) holds this epoch's best state and a resumed run keeps it
     return cls(dirpath=out / "checkpoints", filename=name, monitor=monitor, mode=mode, save_top_k=1,
-               save_last=False, enable_version_counter=False, auto_insert_metric_name=False)
+               save_last=False, enable_version_counter=False, auto_insert_metric_name=False,
+               save_on_train_epoch_end=False)
 
 
 def _with_derived_pool_rate(config: RunConfig, datamodule: WSOLDataModule) -> RunConfig:
