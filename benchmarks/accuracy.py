@@ -34,6 +34,7 @@ RESULTS = REPO / "benchmarks" / "results"
 SUITES = {
     "synthetic": {"config": "configs/synthetic.yaml", "data": "data/synth"},
     "cub50": {"config": "configs/cub50.yaml", "data": "data/cub50"},
+    "cub50-gpu": {"config": "configs/cub50_gpu.yaml", "data": "data/cub50"},  # paper scale, one GPU
 }
 METHODS = ("cam", "ci-cam", "kd-ci-cam")
 
@@ -46,8 +47,19 @@ def machine() -> dict:
             "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
 
 
+def device_name(cfg) -> str:
+    """What trained the run: the GPU's name, or the CPU's."""
+    import torch
+
+    if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
+        return f"{torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
+    return f"CPU: {cpu_model()}"
+
+
 def commit() -> str:
-    return git_commit(REPO)
+    """HEAD; in a copied tree without .git (a GPU machine), what KDCICAM_COMMIT says."""
+    head = git_commit(REPO)
+    return os.environ.get("KDCICAM_COMMIT", head) if head == "unknown" else head
 
 
 def suite_config(suite: str, overrides: list[str] = (), method: str | None = None):
@@ -134,7 +146,7 @@ def ensure_data(suite: str) -> Path:
 
         generate_synthetic(data, SyntheticConfig())
     else:
-        src = REPO.parent / "shared" / "data" / "cub50"
+        src = Path(os.environ.get("KDCICAM_CUB50_SOURCE", REPO.parent / "shared" / "data" / "cub50"))
         if not src.is_dir():
             sys.exit(f"cub50 suite: {src} not found")
         from kdcicam.data.cub import convert_cub
@@ -210,7 +222,8 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
         "wall_seconds": {"train": round(train_seconds, 1), "evaluate": round(time.time() - t, 1),
                          "total": round(time.time() - start, 1), "resumed": resume},
         "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "commit": code_commit, "machine": machine(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": code_commit, "machine": machine(), "device": device_name(cfg),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "benchmarks/accuracy.py", "--suite", suite, "--seeds", str(seed),
                              "--methods", method] + (["--tag", tag] if tag else [])
                             + (["--eval-splits", ",".join(eval_splits)] if eval_splits else [])

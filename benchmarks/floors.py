@@ -20,7 +20,7 @@ from provenance import stamp
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SIGMAS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6)
-KEEP = ("max_box_acc", "max_box_acc_v2", "max_box_acc_v2_per_iou", "gt_known_loc", "gt_known_loc_at_best", "pxap", "context_leakage")
+KEEP = ("max_box_acc", "max_box_acc_v2", "max_box_acc_v2_per_iou", "gt_known_loc", "gt_known_loc_oracle", "pxap", "context_leakage")
 
 
 def centre_gaussian(size: int, sigma: float) -> np.ndarray:

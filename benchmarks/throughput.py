@@ -133,7 +133,8 @@ def decoded_images(n: int, width: int, height: int, seed: int = 0) -> list[np.nd
 
 
 def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    model = create_model(args.method, backbone=args.backbone, num_classes=args.classes, pretrained=True)
+    pretrained = getattr(args, "pretrained", True)  # device_check.py times random weights (no weights package)
+    model = create_model(args.method, backbone=args.backbone, num_classes=args.classes, pretrained=pretrained)
     loc = Localizer(model, image_size=args.size, threshold=0.5, topk=5, batch_size=args.images, device=device,
                     channels_last=not args.no_channels_last, map_kind="combinational")
     images = decoded_images(args.images, *args.source_size)
@@ -167,7 +168,7 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str,
     backbone_ips = args.images / stats["best_s"]["backbone"]
     localizer_ips = args.images / stats["best_s"]["localizer"]
     return {
-        "setup": {"method": args.method, "backbone": args.backbone, "pretrained": True, "num_classes": args.classes,
+        "setup": {"method": args.method, "backbone": args.backbone, "pretrained": pretrained, "num_classes": args.classes,
                   "batch": args.images, "model_input": args.size, "source_image_wh": list(args.source_size),
                   "channels_last": loc.channels_last, "map": "combinational", "boxes": "largest contour, threshold 0.5",
                   "repeats": args.repeats, "warmup": args.warmup},

@@ -16,6 +16,7 @@ ALLOWED = {
     "data": {"errors"},
     "models": {"errors"},
     "config": {"errors", "data"},
+    "config_template": {"errors", "data"},
     "evaluation": {"errors", "data"},
     "scoremaps": {"evaluation"},
     "checkpoints": {"errors", "config", "models"},
@@ -23,7 +24,7 @@ ALLOWED = {
     "training": {"errors", "data", "models", "config", "evaluation", "scoremaps", "checkpoints", "diagnostics"},
     "inference": {"errors", "data", "evaluation", "scoremaps", "checkpoints"},
     "viz": {"errors", "data", "config", "evaluation", "checkpoints", "inference", "diagnostics", "__version__"},
-    "cli": {"errors", "data", "config", "evaluation", "training", "inference", "viz", "__version__"},
+    "cli": {"errors", "data", "config", "config_template", "evaluation", "training", "inference", "viz", "__version__"},
     "__init__": {"models", "inference", "evaluation"},
     "__main__": {"cli"},
 }

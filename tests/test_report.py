@@ -96,8 +96,8 @@ def test_report_is_valid_self_contained_html_with_every_number(runs, tmp_path: P
     sources = [v for tag, k, v in checker.attrs if k in ("src", "href")]
     assert sources and all(v.startswith("data:image/png;base64,") for v in sources)
     # curves for both splits, the leakage chart, the training curves, and 4 images x (plain + 2 runs) in the grid
-    assert "alt='training curves'" in text
     assert len(sources) == 2 + 1 + 1 + 4 * 3
+    assert "alt='training curves'" in text and "Mechanisms, last epoch" in text
     # the escaped run name shows up as text, never as markup
     assert "cam <&> run" in "".join(checker.text) and "cam <&> run" not in text
     grid = text.split("Heatmaps on the same images")[1]
@@ -119,7 +119,7 @@ def test_report_command(runs, tmp_path: Path, capsys):
     out = tmp_path / "cli.html"
     assert main(["report", str(plain), "--out", str(out), "--split", "test", "--images", "2", "--device", "cpu"]) == 0
     assert str(out) in capsys.readouterr().out
-    assert out.read_text().count("data:image/png;base64,") == 1 + 1 + 1 + 2 * 2  # + the training curves
+    assert out.read_text().count("data:image/png;base64,") == 1 + 1 + 1 + 2 * 2  # curves, leakage, training curves, 2 images x (plain + run)
     assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "x.html")]) == 2
 
 

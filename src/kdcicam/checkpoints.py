@@ -84,11 +84,13 @@ def threshold_from_run(ckpt: Path, stored: float | None) -> tuple[float | None, 
     metrics = stage_folder(ckpt) / "metrics.json"
     if metrics.is_file():
         try:
-            value = json.loads(metrics.read_text()).get("box_threshold")
-        except (OSError, ValueError):
-            value = None
+            data = json.loads(metrics.read_text())
+            value, chosen_on = data.get("box_threshold"), data.get("box_threshold_chosen_on")
+        except (OSError, ValueError, AttributeError):
+            value = chosen_on = None
         if value is not None:
-            return float(value), f"{metrics} (chosen on the validation split)"
+            how = "given to kdcicam evaluate" if chosen_on == "given" else "chosen on the validation split"
+            return float(value), f"{metrics} ({how})"
     return None, ""
 
 
@@ -129,6 +131,7 @@ class LoadedCheckpoint:
     num_classes: int
     class_names: list[str] | None = None
     box_threshold: float | None = None  #: chosen on val by the last validation before the save
+    val_has_boxes: bool | None = None  #: False: val had no boxes to choose it on; None: unknown (no validation)
     hyper_parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -161,10 +164,12 @@ def load_checkpoint(run_or_ckpt: str | os.PathLike) -> LoadedCheckpoint:
     model.eval()
     extra = ckpt.get("kdcicam") or {}
     stored = extra.get("box_threshold") if isinstance(extra, dict) else None
+    val_has_boxes = extra.get("val_has_boxes") if isinstance(extra, dict) else None
     names = hp.get("class_names")
     return LoadedCheckpoint(path=path, model=model, config=config, num_classes=num_classes,
                             class_names=list(names) if names else None,
-                            box_threshold=None if stored is None else float(stored), hyper_parameters=hp)
+                            box_threshold=None if stored is None else float(stored),
+                            val_has_boxes=None if val_has_boxes is None else bool(val_has_boxes), hyper_parameters=hp)
 
 
 def load_model(run_or_ckpt: str | os.PathLike) -> nn.Module:

@@ -14,7 +14,13 @@ from typing import Any, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from .errors import ConfigError
 
@@ -24,7 +30,7 @@ KD_STAGES = ("cls_teacher", "loc_teacher", "student")
 
 @dataclass
 class AugmentSettings:
-    """Training augmentation (METHOD.md §4). ``kind``: ``resize_crop`` = Resize(resize) + RandomCrop(crop);
+    """Training augmentation (docs/method.md §4). ``kind``: ``resize_crop`` = Resize(resize) + RandomCrop(crop);
     ``rrc`` = RandomResizedCrop(crop, scale=(scale_min, scale_max)). A horizontal flip is always on."""
 
     kind: str = "resize_crop"
@@ -45,7 +51,8 @@ class DataConfig:
     image_size: int = 128  # training crop and evaluation size (CAMs are scored on this grid)
     batch_size: int = 32
     eval_batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int = 0  # > 0: that many loader processes, kept across epochs
+    cache_images: bool = False  # decode every image once and keep it in memory (w*h*3 bytes each)
     skip_bad_images: bool = False
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     limit_train_images: Optional[int] = None  # a deterministic subset, for smoke tests
@@ -67,7 +74,7 @@ class ModelConfig:
     pool_correct_fraction: float = 0.8  # share of a class's samples assumed correctly classified in that estimate
     soft_intervention: bool = False
     recipe: str = "mm21"  # mm21: CE(up)+CE(down); kd: CE(down) only
-    # teacher extras (METHOD.md §3.1)
+    # teacher extras (docs/method.md §3.1)
     aux: Optional[str] = None  # fore | diff_aux
     aux_weight: float = 1.0
     mask_threshold: float = 0.08
@@ -95,7 +102,7 @@ class EvalConfig:
     iou_thresholds: list[int] = field(default_factory=lambda: [30, 50, 70])
     monitor: str = "val/max_box_acc_v2"
     monitor_mode: str = "max"
-    protocol: str = "wsol"  # wsol (clovaai/wsolevaluation) | official (paper parity, METHOD.md §5)
+    protocol: str = "wsol"  # wsol (clovaai/wsolevaluation) | official (paper parity, docs/method.md §5)
     official_resize: int = 0  # official protocol: resize R before the centre crop (0: image_size * 8/7)
     official_seg_threshold: float = 0.14
 
@@ -106,7 +113,7 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "auto"  # auto: 16-mixed on CUDA, 32 on CPU
+    precision: str = "auto"  # auto: bf16-mixed on CUDA (16-mixed where bf16 is missing), 32 on CPU
     seed: int = 0
     channels_last: bool = True
     checkpoint_every_n_steps: int = 0  # besides every epoch; 0 = epoch ends only
@@ -179,8 +186,23 @@ def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     return out
 
 
+#: what to give for a value a shipped config leaves open (``???``), so that a run never starts on a silent default
+REQUIRED_HINTS = {
+    "model.pretrained": "the path of the backbone's ImageNet state_dict (e.g. torchvision's vgg16-397923af.pth), "
+                        "or false to train from random weights",
+}
+
+
+def _missing(key: str, where: str) -> ConfigError:
+    hint = REQUIRED_HINTS.get(key, "a value")
+    return ConfigError(f"{where}: {key} must be set (the config leaves it as ???): add {key}=VALUE to the "
+                       f"command line, VALUE being {hint}")
+
+
 def _explain(e: OmegaConfBaseException, where: str) -> ConfigError:
     key = getattr(e, "full_key", None) or ""
+    if isinstance(e, MissingMandatoryValue):
+        return _missing(key, where)
     if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         node: Any = RunConfig()
@@ -216,6 +238,13 @@ def _safe_load_yaml(path: Path) -> dict:
     return data
 
 
+def _required_keys(data: Any, prefix: str = "") -> list[str]:
+    """Dotted keys a YAML file leaves as ``???`` (OmegaConf's "must be given" marker)."""
+    if isinstance(data, dict):
+        return [k for key, value in data.items() for k in _required_keys(value, f"{prefix}{key}.")]
+    return [prefix[:-1]] if data == "???" else []
+
+
 def _finish(cfg: DictConfig, where: str) -> RunConfig:
     try:
         run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
@@ -230,15 +259,22 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     """Defaults ← YAML file ← ``method`` ← ``key.sub=value`` overrides (each layer checked)."""
     cfg = OmegaConf.structured(RunConfig)
     where = "config"
+    required: list[str] = []
     if path is not None:
         path = Path(path)
         where = str(path)
+        data = _safe_load_yaml(path)
+        required = _required_keys(data)
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.create(_safe_load_yaml(path)))
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
         except OmegaConfBaseException as e:
             raise _explain(e, where) from None
     if method is not None:
         cfg.method = method
+    given = {item.split("=", 1)[0].strip() for item in overrides}
+    for key in required:
+        if key not in given:
+            raise _missing(key, where)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")

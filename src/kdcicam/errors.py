@@ -24,3 +24,15 @@ class TrainingInterrupted(KdcicamError):
     which says how to resume; the last complete checkpoint is intact."""
 
     exit_code = 130
+
+
+class NoBoxThresholdError(KdcicamError):
+    """Top-1 / Top-5 / GT-known Loc need a box threshold, chosen on a validation split with boxes;
+    this run's has none. Raised by ``kdcicam evaluate``, ``Localizer`` and ``kdcicam localize`` alike."""
+
+    def __init__(self, where: object, val_split: str, flag: str = "--box-threshold T"):
+        self.where = str(where)
+        super().__init__(
+            f"{self.where}: the validation split {val_split!r} has no boxes, so no box threshold could be chosen on "
+            f"it (Top-1 / Top-5 / GT-known Loc and predicted boxes need one); pass {flag} with T in [0, 1), "
+            "or import val boxes (`kdcicam data import --val-boxes`) and evaluate again")

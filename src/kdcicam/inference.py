@@ -37,7 +37,7 @@ from PIL import Image
 from torch import nn
 from torchvision import tv_tensors
 
-from .errors import KdcicamError
+from .errors import KdcicamError, NoBoxThresholdError
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,8 @@ class Localizer:
         ckpt, cfg = loaded.path, loaded.config
         if threshold is None:
             threshold, source = threshold_from_run(ckpt, loaded.box_threshold)
+            if threshold is None and loaded.val_has_boxes is False:
+                raise NoBoxThresholdError(ckpt, cfg.data.val_split, flag="a threshold (--threshold T)")
             if threshold is None:
                 raise KdcicamError(f"{ckpt}: the checkpoint stores no box threshold (no validation ran) and the run "
                                    "has no metrics.json; pass a threshold (--threshold T)")

@@ -511,8 +511,9 @@ def _metrics_table_html(runs: list[RunInfo], splits: list[str]) -> str:
     thresholds = []
     for run, split in columns:
         t = run.metrics.get("box_threshold")
-        thresholds.append("-" if t is None else f"{float(t):.2f}")
-    rows.append("<tr><td>Box threshold (val)</td>" + "".join(f"<td>{t}</td>" for t in thresholds) + "</tr>")
+        given = " (given)" if run.metrics.get("box_threshold_chosen_on") == "given" else ""
+        thresholds.append("-" if t is None else f"{float(t):.2f}{given}")
+    rows.append("<tr><td>Box threshold (chosen on val)</td>" + "".join(f"<td>{t}</td>" for t in thresholds) + "</tr>")
     rows.append("</tbody></table>")
     return "".join(rows)
 

@@ -67,7 +67,7 @@ def test_threshold_from_val_is_applied(four_images):
     at = ev.compute(threshold=0.37)
     assert at["best_threshold"]["used"] == pytest.approx(0.37)
     assert at["gt_known_loc"] == curve[37]
-    assert at["gt_known_loc_at_best"] == max(curve)
+    assert at["gt_known_loc_oracle"] == max(curve)
     with pytest.raises(ValueError, match="not on the evaluated grid"):
         ev.compute(threshold=0.375)
 

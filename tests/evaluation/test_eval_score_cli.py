@@ -38,6 +38,7 @@ def test_score_writes_metrics(scored, tmp_path: Path, capsys):
     assert main(["score", str(cams), "--metadata", str(split), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "MaxBoxAcc@50" in printed and "MaxBoxAccV2" in printed
+    assert "GT-known Loc, oracle threshold (best on this split)" in printed  # never a bare "GT-known Loc"
     result = json.loads(out.read_text())
     ev = WSOLEvaluator(read_metadata(split, check_images=False))
     ev.accumulate(np.stack([maps[i] for i in IDS]), IDS)
@@ -45,7 +46,9 @@ def test_score_writes_metrics(scored, tmp_path: Path, capsys):
     assert result["max_box_acc"] == expected["max_box_acc"]
     assert result["max_box_acc_v2"] == expected["max_box_acc_v2"]
     assert result["best_threshold"] == {k: expected["best_threshold"][k] for k in ("30", "50", "70")}
-    assert result["gt_known_threshold"] == expected["best_threshold"]["used"]
+    # no val split here: GT-known Loc is the oracle number, and named so
+    assert result["oracle_threshold"] == expected["best_threshold"]["50"]
+    assert result["gt_known_loc_oracle"] == expected["gt_known_loc_oracle"] and "gt_known_loc" not in result
     assert result["box_acc_curve"] == expected["box_acc_curve"]
     assert result["num_images"] == 3 and result["multi_contour"] is False and "pxap" not in result
     assert not list(tmp_path.glob(".m.json.*"))  # written atomically, no temp file left
@@ -171,3 +174,49 @@ def test_bad_folders(scored, tmp_path: Path, capsys):
     split, cams, _ = scored
     _fails(capsys, ["score", str(tmp_path / "nope"), "--metadata", str(split)], "CAM folder not found")
     _fails(capsys, ["score", str(cams), "--metadata", str(tmp_path / "nope")], "metadata folder not found")
+
+
+def test_score_at_a_given_threshold(scored, tmp_path: Path, capsys):
+    split, cams, maps = scored
+    out = tmp_path / "m.json"
+    assert main(["score", str(cams), "--metadata", str(split), "--box-threshold", "0.3", "--json", str(out)]) == 0
+    assert "GT-known Loc at the given threshold" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    ev = WSOLEvaluator(read_metadata(split, check_images=False))
+    ev.accumulate(np.stack([maps[i] for i in IDS]), IDS)
+    assert result["gt_known_loc"] == ev.compute(threshold=0.3)["gt_known_loc"] and result["box_threshold"] == 0.3
+    assert result["gt_known_loc_oracle"] == ev.compute()["gt_known_loc_oracle"]
+    _fails(capsys, ["score", str(cams), "--metadata", str(split), "--box-threshold", "0.305"], "--box-threshold")
+
+
+def test_grid_is_read_from_the_maps(tmp_path: Path):
+    """Maps saved at another size than 224 (e.g. `evaluate --save-cams` of a 128 px run) score without a flag."""
+    md = make_metadata(boxes={i: [(30, 40, 300, 200)] for i in IDS}, sizes={i: (400, 300) for i in IDS},
+                       labels={i: k % 2 for k, i in enumerate(IDS)})
+    split = write_split(tmp_path, md)
+    rng = np.random.default_rng(1)
+    import cv2
+
+    maps = {i: np.clip(cv2.resize(smooth_map(rng), (128, 96), interpolation=cv2.INTER_AREA), 0, 1) for i in IDS}
+    for image_id, cam in maps.items():
+        (tmp_path / "cams" / image_id).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / "cams" / f"{image_id}.npy", cam)
+    out = tmp_path / "m.json"
+    assert main(["score", str(tmp_path / "cams"), "--metadata", str(split), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    ev = WSOLEvaluator(read_metadata(split, check_images=False), cam_size=(128, 96))
+    ev.accumulate(np.stack([maps[i] for i in IDS]), IDS)
+    assert result["cam_size"] == [128, 96] and result["max_box_acc"] == ev.compute()["max_box_acc"]
+    assert main(["score", str(tmp_path / "cams"), "--metadata", str(split), "--cam-size", "224"]) == 2
+
+
+def test_split_with_nothing_to_score(tmp_path: Path, capsys):
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "image_ids.txt").write_text("".join(f"{i}\n" for i in IDS))
+    (split / "class_labels.txt").write_text("".join(f"{i},{k % 2}\n" for k, i in enumerate(IDS)))
+    cams = tmp_path / "cams"
+    for image_id in IDS:
+        (cams / image_id).parent.mkdir(parents=True, exist_ok=True)
+        np.save(cams / f"{image_id}.npy", np.zeros((224, 224)))
+    _fails(capsys, ["score", str(cams), "--metadata", str(split)], "neither boxes nor masks", "nothing to score")

@@ -194,3 +194,42 @@ def test_train_into_an_existing_run_without_resume(run_copy: Path, fault_data: P
     rec.data_lost = (last.stat().st_ino, last.stat().st_mtime_ns) != before
     assert "--resume" in r.one_line_error("train")
     assert not rec.data_lost
+
+
+@pytest.mark.parametrize("keep", ["masks", "none"])
+def test_evaluate_with_a_val_split_without_boxes(keep: str, run_copy: Path, dataset: Path, cli, fault):
+    from _datasets import reduce_localization
+
+    what = "mask-only (the wsolevaluation OpenImages layout)" if keep == "masks" else "labels only"
+    rec = fault(f"`kdcicam evaluate` on a run whose val split has no boxes: {what}", CAT,
+                "exit 2, one line naming the val split and --box-threshold; with --box-threshold T the metrics "
+                "are written and say the threshold was given")
+    reduce_localization(dataset / "val", keep)
+    r = cli("evaluate", run_copy, "--split", "test", "--data-root", dataset, "--device", "cpu")
+    rec.observed = _error(r, "evaluate")[:300]
+    line = r.one_line_error("evaluate")
+    assert "'val' has no boxes" in line and "--box-threshold" in line
+    assert not (run_copy / "metrics.json").exists()
+    r = cli("evaluate", run_copy, "--split", "test", "--data-root", dataset, "--device", "cpu", "--box-threshold", "0.3")
+    assert r.rc == 0, r.err[-2000:]
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    assert metrics["box_threshold"] == 0.3 and metrics["box_threshold_chosen_on"] == "given"
+    rec.observed += f" / with --box-threshold 0.3: exit {r.rc}, test GT-known Loc {metrics['test']['gt_known_loc']:.2f}"
+
+
+def test_score_a_split_with_nothing_to_score(dataset: Path, tmp_path: Path, cli, fault):
+    import numpy as np
+
+    from _datasets import reduce_localization
+    from kdcicam.data.metadata import read_metadata
+
+    rec = fault("`kdcicam score` on a split with neither boxes nor masks", CAT,
+                "exit 2, one line: nothing to score (not 'images N' and exit 0)")
+    reduce_localization(dataset / "test", "none")
+    cams = tmp_path / "cams"
+    for image_id in read_metadata(dataset / "test").image_ids:
+        (cams / image_id).parent.mkdir(parents=True, exist_ok=True)
+        np.save(cams / f"{image_id}.npy", np.zeros((64, 64)))
+    r = cli("score", cams, "--metadata", dataset / "test")
+    rec.observed = _error(r, "score")[:300]
+    assert "neither boxes nor masks" in r.one_line_error("score")

@@ -54,7 +54,7 @@ def test_efficientnet_lite_wsol_backbone_drops_only_the_imagenet_classifier():
         backbone.imagenet_logits(torch.rand(1, 3, 32, 32))
     with torch.no_grad():
         f = backbone.eval()(torch.rand(1, 3, 224, 224))
-    assert f.shape == (1, 1280, 7, 7)  # METHOD.md §7.5: F is the head conv output, 1280×7×7
+    assert f.shape == (1, 1280, 7, 7)  # docs/method.md §7.5: F is the head conv output, 1280×7×7
     assert f.min() >= 0 and f.max() <= 6  # after BN + ReLU6
 
 
@@ -218,7 +218,7 @@ def test_nonlocal_block_matches_the_attention_formula():
 def test_frozen_stages_get_no_gradient_and_keep_bn_statistics():
     backbone = create_backbone("efficientnet_lite0")
     assert backbone.num_blocks == 16
-    backbone.freeze(8)  # stem + blocks 0–7, as in DESIGN.md's CPU measurements
+    backbone.freeze(8)  # stem + blocks 0–7, as in the CPU recipes (configs/cub50.yaml)
     backbone.train()
     stem_bn = backbone.net.bn1
     running = stem_bn.running_mean.clone()

@@ -1,4 +1,4 @@
-"""CAM head, combinational CAM and the CAM model (METHOD.md §1)."""
+"""CAM head, combinational CAM and the CAM model (docs/method.md §1)."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""CI-CAM: context pool, intervention, losses, DDP sync, checkpoints (METHOD.md §2, §3.1)."""
+"""CI-CAM: context pool, intervention, losses, DDP sync, checkpoints (docs/method.md §2, §3.1)."""
 from __future__ import annotations
 
 import math
@@ -188,7 +188,7 @@ def test_fore_and_diff_aux_losses_equal_their_formulas():
     expected = _ce_terms(diff, x, y, out) + 0.5 * F.cross_entropy(d, y) + 0.5 * F.cross_entropy((d + out["logits"]) / 2, y)
     loss, logs = diff.loss(x, y, out)
     assert torch.allclose(loss, expected, atol=1e-6)
-    # METHOD.md's wording (mask from S_up) is available as an option
+    # the paper's wording (mask from S_up) is available as an option
     up = _model(aux="fore", mask_threshold=0.15, aux_mask_branch="up").eval()
     out = up(x)
     z_fg, _, _ = _fg_bg(up, x, out, 0.15, branch="_up")

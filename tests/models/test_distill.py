@@ -1,4 +1,4 @@
-"""KD-CI-CAM losses: logit KD, CAM distillation, routes, the student objective (METHOD.md §3)."""
+"""KD-CI-CAM losses: logit KD, CAM distillation, routes, the student objective (docs/method.md §3)."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""The authors' evaluation protocol (METHOD.md §5 official mode)."""
+"""The authors' evaluation protocol (docs/method.md §5 official mode)."""
 from __future__ import annotations
 
 import numpy as np

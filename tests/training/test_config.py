@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("name", ["synthetic", "cub50", "cub", "ilsvrc"])
 def test_shipped_configs_load_and_round_trip(name: str, tmp_path: Path) -> None:
-    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    weights = ["model.pretrained=/weights/vgg16-397923af.pth"] if name in ("cub", "ilsvrc") else []
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", weights)
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
@@ -80,7 +81,7 @@ def test_yaml_with_object_tags_is_refused(tmp_path: Path) -> None:
 
 
 def test_kd_stages_apply_their_overrides() -> None:
-    cfg = load_config(REPO / "configs" / "cub.yaml", method="kd-ci-cam")
+    cfg = load_config(REPO / "configs" / "cub.yaml", ["model.pretrained=false"], method="kd-ci-cam")
     stages = kd_stage_configs(cfg)
     assert stages["cls_teacher"].method == stages["loc_teacher"].method == "ci-cam"
     assert stages["student"].method == "kd-ci-cam"
@@ -92,6 +93,15 @@ def test_kd_stages_apply_their_overrides() -> None:
 
 def test_defaults_are_valid() -> None:
     assert config_from_dict({}) == RunConfig()
+
+
+@pytest.mark.parametrize("name", ["cub", "ilsvrc"])
+def test_vgg_configs_need_the_weights_named(name: str) -> None:
+    """Forgetting model.pretrained=PATH must not train VGG16 from random weights for 100 epochs."""
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs" / f"{name}.yaml")
+    assert "model.pretrained must be set" in str(e.value) and "false to train from random weights" in str(e.value)
+    assert load_config(REPO / "configs" / f"{name}.yaml", ["model.pretrained=false"]).model.pretrained is False
 
 
 @pytest.mark.parametrize("override, needle", [

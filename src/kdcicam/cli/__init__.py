@@ -18,7 +18,8 @@ from ..errors import KdcicamError
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("kdcicam.cli.data", "make datasets: `data synthetic`, `data cub`"),
+    "data": ("kdcicam.cli.data", "make datasets: `data synthetic`, `data cub`, `data import` (your own images)"),
+    "init": ("kdcicam.cli.init", "write a commented starting config for a dataset"),
     "train": ("kdcicam.cli.train", "train CAM, CI-CAM or KD-CI-CAM (resumable)"),
     "evaluate": ("kdcicam.cli.evaluate", "evaluate a run or checkpoint on a split"),
     "score": ("kdcicam.cli.score", "score saved CAMs (.npy) with the wsolevaluation protocol"),

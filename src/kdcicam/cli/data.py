@@ -1,4 +1,5 @@
-"""``kdcicam data synthetic`` and ``kdcicam data cub``: make datasets in the metadata format.
+"""``kdcicam data synthetic``, ``kdcicam data cub`` and ``kdcicam data import`` (your own images): make
+datasets in the metadata format.
 
 Only argparse here at import time; the generators are imported when a command runs.
 """
@@ -37,10 +38,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="share of each class's official train images held out as val (default 0.1)")
     c.add_argument("--seed", type=int, default=0, help="seed of the val hold-out (default 0)")
 
+    i = sub.add_parser(
+        "import", help="your own images: class folders or a CSV of labels, boxes from CSV / VOC / COCO",
+        description="Import your own images into train/val[/test] metadata (docs/own_data.md). Labels: a folder "
+                    "with one sub-folder per class, or a CSV path,label. Boxes (val/test): a CSV "
+                    "path,x0,y0,x1,y1[,label], a Pascal VOC .xml file or folder, or a COCO .json. Images are "
+                    "referenced, not copied; on any error nothing is written.")
+    i.add_argument("--train", required=True, type=Path, metavar="SRC",
+                   help="training images: a folder of class folders, or a CSV path,label")
+    i.add_argument("--val", type=Path, metavar="SRC", help="val images, as --train (default: see --val-boxes)")
+    i.add_argument("--val-boxes", type=Path, metavar="FILE",
+                   help="val boxes; without --val, the images it names are taken out of train as the val split")
+    i.add_argument("--test", type=Path, metavar="SRC", help="test images, as --train (a flat folder takes each "
+                   "image's class from its boxes' labels)")
+    i.add_argument("--test-boxes", type=Path, metavar="FILE", help="test boxes (without --test: taken out of train)")
+    i.add_argument("--image-root", type=Path, metavar="DIR",
+                   help="folder the metadata's paths are relative to, and CSV paths too (default: the folder "
+                        "holding all images; CSV paths relative to the CSV)")
+    i.add_argument("--val-fraction", type=float, default=0.1,
+                   help="without --val and --val-boxes: share of each class's train images held out as val "
+                        "(default 0.1; no boxes, so evaluation needs --box-threshold)")
+    i.add_argument("--seed", type=int, default=0, help="seed of the val hold-out (default 0)")
+    i.add_argument("--name", default="", help="dataset name in dataset.yaml (default: the output folder's name)")
+    i.add_argument("--out", required=True, type=Path, help="output folder (new, empty, or an earlier import)")
+    i.add_argument("--overwrite", action="store_true", help="replace an earlier import in --out")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "synthetic":
         return _synthetic(args)
+    if args.data_command == "import":
+        return _import(args)
     return _cub(args)
 
 
@@ -72,4 +100,37 @@ def _cub(args: argparse.Namespace) -> int:
     print(f"  boxes: {BOX_ROUNDING}; {counts['clipped_boxes']} clipped"
           + (f"; {counts['exif_transposed']} images EXIF-transposed" if counts["exif_transposed"] else ""))
     print(f"  metadata written to {args.out}/{{train,val,test}}, dataset info to {args.out}/dataset.yaml")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from ..data.importers import SplitSpec, import_dataset
+    from ..errors import ConfigError
+
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    for flag, source, boxes in (("val", args.val, args.val_boxes), ("test", args.test, args.test_boxes)):
+        if boxes is not None and not boxes.exists():
+            raise ConfigError(f"--{flag}-boxes {boxes}: not found")
+        if source is not None and not source.exists():
+            raise ConfigError(f"--{flag} {source}: not found")
+    s = import_dataset(args.out, SplitSpec(labels=args.train), SplitSpec(args.val, args.val_boxes),
+                       SplitSpec(args.test, args.test_boxes), image_root=args.image_root,
+                       val_fraction=args.val_fraction, seed=args.seed, name=args.name, overwrite=args.overwrite)
+    names = ", ".join(s.class_names[:6]) + (", ..." if len(s.class_names) > 6 else "")
+    print(f"imported {len(s.class_names)} classes ({names}); image root {s.image_root}")
+    parts = [f"train {s.counts['train']}"]
+    if "val" in s.counts:
+        origin = {"given": f"from {args.val}", "boxes": f"the images of {args.val_boxes}, taken out of train",
+                  "held out": f"held out: {args.val_fraction:.0%} of each class's train images, seed {args.seed}"}
+        parts.append(f"val {s.counts['val']} ({origin[s.val_origin]}; {s.boxes.get('val', 0)} boxes)")
+    if "test" in s.counts:
+        parts.append(f"test {s.counts['test']} ({s.boxes.get('test', 0)} boxes)")
+    print("  " + ", ".join(parts))
+    if any(s.boxes.values()):
+        print(f"  boxes rounded half-up to integers; {s.clipped_boxes} clipped at the image border"
+              + (f"; {s.exif_rotated_boxes} rotated with their EXIF-rotated image" if s.exif_rotated_boxes else ""))
+    for note in s.notes:
+        print(f"  note: {note}")
+    print(f"  metadata written to {args.out}/{{{','.join(s.counts)}}}, dataset info to {args.out}/dataset.yaml")
     return 0

@@ -1,4 +1,7 @@
-"""`kdcicam evaluate RUN_OR_CKPT --split test [test_conflict ...] [--save-cams DIR] [--json OUT]`"""
+"""`kdcicam evaluate RUN_OR_CKPT --split test [test_conflict ...] [--save-cams DIR] [--json OUT] [--box-threshold T]`
+
+Top-1 / Top-5 / GT-known Loc are read at the box threshold chosen on the run's val split (its boxes), or at
+``--box-threshold T`` when given — the only way when val has no boxes (docs/method.md §5)."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +11,16 @@ import json
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder or .ckpt file")
     p.add_argument("--split", nargs="+", default=["test"], help="splits to evaluate (default: test)")
-    p.add_argument("--save-cams", help="also save the scored CAMs as <DIR>/<split>/<image_id>.npy")
+    p.add_argument("--save-cams", help="also save the scored CAMs as <DIR>/<split>/<image_id>.npy, every split "
+                   "asked for, at the run's image size (`kdcicam score DIR/<split>` reads that size)")
+    p.add_argument("--box-threshold", type=float, default=None, metavar="T",
+                   help="CAM threshold for Top-1/Top-5/GT-known Loc instead of the one chosen on val "
+                   "(needed when val has no boxes); in [0, 1) on the 0.01 grid")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--data-root", help="dataset folder, if it moved since training")
     p.add_argument("--json", help="also write the metrics to this file")
     p.add_argument("--protocol", choices=["wsol", "official"], default="wsol",
-                   help="wsol: clovaai/wsolevaluation (default); official: the papers' box protocol (METHOD §5)")
+                   help="wsol: clovaai/wsolevaluation (default); official: the papers' box protocol (docs/method.md §5)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,9 +44,13 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             atomic_write_text(args.json, json.dumps(results, indent=2))
         return 0
-    results = evaluate(args.run, splits, save_cams=args.save_cams, device=args.device, data_root=args.data_root)
-    print(f"checkpoint: {results['checkpoint']}  (box threshold {results['box_threshold']:.2f}, chosen on "
-          f"{results['box_threshold_chosen_on']})")
+    results = evaluate(args.run, splits, save_cams=args.save_cams, device=args.device, data_root=args.data_root,
+                       box_threshold=args.box_threshold)
+    threshold, chosen_on = results["box_threshold"], results["box_threshold_chosen_on"]
+    how = ("no box threshold: no split asked for has boxes" if threshold is None else
+           f"box threshold {threshold:.2f}, " + ("given (--box-threshold)" if chosen_on == "given"
+                                                 else f"chosen on {chosen_on}"))
+    print(f"checkpoint: {results['checkpoint']}  ({how})")
     print(format_table({s: results[s] for s in splits}))
     print(f"metrics written to {results['metrics_file']}")
     if args.json:

@@ -60,9 +60,7 @@ class _Image:
 
 def _rows(path: Path, nfields: int, what: str) -> list[tuple[int, list[str]]]:
     """(line, fields) of a whitespace-separated CUB file; the last field may contain spaces."""
-    if not path.is_file():
-        raise MetadataError(path, None, "file not found (is this a CUB-200-2011 folder?)")
-    text = read_text_file(path)
+    text = read_text_file(path, missing="file not found (is this a CUB-200-2011 folder?)")
     rows = []
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
@@ -220,6 +218,23 @@ def _val_count(n: int, val_fraction: float) -> int:
     return min(round_half_up(val_fraction * n), max(n - 1, 0))
 
 
+def stratified_holdout(labels: list[int], fraction: float, seed: int) -> set[int]:
+    """Indices to hold out: ``round_half_up(fraction * n)`` of each class's n items (at most n - 1),
+    drawn by a numpy Generator seeded with ``(seed, class)`` over the class's items in the given order."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"hold-out fraction must be in [0, 1), got {fraction}")
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    held: set[int] = set()
+    for label, items in sorted(by_class.items()):
+        k = _val_count(len(items), fraction)
+        if k:
+            perm = np.random.default_rng([seed, label]).permutation(len(items))
+            held.update(items[i] for i in perm[:k])
+    return held
+
+
 def convert_cub(src: str | os.PathLike, out: str | os.PathLike, val_fraction: float = 0.1,
                 seed: int = 0) -> dict[str, int]:
     """Convert the CUB tree ``src`` into ``out/{train,val,test}`` metadata and ``out/dataset.yaml``.
@@ -269,17 +284,9 @@ def convert_cub(src: str | os.PathLike, out: str | os.PathLike, val_fraction: fl
         sizes[im.path] = (w, h)
         boxes[im.path] = [box]
 
-    # val: per-class seeded hold-out from the official train split
-    train_by_class: dict[int, list[int]] = {}
-    for image_id in sorted(images):
-        if images[image_id].is_train:
-            train_by_class.setdefault(images[image_id].label, []).append(image_id)
-    val_ids: set[int] = set()
-    for label, ids in sorted(train_by_class.items()):
-        k = _val_count(len(ids), val_fraction)
-        if k:
-            perm = np.random.default_rng([seed, label]).permutation(len(ids))
-            val_ids.update(ids[i] for i in perm[:k])
+    # val: per-class seeded hold-out from the official train split (seeded by the original class id)
+    train_ids = [i for i in sorted(images) if images[i].is_train]
+    val_ids = {train_ids[k] for k in stratified_holdout([images[i].label for i in train_ids], val_fraction, seed)}
 
     split_ids = {
         "train": [i for i in sorted(images) if images[i].is_train and i not in val_ids],

@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError, ImageReadError
+from .cache import DecodedImageCache
 from .metadata import IMAGE_SIZES, Metadata, MetadataError, read_metadata
 
 log = logging.getLogger(__name__)
@@ -111,14 +112,16 @@ class WSOLDataset(Dataset):
     by the next readable index (deterministic; batches keep their size), and the returned ``index``
     is that of the image actually loaded. For evaluation (``replace_bad_images=False``) the sample is
     ``None``, which :func:`collate_wsol` drops, so every other image is scored exactly once and the
-    unreadable one not at all. In DataLoader worker processes
+    unreadable one not at all. ``cache`` (a :class:`~kdcicam.data.cache.DecodedImageCache`) supplies
+    decoded images instead of the files, with the same pixels. In DataLoader worker processes
     ``bad_images`` fills in the worker's copy only. Without it, :class:`ImageReadError` propagates.
     A decoded size that differs from ``image_sizes.txt`` is a metadata error (boxes would be
     wrong) and is always raised.
     """
 
     def __init__(self, metadata: Metadata | str | os.PathLike, transform: Callable | None = None,
-                 load_masks: bool = False, skip_bad_images: bool = False, replace_bad_images: bool = True):
+                 load_masks: bool = False, skip_bad_images: bool = False, replace_bad_images: bool = True,
+                 cache: DecodedImageCache | None = None):
         if not isinstance(metadata, Metadata):
             metadata = read_metadata(metadata)
         where = metadata.split_dir if metadata.split_dir is not None else "metadata"
@@ -131,6 +134,7 @@ class WSOLDataset(Dataset):
         self.load_masks = load_masks
         self.skip_bad_images = skip_bad_images
         self.replace_bad_images = replace_bad_images
+        self.cache = cache
         self.bad_images: list[str] = []
         self._bad_indices: set[int] = set()
 
@@ -180,15 +184,17 @@ class WSOLDataset(Dataset):
     def load_raw(self, index: int) -> dict[str, Any]:
         md = self.metadata
         image_id = md.image_ids[index]
-        pil = load_image_rgb(md.image_path(image_id))
-        w, h = pil.size
+        image = self.cache.get(image_id) if self.cache is not None else None
+        if image is None:
+            image = TF.pil_to_tensor(load_image_rgb(md.image_path(image_id)))
+        h, w = int(image.shape[-2]), int(image.shape[-1])
         expected = md.image_sizes.get(image_id)
         if expected is not None and tuple(expected) != (w, h):
             raise MetadataError(self._file(IMAGE_SIZES), None, f"image {image_id!r} decodes to {w}x{h} but the "
                                 f"metadata says {expected[0]}x{expected[1]} (EXIF-rotated or resized copy?)")
         boxes = torch.tensor(md.boxes.get(image_id, []), dtype=torch.float32).reshape(-1, 4)
         sample: dict[str, Any] = {
-            "image": tv_tensors.Image(TF.pil_to_tensor(pil)),
+            "image": tv_tensors.Image(image),
             "label": int(md.class_labels[image_id]),
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
             "image_id": image_id,
@@ -306,7 +312,7 @@ class ImageOnly(v2.Transform):
 
 @dataclass
 class AugmentConfig:
-    """Training augmentation (METHOD.md §4). Every pipeline ends with a horizontal flip, then the
+    """Training augmentation (docs/method.md §4). Every pipeline ends with a horizontal flip, then the
     optional photometric ops, then float conversion.
 
     - ``kind="resize_crop"``: Resize then RandomCrop(crop). ``resize_mode="shorter"`` resizes the
@@ -385,7 +391,7 @@ def build_eval_transform(size: int = 224, kind: str = "wsol", resize: int | None
     """Evaluation pipeline.
 
     - ``kind="wsol"`` (wsolevaluation's protocol): Resize((size, size)), no crop; boxes scale with it.
-    - ``kind="official"`` (METHOD.md §5, CUB): Resize((resize, resize)) then CenterCrop(size); boxes
+    - ``kind="official"`` (docs/method.md §5, CUB): Resize((resize, resize)) then CenterCrop(size); boxes
       are mapped the same way and clamped to the crop (a box may shrink to zero area if it lies
       outside the crop; it is kept so box counts stay aligned with the metadata).
     """
@@ -395,7 +401,7 @@ def build_eval_transform(size: int = 224, kind: str = "wsol", resize: int | None
         ops: list[Callable] = [v2.Resize((size, size), antialias=True)]
     elif kind == "official":
         if resize is None:
-            raise ConfigError("eval kind 'official' needs resize (e.g. 344 for VGG16 on CUB, METHOD.md §5)")
+            raise ConfigError("eval kind 'official' needs resize (e.g. 344 for VGG16 on CUB, docs/method.md §5)")
         if resize < size:
             raise ConfigError(f"eval resize ({resize}) must be >= size ({size})")
         ops = [v2.Resize((resize, resize), antialias=True), v2.CenterCrop(size)]

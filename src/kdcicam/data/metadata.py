@@ -105,15 +105,20 @@ class Metadata:
 
 
 # ----------------------------------------------------------------------------------------- reading
-def read_text_file(path: str | os.PathLike) -> str:
-    """A user's text file: UTF-8 with or without a byte-order mark (common Windows editors write one),
-    line ends LF, CRLF or CR, all returned as LF. Anything else that is not UTF-8 is an error naming
-    the file and the byte."""
+def read_text_file(path: str | os.PathLike, missing: str | None = None, encoding: str = "utf-8") -> str:
+    """A user's text file: UTF-8 with or without a byte-order mark (common Windows editors write one), line
+    ends LF, CRLF or CR, all returned as LF. A missing file (when ``missing`` says how to put it), an
+    unreadable one or bytes that are not UTF-8 are a :class:`MetadataError` naming the file (and the byte)."""
     path = Path(path)
-    data = path.read_bytes()
+    if missing is not None and not path.is_file():
+        raise MetadataError(path, None, missing)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise MetadataError(path, None, f"cannot read ({e.strerror})") from None
     skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = data[skip:].decode("utf-8")
+        text = data[skip:].decode(encoding)
     except UnicodeDecodeError as e:
         raise MetadataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start + skip})") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")

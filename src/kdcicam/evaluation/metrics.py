@@ -6,6 +6,13 @@ images), takes batches ``[B, H, W]`` of score maps in [0, 1] on the evaluation g
 
 - :class:`BoxEvaluator`: MaxBoxAcc per IoU (single- or multi-contour), its threshold curve, and
   GT-known / Top-1 / Top-5 Loc at a given threshold (e.g. one chosen on val) and at the best one.
+
+Metric names (one meaning each, in every output): ``gt_known_loc`` / ``top1_loc`` / ``top5_loc`` are
+read at the box threshold *chosen on the validation split* (given to :meth:`compute`; without one,
+the split being computed is taken to be that validation split, so it is its own best threshold);
+``gt_known_loc_oracle`` / ``top1_loc_oracle`` / ``top5_loc_oracle`` are read at the threshold best
+*on the split itself* (the protocol's oracle choice: an upper bound, never a test result). Old
+results files call the oracle numbers ``*_at_best``.
 - :class:`MaskEvaluator`: PxAP (area under the pixel precision-recall curve) and PIoU.
 - :class:`ContextLeakage`: share of CAM mass outside the object.
 - :class:`ClassificationAccuracy`: Top-1 / Top-5 Cls.
@@ -188,7 +195,7 @@ class _BoxCounts:
         }
         out["max_box_acc_mean"] = float(np.average([out["max_box_acc"][str(iou)] for iou in reported]))
         out.update(at(used))
-        out.update({f"{key}_at_best": value for key, value in at(best[50]).items()})
+        out.update({f"{key}_oracle": value for key, value in at(best[50]).items()})
         return out
 
 
@@ -585,8 +592,8 @@ class WSOLEvaluator:
         if self.boxes:
             single = self._single.report(self.grid, self.iou_thresholds, self.count, with_classes, threshold)
             multi = self._multi.report(self.grid, self.iou_thresholds, self.count, with_classes, None)
-            out.update({key: single[key] for key in ("top1_loc", "top5_loc", "gt_known_loc", "top1_loc_at_best",
-                                                     "top5_loc_at_best", "gt_known_loc_at_best")})
+            out.update({key: single[key] for key in ("top1_loc", "top5_loc", "gt_known_loc", "top1_loc_oracle",
+                                                     "top5_loc_oracle", "gt_known_loc_oracle")})
             out["max_box_acc"] = single["max_box_acc"]
             out["max_box_acc_v2"] = float(np.mean([self._multi.max_acc(iou, self.count) for iou in V2_IOU_THRESHOLDS]))
             out["max_box_acc_v2_per_iou"] = multi["max_box_acc"]

@@ -2,7 +2,12 @@
 
 Layout as wsolevaluation reads (and its ``inference.py`` writes) them: the map of image id
 ``cls/img.jpg`` is ``CAM_DIR/cls/img.jpg.npy`` (``np.save`` appends ``.npy`` to the id, extension
-and sub-folders kept), a 2-D float array in [0, 1] on the evaluation grid.
+and sub-folders kept), a 2-D float array in [0, 1] on the evaluation grid (by default, the grid is
+the maps' own size: ``kdcicam evaluate --save-cams`` writes them at the run's ``data.image_size``).
+
+There is no validation split here, so GT-known Loc is read at the threshold best on the scored split
+itself and named for it (``gt_known_loc_oracle``); ``gt_known_loc`` appears only when a threshold
+chosen elsewhere is given (``box_threshold``), as in ``kdcicam evaluate`` (docs/method.md §5).
 """
 from __future__ import annotations
 
@@ -29,8 +34,8 @@ def cam_path(cam_dir: Path, image_id: str) -> Path:
     return cam_dir / (image_id + ".npy")
 
 
-def load_cam(cam_dir: Path, image_id: str, shape: tuple[int, int], normalize: bool):
-    """Load and check one map (never unpickles)."""
+def load_cam(cam_dir: Path, image_id: str, shape: tuple[int, int] | None, normalize: bool):
+    """Load and check one map (never unpickles); ``shape=None`` takes any 2-D map."""
     import zipfile
 
     import numpy as np
@@ -50,7 +55,9 @@ def load_cam(cam_dir: Path, image_id: str, shape: tuple[int, int], normalize: bo
         raise CamFileError(image_id, path, "not a single array")
     if cam.dtype == object or not np.issubdtype(cam.dtype, np.floating):
         raise CamFileError(image_id, path, f"dtype {cam.dtype}, expected a float array")
-    if cam.shape != shape:
+    if shape is None and cam.ndim != 2:
+        raise CamFileError(image_id, path, f"shape {cam.shape}: expected a 2-D map (height, width)")
+    if shape is not None and cam.shape != shape:
         raise CamFileError(image_id, path, f"shape {cam.shape}, expected {shape} (height, width); "
                            "resize CAMs to the evaluation grid (--cam-size) first")
     cam = cam.astype(np.float64, copy=False)
@@ -76,9 +83,10 @@ def check_no_strays(cam_dir: Path, image_ids: list[str]) -> None:
 
 
 def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: list[int] | None = None,
-                      interval: float = 0.01, cam_size: int | tuple[int, int] = 224, normalize: bool = False,
-                      mask_root: Path | None = None) -> dict[str, Any]:
-    """Score a folder of maps; returns the JSON-ready metrics."""
+                      interval: float = 0.01, cam_size: int | tuple[int, int] | None = None, normalize: bool = False,
+                      mask_root: Path | None = None, box_threshold: float | None = None) -> dict[str, Any]:
+    """Score a folder of maps; returns the JSON-ready metrics. ``cam_size=None``: the first map's size (every
+    map must have it); ``box_threshold``: also read GT-known Loc there (a threshold chosen on another split)."""
     import numpy as np
 
     from ..data.metadata import read_metadata
@@ -92,7 +100,13 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
         metadata.image_root = mask_root
     if metadata.has_masks and metadata.image_root is None:
         raise KdcicamError(f"{metadata_dir}: the split has masks but no image root to find them; pass --mask-root")
+    if not (metadata.has_boxes or metadata.has_masks):
+        raise KdcicamError(f"{metadata_dir}: the split has neither boxes nor masks (no localization.txt or masks.txt): "
+                           "nothing to score")
     iou = list(iou or [30, 50, 70])
+    if cam_size is None:
+        h, w = load_cam(cam_dir, metadata.image_ids[0], None, normalize).shape
+        cam_size = (w, h)
     try:
         evaluator = WSOLEvaluator(metadata, cam_size, iou, interval)
     except ValueError as e:
@@ -104,7 +118,12 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
         batch = ids[first:first + BATCH]
         maps = np.stack([load_cam(cam_dir, i, (h, w), normalize) for i in batch])
         evaluator.accumulate(maps, batch)
-    m = evaluator.compute()
+    if box_threshold is not None:
+        try:
+            evaluator.grid.threshold_index(box_threshold)
+        except ValueError as e:
+            raise KdcicamError(f"--box-threshold {box_threshold}: {e}") from None
+    m = evaluator.compute(threshold=box_threshold)
     key = "_v2" if multi_contour else ""
     out: dict[str, Any] = {
         "cam_dir": str(cam_dir), "metadata": str(metadata_dir), "num_images": m["num_images"],
@@ -115,12 +134,14 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
         out.update({
             "max_box_acc": m["max_box_acc_v2_per_iou"] if multi_contour else m["max_box_acc"],
             "max_box_acc_v2": m["max_box_acc_v2"],
-            # per IoU threshold only, in both modes (where GT-known Loc is read is gt_known_threshold)
+            # per IoU threshold only, in both modes (GT-known Loc: single-contour, IoU 50)
             "best_threshold": {k: v for k, v in m["best_threshold" + key].items() if k != "used"},
             "box_acc_curve": m["box_acc_curve" + key],
-            "gt_known_loc": m["gt_known_loc"],
-            "gt_known_threshold": m["best_threshold"]["used"],
+            "gt_known_loc_oracle": m["gt_known_loc_oracle"],
+            "oracle_threshold": m["best_threshold"]["50"],
         })
+        if box_threshold is not None:
+            out.update({"gt_known_loc": m["gt_known_loc"], "box_threshold": m["best_threshold"]["used"]})
     if m["pxap"] is not None:
         out.update({"pxap": m["pxap"], "piou": m["piou"], "piou_threshold": m["piou_threshold"]})
     out["context_leakage"] = m["context_leakage"]

@@ -1,4 +1,4 @@
-"""CAM head, class activation maps and the combinational CAM (METHOD.md §1).
+"""CAM head, class activation maps and the combinational CAM (docs/method.md §1).
 
 One shared ``Linear(D, C)`` after global average pooling gives both the logits and, by applying its
 weights position-wise, the CAM of every class (``CAM_k = W_kᵀ F``, no bias, no ReLU). The
@@ -189,7 +189,7 @@ class CAMModel(nn.Module):
         return total, {"loss": total.detach(), **logs}  # type: ignore[return-value,union-attr]
 
     def param_groups(self, lr: float, backbone_lr_mult: float = 1.0) -> list[dict[str, Any]]:
-        """Adam groups per METHOD.md §4: classifier at ``lr``; mask2attention (if any) and the
+        """Adam groups per docs/method.md §4: classifier at ``lr``; mask2attention (if any) and the
         backbone at ``lr·backbone_lr_mult``. Frozen parameters are left out; ``lr_mult`` lets a
         scheduler rescale each group."""
         head = [p for p in self.head.parameters() if p.requires_grad]

@@ -1,4 +1,4 @@
-"""CI-CAM: the causal context pool and the intervention on the feature map (METHOD.md §2), and the
+"""CI-CAM: the causal context pool and the intervention on the feature map (docs/method.md §2), and the
 KD-CI-CAM student built on it (§3).
 
 The pool ``M ∈ R^{C×h×w}`` is a per-class running "context prior" accumulated from the up-branch
@@ -187,7 +187,7 @@ class CICAMModel(CAMModel):
     binarisation ``mask_threshold``, and ``sparsity`` λ·mean(S) (at feature size, or upsampled to
     the input when ``sparsity_upsampled``). As in the official code, the fg/bg mask comes from the
     down branch's combinational map ranked by ``z_down`` (``aux_mask_branch="up"`` uses S_up, as
-    METHOD.md words it), upsampled bilinearly to the input size, ``S > thr·max S``, and it masks the
+    the paper words it), upsampled bilinearly to the input size, ``S > thr·max S``, and it masks the
     *normalised* image (masked pixels become the dataset mean, not black).
     """
 

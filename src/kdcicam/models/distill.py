@@ -1,4 +1,4 @@
-"""KD-CI-CAM losses: teachers → student (METHOD.md §3).
+"""KD-CI-CAM losses: teachers → student (docs/method.md §3).
 
 Each sample draws a route every epoch: 0 = cross-entropy only, 1 = distil the classification
 teacher's logits, 2 = distil the localization teacher's class CAMs. The student's loss is
@@ -89,7 +89,7 @@ def _rows(t: torch.Tensor, idx: torch.Tensor, batch: int, what: str) -> torch.Te
 
 
 class StudentObjective:
-    """The KD-CI-CAM student loss (METHOD.md §3.2), with the code's ablations:
+    """The KD-CI-CAM student loss (docs/method.md §3.2), with the code's ablations:
     ``teachers="cls"`` (routes {0, 1}), ``"loc"`` ({0, 2}), ``"none"`` (route 0 and α = 0, i.e.
     plain ``CE(z_down)``; the official code kept the (1−α) factor there, which only rescales the
     loss)."""

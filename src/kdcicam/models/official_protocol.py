@@ -1,4 +1,4 @@
-"""The authors' evaluation protocol (METHOD.md §5 ``official`` mode), for parity with the paper tables.
+"""The authors' evaluation protocol (docs/method.md §5 ``official`` mode), for parity with the paper tables.
 
 It differs from wsolevaluation in every step, so it lives apart from :mod:`kdcicam.evaluation`:
 

@@ -7,6 +7,10 @@ Three choices make a killed-and-resumed run end with the same weights as an unin
   depend on what ran before it, on which worker loads it, or on how many batches were skipped;
 - the train loader is *stateful* (``state_dict``/``load_state_dict``): Lightning stores how many
   batches of the epoch were consumed in the checkpoint and the loader skips exactly those on resume.
+
+With ``data.num_workers`` > 0 the workers persist across epochs; the epoch that seeds augmentation
+lives in shared memory, so they see each new epoch as an in-process loader does. ``data.cache_images``
+decodes every image once, before the workers start (:mod:`kdcicam.data.cache`).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import AugmentSettings, RunConfig
+from ..data.cache import DecodedImageCache
 from ..data.dataset import (
     AugmentConfig,
     WSOLDataset,
@@ -127,10 +132,16 @@ class SeededDataset(WSOLDataset):
         self.transforms = list(transforms)
         self.seed = seed
         self.routes = list(routes) if routes is not None else None
-        self.epoch = 0
+        # in shared memory: persistent DataLoader workers hold copies of this dataset and must see
+        # the epoch the sampler announces in the main process
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(int(epoch))
 
     def route_of(self, index: int) -> int:
         if not self.routes:
@@ -164,6 +175,7 @@ class WSOLDataModule(L.LightningDataModule):
         self.routes = list(routes) if routes is not None else None
         self.root = Path(config.data.root)
         self._metadata: dict[str, Metadata] = {}
+        self._caches: dict[str, DecodedImageCache] = {}
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -186,6 +198,14 @@ class WSOLDataModule(L.LightningDataModule):
             self._metadata[split] = read_metadata(folder)
         return self._metadata[split]
 
+    def image_cache(self, split: str, md: Metadata) -> DecodedImageCache | None:
+        """The split's decoded images when ``data.cache_images`` is on (decoded on first use)."""
+        if not self.config.data.cache_images:
+            return None
+        if split not in self._caches:
+            self._caches[split] = DecodedImageCache.fill(md)
+        return self._caches[split]
+
     # ------------------------------------------------------------------ datasets
     def train_dataset(self) -> SeededDataset:
         cfg = self.config
@@ -197,13 +217,14 @@ class WSOLDataModule(L.LightningDataModule):
         else:
             transforms = [build_train_transform(augment_config(cfg.data.augment, cfg.data.image_size))]
         return SeededDataset(md, transforms, seed=cfg.trainer.seed, routes=self.routes,
-                             skip_bad_images=cfg.data.skip_bad_images)
+                             skip_bad_images=cfg.data.skip_bad_images,
+                             cache=self.image_cache(cfg.data.train_split, md))
 
     def eval_dataset(self, split: str, load_masks: bool = True) -> WSOLDataset:
         md = self.metadata(split)
         return WSOLDataset(md, transform=build_eval_transform(self.config.data.image_size),
                            load_masks=load_masks and md.has_masks, skip_bad_images=self.config.data.skip_bad_images,
-                           replace_bad_images=False)
+                           replace_bad_images=False, cache=self.image_cache(split, md))
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: WSOLDataset, train: bool) -> DataLoader:
@@ -215,8 +236,9 @@ class WSOLDataModule(L.LightningDataModule):
         batch = cfg.data.batch_size if train else cfg.data.eval_batch_size
         if train and len(dataset) < batch:
             raise ConfigError(f"data.batch_size={batch} is larger than the training set ({len(dataset)} images)")
-        return cls(dataset, batch_size=batch, sampler=sampler, collate_fn=collate_wsol,
-                   num_workers=cfg.data.num_workers, drop_last=train, pin_memory=torch.cuda.is_available())
+        workers = cfg.data.num_workers
+        return cls(dataset, batch_size=batch, sampler=sampler, collate_fn=collate_wsol, num_workers=workers,
+                   drop_last=train, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset(), train=True)

@@ -2,8 +2,10 @@
 
 The box threshold used for Top-1 / Top-5 / GT-known Loc is chosen on the validation split (the
 threshold of best BoxAcc at IoU 0.5) and then applied unchanged to the test split: no number on
-test is ever the result of a choice made on test. MaxBoxAcc / MaxBoxAccV2 / PxAP are
-threshold-free by definition.
+test is ever the result of a choice made on test. A val split without boxes cannot choose it: then
+the threshold must be given (``box_threshold``), and the results say so (``box_threshold_chosen_on``
+is ``"given"``). MaxBoxAcc / MaxBoxAccV2 / PxAP are threshold-free by definition; the ``*_oracle``
+keys are read at each split's own best threshold (see :mod:`kdcicam.evaluation.metrics`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 
 from ..checkpoints import resolve_checkpoint, stage_folder
 from ..data.metadata import atomic_write_text
-from ..errors import ConfigError, KdcicamError
+from ..errors import ConfigError, KdcicamError, NoBoxThresholdError
 from ..scoremaps import scoremaps_for_evaluation
 from .datamodule import WSOLDataModule
 from .module import WSOLModule, load_module
@@ -74,7 +76,7 @@ def _load_for_evaluation(run_or_ckpt: str | os.PathLike, device: str | None, dat
 
 def evaluate_official_protocol(run_or_ckpt: str | os.PathLike, splits: list[str], device: str | None = None,
                                data_root: str | None = None) -> dict[str, Any]:
-    """The papers' own box protocol (METHOD.md §5), for parity with their tables only: resize R×R + centre
+    """The papers' own box protocol (docs/method.md §5), for parity with their tables only: resize R×R + centre
     crop, the segThr/mean box rule, +1 IoU. segThr and R come from the config (eval.official_*); they must be
     chosen on val, never on test."""
     from ..models.official_protocol import evaluate_official
@@ -90,28 +92,51 @@ def evaluate_official_protocol(run_or_ckpt: str | os.PathLike, splits: list[str]
     return results
 
 
+def check_box_threshold(threshold: float, interval: float) -> float:
+    """A box threshold given by the user: in [0, 1) and on the evaluated grid ``np.arange(0, 1, interval)``."""
+    t = float(threshold)
+    grid = np.arange(0, 1, interval)
+    if not (np.isfinite(t) and 0.0 <= t < 1.0) or np.abs(grid - t).min() > 1e-6:
+        raise ConfigError(f"--box-threshold {threshold}: must be in [0, 1) on the threshold grid of step "
+                          f"{interval:g} (eval.cam_curve_interval)")
+    return float(grid[int(np.argmin(np.abs(grid - t)))])
+
+
 def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str | os.PathLike | None = None,
              device: str | None = None, data_root: str | None = None, progress: bool = True,
-             write: bool = True) -> dict[str, Any]:
-    """Evaluate on each split; the val split picks the box threshold. Writes metrics.json beside the run."""
+             write: bool = True, box_threshold: float | None = None) -> dict[str, Any]:
+    """Evaluate on each split. The box threshold is ``box_threshold`` when given, else the one best on the
+    val split (which needs boxes: :class:`NoBoxThresholdError` otherwise, when a split asked for has boxes).
+    Writes metrics.json beside the run; ``save_cams`` gets ``<split>/<image_id>.npy`` for every split asked."""
     ckpt, module, dev, datamodule = _load_for_evaluation(run_or_ckpt, device, data_root)
     if datamodule.num_classes != module.num_classes:  # metrics against another label space would be meaningless
         raise ConfigError(f"{datamodule.root}: the dataset has {datamodule.num_classes} classes but {ckpt} was "
                           f"trained on {module.num_classes}")
     val_split = module.cfg.data.val_split
-    val_eval = run_split(module, datamodule, val_split, dev, progress=progress, source=str(ckpt))
-    val_metrics = val_eval.compute()
-    threshold = float(val_metrics["best_threshold"]["50"])
+    needs_threshold = any(datamodule.metadata(s).has_boxes for s in splits)
+
+    def cams_dir(split: str) -> Path | None:
+        return Path(save_cams) / split if save_cams is not None else None
+
+    evaluators = {}
+    if box_threshold is not None:
+        threshold: float | None = check_box_threshold(box_threshold, module.cfg.eval.cam_curve_interval)
+        chosen_on = "given"
+    elif datamodule.metadata(val_split).has_boxes:
+        evaluators[val_split] = run_split(module, datamodule, val_split, dev, progress=progress, source=str(ckpt),
+                                          save_cams=cams_dir(val_split) if val_split in splits else None)
+        threshold = float(evaluators[val_split].compute()["best_threshold"]["50"])
+        chosen_on = val_split
+    elif needs_threshold:
+        raise NoBoxThresholdError(datamodule.root / val_split, val_split)
+    else:  # nothing to localize with boxes: classification, PxAP and leakage need no threshold
+        threshold, chosen_on = None, None
     results: dict[str, Any] = {"checkpoint": str(ckpt), "method": module.cfg.method,
-                               "box_threshold": threshold, "box_threshold_chosen_on": val_split}
+                               "box_threshold": threshold, "box_threshold_chosen_on": chosen_on}
     for split in splits:
-        if split == val_split:
-            metrics = val_eval.compute(threshold=threshold)
-        else:
-            cams = Path(save_cams) / split if save_cams is not None else None
-            metrics = run_split(module, datamodule, split, dev, save_cams=cams, progress=progress,
-                                source=str(ckpt)).compute(threshold=threshold)
-        results[split] = metrics
+        evaluator = evaluators.get(split) or run_split(module, datamodule, split, dev, save_cams=cams_dir(split),
+                                                       progress=progress, source=str(ckpt))
+        results[split] = evaluator.compute(threshold=threshold)
     if write:
         run_dir = stage_folder(ckpt)
         path = run_dir / "metrics.json"

@@ -24,7 +24,7 @@ class NonFiniteLossError(KdcicamError, FloatingPointError):
 
 
 def lr_factor(epoch: int, cfg: RunConfig) -> float:
-    """METHOD.md §4: poly decay × step decay (× 0.1 for InceptionV3 from epoch 85)."""
+    """docs/method.md §4: poly decay × step decay (× 0.1 for InceptionV3 from epoch 85)."""
     o = cfg.optim
     factor = (1.0 - epoch / o.epochs) ** o.poly_power
     if o.step > 0:
@@ -60,6 +60,7 @@ class WSOLModule(L.LightningModule):
                                        f"{num_classes}; train the teachers on the student's dataset")
                 self._teachers[role] = freeze_teacher(teacher)
         self.box_threshold: float | None = None
+        self.val_has_boxes: bool | None = None  # None: no validation has run
         self._evaluator = None
         self._intervention: Any = None
 
@@ -208,13 +209,16 @@ class WSOLModule(L.LightningModule):
             for other in gathered[1:]:
                 evaluator.merge(other)
         metrics = evaluator.compute()
-        self.box_threshold = float(metrics["best_threshold"]["50"])
+        # a val split without boxes chooses no threshold: Localizer / evaluate then ask for one
+        self.box_threshold = float(metrics["best_threshold"]["50"]) if "best_threshold" in metrics else None
+        self.val_has_boxes = bool(evaluator.boxes)
         for key in ("top1_cls", "top5_cls", "gt_known_loc", "top1_loc", "max_box_acc_v2", "context_leakage", "pxap"):
             value = metrics.get(key)
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 self.log(f"val/{key}", float(value), prog_bar=key in ("top1_cls", "gt_known_loc", "max_box_acc_v2"),
                          sync_dist=False, rank_zero_only=False)
-        self.log("val/max_box_acc", float(metrics["max_box_acc"]["50"]))
+        if "max_box_acc" in metrics:
+            self.log("val/max_box_acc", float(metrics["max_box_acc"]["50"]))
         self._evaluator = None
 
     # ------------------------------------------------------------------ optimisation
@@ -230,13 +234,15 @@ class WSOLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["kdcicam"] = {"box_threshold": self.box_threshold, "num_classes": self.num_classes,
+        checkpoint["kdcicam"] = {"box_threshold": self.box_threshold, "val_has_boxes": self.val_has_boxes,
+                                 "num_classes": self.num_classes,
                                  "class_names": self.class_names, "method": self.cfg.method,
                                  "torch_rng_state": torch.get_rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("kdcicam", {})
         self.box_threshold = extra.get("box_threshold")
+        self.val_has_boxes = extra.get("val_has_boxes")
         if extra.get("torch_rng_state") is not None:
             torch.set_rng_state(extra["torch_rng_state"])
 

@@ -30,7 +30,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -103,8 +103,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                "data are loaded (weights_only=True)") from None
 
 
-class LastCheckpoint(Callback):
-    """``last.ckpt`` at every epoch end and, optionally, every N optimizer steps."""
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` at every epoch end and, optionally, every N optimizer steps.
+
+    A :class:`~lightning.pytorch.callbacks.Checkpoint`, so that Lightning runs it after the best-by-metric
+    checkpoints that precede it in the callback list: they update their state at the same epoch end, and
+    last.ckpt must hold that state, or a resumed run would compare its next epochs with a stale best."""
 
     def __init__(self, path: Path, every_n_steps: int = 0):
         self.path = Path(path)
@@ -156,11 +160,44 @@ def check_output_folder(out: Path) -> None:
                            f"{MIN_FREE_BYTES // 2**20} MiB for checkpoints")
 
 
+def _on_cuda(cfg: RunConfig) -> bool:
+    return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+
+
 def _precision(cfg: RunConfig) -> str:
+    """``auto``: bf16 mixed precision on a GPU that has it (fp32's range: no loss scaling, and the
+    pool's sums and the T=15 distillation softmax cannot overflow), else fp16 mixed; fp32 on CPU."""
     if cfg.trainer.precision != "auto":
         return cfg.trainer.precision
-    cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-    return "16-mixed" if cuda else "32-true"
+    if not _on_cuda(cfg):
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def _strategy(cfg: RunConfig) -> Any:
+    """``ddp`` with its backend named: NCCL between GPUs, gloo between CPU processes."""
+    if cfg.trainer.strategy != "ddp":
+        return cfg.trainer.strategy
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(process_group_backend="nccl" if _on_cuda(cfg) else "gloo")
+
+
+#: val metrics that need GT boxes on val, and the one that needs masks
+BOX_MONITORS = frozenset({"val/max_box_acc_v2", "val/max_box_acc", "val/gt_known_loc", "val/top1_loc"})
+MASK_MONITORS = frozenset({"val/pxap"})
+
+
+def effective_monitor(monitor: str, mode: str, val_has_boxes: bool, val_has_masks: bool) -> tuple[str, str, str | None]:
+    """The checkpoint monitor this val split can compute: ``(monitor, mode, why it changed or None)``.
+    A box metric without val boxes falls back to PxAP (val masks) or Top-1 Cls; so does leakage without either."""
+    if monitor in BOX_MONITORS and not val_has_boxes or monitor in MASK_MONITORS and not val_has_masks or \
+            monitor == "val/context_leakage" and not (val_has_boxes or val_has_masks):
+        fallback = "val/pxap" if val_has_masks else "val/top1_cls"
+        what = "masks but no boxes" if val_has_masks else "no boxes or masks"
+        why = f"eval.monitor={monitor} needs val localization, and val has {what}: best.ckpt is chosen by {fallback} instead"
+        return fallback, "max", why
+    return monitor, mode, None
 
 
 def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_checkpoints: dict[str, str] | None = None,
@@ -199,19 +236,24 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
     info = datamodule.info
     module = WSOLModule(config_to_dict(cfg), num_classes=info.num_classes, class_names=info.class_names,
                         teacher_checkpoints=teacher_checkpoints)
-    best = _best_checkpoint(out, "best", cfg.eval.monitor, cfg.eval.monitor_mode)
+    if cfg.model.pretrained is False:
+        log.warning("model.pretrained=false: the %s backbone starts from random weights (WSOL methods assume an "
+                    "ImageNet-pretrained backbone; pass model.pretrained=PATH to a state_dict)", cfg.model.backbone)
+    val = datamodule.metadata(cfg.data.val_split)
+    monitor, monitor_mode, why = effective_monitor(cfg.eval.monitor, cfg.eval.monitor_mode, val.has_boxes, val.has_masks)
+    if why:
+        log.warning("%s: %s", out, why)
+    best = _best_checkpoint(out, "best", monitor, monitor_mode)
     # the dilemma, measured: the best epoch for classification and the best for localization, both kept
-    by_monitor = {name: _best_checkpoint(out, name, monitor, "max") for name, monitor in DILEMMA_MONITORS.items()}
+    dilemma = {name: effective_monitor(m, "max", val.has_boxes, val.has_masks)[0] for name, m in DILEMMA_MONITORS.items()}
+    by_monitor = {name: _best_checkpoint(out, name, m, "max") for name, m in dilemma.items()}
     callbacks: list[Callback] = [best, *by_monitor.values(), LastCheckpoint(last, cfg.trainer.checkpoint_every_n_steps)]
     callbacks += list(extra_callbacks or [])
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
-    strategy: Any = cfg.trainer.strategy
-    if strategy == "ddp" and not torch.cuda.is_available():
-        strategy = "ddp"  # gloo on CPU; Lightning picks the backend
     trainer = L.Trainer(
         default_root_dir=out, max_epochs=cfg.optim.epochs, accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=strategy,
+        devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=_strategy(cfg),
         precision=_precision(cfg), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         logger=[ResumableCSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tb", version="")],
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.progress_bar,
@@ -235,9 +277,9 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
         raise TrainingInterrupted(_interrupted_message(out, trainer, last))
     summary = {"stage_dir": str(out), "best": str(out / "checkpoints" / "best.ckpt"), "last": str(last),
                "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
-               "monitor": cfg.eval.monitor, "epochs": cfg.optim.epochs, "train_seconds": round(time.time() - start, 1),
+               "monitor": monitor, "epochs": cfg.optim.epochs, "train_seconds": round(time.time() - start, 1),
                "method": cfg.method,
-               "by_monitor": {name: {"monitor": DILEMMA_MONITORS[name], "path": str(out / "checkpoints" / f"{name}.ckpt"),
+               "by_monitor": {name: {"monitor": dilemma[name], "path": str(out / "checkpoints" / f"{name}.ckpt"),
                                      "score": float(cb.best_model_score) if cb.best_model_score is not None else None}
                               for name, cb in by_monitor.items()}}
     if trainer.is_global_zero:
@@ -259,8 +301,11 @@ class NamedBestCheckpoint(ModelCheckpoint):
 
 def _best_checkpoint(out: Path, name: str, monitor: str, mode: str) -> ModelCheckpoint:
     cls = ModelCheckpoint if name == "best" else NamedBestCheckpoint  # best.ckpt keeps its state key (resume)
+    # saved when validation ends, so that last.ckpt (written at the epoch's end, before Lightning's own
+    # epoch-end checkpoint hooks run) holds this epoch's best state and a resumed run keeps it
     return cls(dirpath=out / "checkpoints", filename=name, monitor=monitor, mode=mode, save_top_k=1,
-               save_last=False, enable_version_counter=False, auto_insert_metric_name=False)
+               save_last=False, enable_version_counter=False, auto_insert_metric_name=False,
+               save_on_train_epoch_end=False)
 
 
 def _with_derived_pool_rate(config: RunConfig, datamodule: WSOLDataModule) -> RunConfig:

@@ -74,7 +74,7 @@ def convert_packaged_state_dict(state: Mapping[str, torch.Tensor], stage_depths:
 class EfficientNetLiteBackbone(WSOLBackbone):
     """EfficientNet-Lite feature extractor: F = ReLU6(BN(conv_head(last block))), 1280 channels.
 
-    METHOD.md §7.5 takes the 1280×7×7 head output at 224 px as F (not the 320-channel last
+    docs/method.md §7.5 takes the 1280×7×7 head output at 224 px as F (not the 320-channel last
     block). ``output_stride=16`` sets the stride of the last stride-2 stage to 1, without
     dilation, as wsolevaluation does for ResNet50; TF "same" padding is recomputed for stride 1.
     Blocks for freezing are the individual MBConv blocks (16 for Lite0, 21 for Lite1/2).
