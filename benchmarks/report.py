@@ -651,6 +651,7 @@ def main() -> int:
         splits = sorted({s for rs in runs.values() for r in rs for s in r["metrics"]}, key=lambda s: (s != "test", s))
         for split in splits:
             lines += [f"**{split}**", ""] + table(runs, split, suite) + [""]
+        lines += recipe_drift(suite, runs) + derived_pool_rates(runs)
         lines += budget(suite, runs) + ["Targets:", ""] + targets(suite, runs) + [""] + oracle_section(suite, runs)
         lines += dilemma_section(suite, runs) + diagnostics_section(suite, runs)
         if suite == "cub50":
@@ -831,6 +832,72 @@ SUITE_DATA = {
     "synthetic": ("Data: `kdcicam data synthetic` with its defaults (8 classes, 128 px, 2,400 / 400 / 800 / 800 train / "
                   "val / test / test_conflict images, rho 0.9, seed 0). "),
 }
+
+
+#: config keys that differ between runs by design (paths, seed) and say nothing about the recipe
+#: and display switches
+RUN_SPECIFIC_KEYS = ("trainer.seed", "data.root", "name", "method", "trainer.progress_bar")
+
+
+def _flatten(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        flat: dict[str, object] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): node}
+
+
+def recipe_drift(suite: str, runs: dict[str, list[dict]]) -> list[str]:
+    """Whether the runs of a table were trained with the config that ships today: results of an earlier
+    recipe stay in the table (they are what was measured), but the reader is told which settings differ."""
+    from kdcicam.config import RunConfig, config_to_dict, load_config
+
+    path = REPO / SUITE_CONFIG.get(suite, "")
+    if not path.is_file():
+        return []
+    shipped = _flatten(config_to_dict(load_config(path)))
+    defaults = _flatten(config_to_dict(RunConfig()))  # what a run saved before a key existed had in effect
+    drift: dict[str, set[str]] = defaultdict(set)
+    stale: dict[str, set[int]] = defaultdict(set)
+    for method, method_runs in runs.items():
+        for run in method_runs:
+            used = {**defaults, **_flatten(run["config"])}
+            for key in sorted(set(shipped) | set(used)):
+                if key in RUN_SPECIFIC_KEYS:
+                    continue
+                before, now = used.get(key, "(absent)"), shipped.get(key, "(absent)")
+                if before != now:
+                    drift[key].add(f"{before!r} → {now!r}".replace("'(absent)'", "(absent)"))
+                    stale[LABEL.get(method, method)].add(run["seed"])
+    if not drift:
+        return [(f"- Recipe: every run above was trained with the `{SUITE_CONFIG[suite]}` that ships at this "
+                "commit (run-specific keys — seed, paths — aside)."), ""]
+    which = "; ".join(f"{m} (seeds {', '.join(map(str, sorted(seeds)))})" for m, seeds in stale.items())
+    changes = "; ".join(f"`{k}` {' / '.join(sorted(v))}" for k, v in sorted(drift.items()))
+    return [(f"- **Recipe: earlier than the shipped one.** {which} were trained with settings that "
+            f"`{SUITE_CONFIG[suite]}` has since changed (run's value → shipped value): {changes}. "
+            "These rows measure the earlier recipe, not the shipped one."), ""]
+
+
+def derived_pool_rates(runs: dict[str, list[dict]]) -> list[str]:
+    """The pool rate each stage derived from ``model.pool_rate_target``, where seeds derived different
+    values (the derivation itself changed, or the data did)."""
+    lines = []
+    for method in METHODS:
+        per_stage: dict[str, dict[int, float]] = defaultdict(dict)
+        for run in runs.get(method, []):
+            for stage, cfg in (run.get("stage_configs") or {}).items():
+                per_stage[stage][run["seed"]] = cfg["model"]["pool_rate"]
+        for stage, by_seed in sorted(per_stage.items()):
+            if len({round(v, 9) for v in by_seed.values()}) > 1:
+                values = ", ".join(f"seed {s} {v:.5f}" for s, v in sorted(by_seed.items()))
+                lines.append(f"- {LABEL[method]} ({stage if stage != 'model' else 'run'}): the derived pool rate r "
+                             f"differs between seeds ({values}): earlier runs counted ⌈n/B⌉ batches per epoch, "
+                             "later ones ⌊n/B⌋ (the loader drops the last partial batch); r·N in the diagnostics "
+                             "table is what each run reached.")
+    return lines + ([""] if lines else [])
+
 
 if __name__ == "__main__":
     sys.exit(main())
