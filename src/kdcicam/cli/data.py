@@ -1,5 +1,5 @@
-"""``kdcicam data synthetic``, ``kdcicam data cub`` and ``kdcicam data import`` (your own images): make
-datasets in the metadata format.
+"""``kdcicam data synthetic``, ``kdcicam data cub``, ``kdcicam data import`` (your own images) and
+``kdcicam data conflict`` (the real-photo confounder probe): make datasets in the metadata format.
 
 Only argparse here at import time; the generators are imported when a command runs.
 """
@@ -19,14 +19,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     s.add_argument("--classes", type=int, default=8, help="number of classes, 2..10 (default 8)")
-    s.add_argument("--rho", type=float, default=0.9,
-                   help="train/val probability that the background is the class's own habitat (default 0.9)")
+    s.add_argument("--variant", choices=["v1", "v2"], default="v1",
+                   help="v1: the original data, frozen (default); v2: calibrated so the habitat confounds "
+                        "(docs/confounding.md), with a val_conflict split and the knobs below")
+    s.add_argument("--rho", type=float, default=None,
+                   help="train/val probability that the background is the class's own habitat (default 0.9; "
+                        "v2: 0.97, and test too)")
     s.add_argument("--train", type=int, default=2400, metavar="N", help="train images (default 2400)")
     s.add_argument("--val", type=int, default=400, metavar="N", help="val images (default 400)")
     s.add_argument("--test", type=int, default=800, metavar="N", help="test images (default 800)")
     s.add_argument("--test-conflict", type=int, default=800, metavar="N",
                    help="test_conflict images, always on another class's habitat (default 800)")
     s.add_argument("--noise", type=float, default=0.0, help="pixel noise std on a 0..1 scale (default 0)")
+    s.add_argument("--min-radius", type=float, default=None, metavar="F",
+                   help="smallest object radius, a fraction of the image side (default 0.16; v2: 0.12)")
+    s.add_argument("--max-radius", type=float, default=None, metavar="F",
+                   help="largest object radius (default 0.30; v2: 0.22)")
+    v2 = s.add_argument_group("v2 knobs (with --variant v2 only)")
+    v2.add_argument("--val-conflict", type=int, default=None, metavar="N",
+                    help="val_conflict images, always on another class's habitat, for calibration (default 400)")
+    v2.add_argument("--shape-detail", type=float, default=None, metavar="A",
+                    help="amplitude of the class-telling boundary lobes, 0..0.3 (default 0.12)")
+    v2.add_argument("--class-texture", type=float, default=None, metavar="C",
+                    help="contrast of the class's own texture in the object, 0..1 (default 0.35)")
+    v2.add_argument("--texture-noise", type=float, default=None, metavar="W",
+                    help="weight of a class-independent texture mixed into every object, 0..1 (default 0.3)")
+    v2.add_argument("--habitat-contrast", type=float, default=None, metavar="C",
+                    help="contrast of the habitat pattern, 0..1 (default 1)")
+    v2.add_argument("--no-habitat-colour", dest="habitat_colour", action="store_false", default=None,
+                    help="habitats draw their colours at random (only the pattern tells them apart)")
     s.add_argument("--workers", type=int, default=0, help="processes, 0 = one per CPU (output is identical)")
 
     c = sub.add_parser("cub", help="convert a CUB-200-2011 folder to metadata",
@@ -72,16 +93,37 @@ def run(args: argparse.Namespace) -> int:
     return _cub(args)
 
 
-def _synthetic(args: argparse.Namespace) -> int:
-    from ..data.synthetic import SyntheticConfig, generate_synthetic
+#: v2-only flags → SyntheticConfig fields
+_V2_FLAGS = {"val_conflict": "n_val_conflict", "shape_detail": "shape_detail", "class_texture": "class_texture",
+             "texture_noise": "texture_noise", "habitat_contrast": "habitat_contrast",
+             "habitat_colour": "habitat_colour"}
 
-    config = SyntheticConfig(seed=args.seed, size=args.size, num_classes=args.classes, rho=args.rho,
-                             n_train=args.train, n_val=args.val, n_test=args.test,
-                             n_test_conflict=args.test_conflict, noise=args.noise, workers=args.workers)
+
+def _synthetic(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..data.synthetic import SyntheticConfig, generate_synthetic
+    from ..data.synthetic_v2 import v2_config
+    from ..errors import ConfigError
+
+    given = {field: getattr(args, flag) for flag, field in _V2_FLAGS.items() if getattr(args, flag) is not None}
+    if args.variant == "v1" and given:
+        flags = ", ".join("--" + (f.replace("_", "-") if f != "habitat_colour" else "no-habitat-colour")
+                          for f in _V2_FLAGS if getattr(args, f) is not None)
+        raise ConfigError(f"{flags}: v2 knobs; add --variant v2 (v1 is frozen)")
+    shared = {k: v for k, v in {"rho": args.rho, "min_radius": args.min_radius,
+                                "max_radius": args.max_radius}.items() if v is not None}
+    base = v2_config() if args.variant == "v2" else SyntheticConfig()
+    config = replace(base, seed=args.seed, size=args.size, num_classes=args.classes, n_train=args.train,
+                     n_val=args.val, n_test=args.test, n_test_conflict=args.test_conflict, noise=args.noise,
+                     workers=args.workers, **shared, **given)
     start = time.perf_counter()
     counts = generate_synthetic(args.out, config)
-    print(f"synthetic confounded objects: {config.num_classes} classes ({', '.join(config.class_names)}), "
-          f"{config.size} px, rho={config.rho}, seed={config.seed}")
+    knobs = (f", shape_detail={config.shape_detail}, class_texture={config.class_texture}, "
+             f"texture_noise={config.texture_noise}, habitat_contrast={config.habitat_contrast}, "
+             f"habitat_colour={config.habitat_colour}" if config.variant == "v2" else "")
+    print(f"synthetic confounded objects {config.variant}: {config.num_classes} classes "
+          f"({', '.join(config.class_names)}), {config.size} px, rho={config.rho}, seed={config.seed}{knobs}")
     print("  " + ", ".join(f"{split} {n}" for split, n in counts.items()))
     print(f"  written to {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
