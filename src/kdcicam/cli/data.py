@@ -59,6 +59,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="share of each class's official train images held out as val (default 0.1)")
     c.add_argument("--seed", type=int, default=0, help="seed of the val hold-out (default 0)")
 
+    k = sub.add_parser(
+        "conflict", help="real-photo confounder probe: each object pasted onto another class's background",
+        description="Paste each object's box (same place and scale, feathered edges) onto a bird-free background "
+                    "strip of an image of another class; exact boxes and masks of the pasted region "
+                    "(docs/confounding.md). With --control, also the object on its own class's background "
+                    "(<split>_same) and a background patch on a background (<split>_seam), to check that a CAM "
+                    "does not simply fire on paste seams. Deterministic for a seed; the source is never written to.")
+    k.add_argument("src", type=Path, help="a CUB-style tree (images.txt, bounding_boxes.txt, ... and images/) or a "
+                   "prepared dataset (dataset.yaml, e.g. from `kdcicam data cub`)")
+    k.add_argument("--out", required=True, type=Path, help="output folder (outside the source)")
+    k.add_argument("--split", default="test", help="split whose objects are moved (default test; val to calibrate)")
+    k.add_argument("--seed", type=int, default=0, help="seed of the host / patch choices (default 0)")
+    k.add_argument("--feather", type=float, default=0.05,
+                   help="width of the blend ramp, a fraction of the box's shorter side; 0 = hard cut (default 0.05)")
+    k.add_argument("--margin", type=float, default=0.02,
+                   help="host's box grown by this fraction of its longer side before a background strip is "
+                        "sought (default 0.02)")
+    k.add_argument("--max-upscale", type=float, default=2.0,
+                   help="largest upscaling of a background crop to the object image's size (default 2)")
+    k.add_argument("--control", action="store_true", help="also write the <split>_same and <split>_seam controls")
+    k.add_argument("--format", choices=["jpg", "png"], default="jpg",
+                   help="composites as JPEG (default; the source photos' kind) or lossless PNG")
+    k.add_argument("--quality", type=int, default=95, help="JPEG quality of the composites (default 95)")
+    k.add_argument("--limit", type=int, default=0, metavar="N", help="only the first N images of the split (0 = all)")
+
     i = sub.add_parser(
         "import", help="your own images: class folders or a CSV of labels, boxes from CSV / VOC / COCO",
         description="Import your own images into train/val[/test] metadata (docs/own_data.md). Labels: a folder "
@@ -90,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         return _synthetic(args)
     if args.data_command == "import":
         return _import(args)
+    if args.data_command == "conflict":
+        return _conflict(args)
     return _cub(args)
 
 
@@ -175,4 +202,22 @@ def _import(args: argparse.Namespace) -> int:
     for note in s.notes:
         print(f"  note: {note}")
     print(f"  metadata written to {args.out}/{{{','.join(s.counts)}}}, dataset info to {args.out}/dataset.yaml")
+    return 0
+
+
+def _conflict(args: argparse.Namespace) -> int:
+    from ..data.conflict import ConflictConfig, make_conflict
+
+    cfg = ConflictConfig(split=args.split, seed=args.seed, feather=args.feather, margin=args.margin,
+                         max_upscale=args.max_upscale, control=args.control, image_format=args.format,
+                         jpeg_quality=args.quality,
+                         limit=args.limit)
+    start = time.perf_counter()
+    summary = make_conflict(args.src, args.out, cfg)
+    print(f"conflict probe from {Path(args.src).resolve()} ({args.split}, seed {args.seed}, feather {args.feather}, "
+          f"max upscale {args.max_upscale})")
+    for name, n in summary.items():
+        print(f"  {name}: {n['images']} images" + (f", {n['skipped']} skipped (no host with a large enough "
+                                                   "background)" if n["skipped"] else ""))
+    print(f"  written to {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
