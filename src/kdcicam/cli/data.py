@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Generate the synthetic confounded-objects dataset (shapes on habitats).")
     s.add_argument("--out", required=True, type=Path, help="output folder")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    s.add_argument("--size", type=int, default=None, help="image side in pixels (default 128; v2: 192)")
     s.add_argument("--classes", type=int, default=8, help="number of classes, 2..10 (default 8)")
     s.add_argument("--variant", choices=["v1", "v2"], default="v1",
                    help="v1: the original data, frozen (default); v2: calibrated so the habitat confounds "
@@ -138,10 +138,10 @@ def _synthetic(args: argparse.Namespace) -> int:
         flags = ", ".join("--" + (f.replace("_", "-") if f != "habitat_colour" else "no-habitat-colour")
                           for f in _V2_FLAGS if getattr(args, f) is not None)
         raise ConfigError(f"{flags}: v2 knobs; add --variant v2 (v1 is frozen)")
-    shared = {k: v for k, v in {"rho": args.rho, "min_radius": args.min_radius,
+    shared = {k: v for k, v in {"size": args.size, "rho": args.rho, "min_radius": args.min_radius,
                                 "max_radius": args.max_radius}.items() if v is not None}
     base = v2_config() if args.variant == "v2" else SyntheticConfig()
-    config = replace(base, seed=args.seed, size=args.size, num_classes=args.classes, n_train=args.train,
+    config = replace(base, seed=args.seed, num_classes=args.classes, n_train=args.train,
                      n_val=args.val, n_test=args.test, n_test_conflict=args.test_conflict, noise=args.noise,
                      workers=args.workers, **shared, **given)
     start = time.perf_counter()
