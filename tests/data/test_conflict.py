@@ -96,7 +96,7 @@ def _regions(box, feather_px: float) -> tuple[np.ndarray, np.ndarray]:
 def test_splits_boxes_masks_exact(probe, tree):
     _, truth = tree
     info = read_dataset_info(probe)
-    assert info.splits == ["test_conflict", "test_same", "test_seam"]
+    assert info.splits == ["test_original", "test_same", "test_conflict", "test_seam"]
     assert info.class_names == [f"{c + 1:03d}.Bird_{c}" for c in range(4)]
     for split in info.splits:
         md = read_metadata(probe / split)  # validates files, boxes inside images, images and masks exist
@@ -110,6 +110,15 @@ def test_splits_boxes_masks_exact(probe, tree):
             ys, xs = np.nonzero(mask)
             assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == box and (mask > 0).sum() == (
                 (box[2] - box[0]) * (box[3] - box[1]))  # a full rectangle: the pasted region
+
+
+def test_original_is_the_source_bytes_and_splits_are_paired(probe, tree):
+    ids = {s: read_metadata(probe / s).image_ids for s in read_dataset_info(probe).splits}
+    objects = {s: [_sources(probe / s)[i][0] for i in v] for s, v in ids.items()}
+    assert len({tuple(v) for v in objects.values()}) == 1  # the same objects, in the same order
+    for image_id, obj in zip(ids["test_original"], objects["test_original"]):
+        assert image_id == "test_original/" + obj
+        assert (probe / "images" / image_id).read_bytes() == (tree[0] / "images" / obj).read_bytes()
 
 
 @pytest.mark.parametrize("kind", ["conflict", "same", "seam"])
@@ -178,7 +187,7 @@ def test_deterministic_and_seeded(probe, tree, tmp_path):
         a, b = probe / split / "paste_sources.txt", tmp_path / "again" / split / "paste_sources.txt"
         assert a.read_bytes() == b.read_bytes()
     files = sorted(p.relative_to(probe / "images") for p in (probe / "images").rglob("*") if p.is_file())
-    assert len(files) == 2 * 48
+    assert len(files) == 2 * 64
     assert all((probe / "images" / f).read_bytes() == (tmp_path / "again" / "images" / f).read_bytes() for f in files)
     make_conflict(tree[0], tmp_path / "s1", ConflictConfig(seed=1))
     assert (tmp_path / "s1" / "test_conflict" / "paste_sources.txt").read_text() != (
@@ -203,9 +212,11 @@ def test_too_small_backgrounds_are_skipped_and_counted(tmp_path):
     (root / "bounding_boxes.txt").write_text("".join(
         f"{i} 0 0 {W} {H}\n" if int(i) > 5 else f"{i} {x} {y} {w} {h}\n" for i, x, y, w, h in rows))
     summary = make_conflict(root, tmp_path / "p", ConflictConfig())
-    assert summary["test_conflict"] == {"images": 12, "skipped": 4}
+    assert summary["test_conflict"] == summary["test_original"] == {"images": 12, "skipped": 4}
     assert read_dataset_info(tmp_path / "p").extra["counts"]["test_conflict"]["skipped"] == 4
-    with pytest.raises(ConfigError, match="no image of split 'test' found a host"):
+    assert {_sources(tmp_path / "p" / "test_original")[i][0].split("/")[0] for i in
+            read_metadata(tmp_path / "p" / "test_original").image_ids} == {f"{c + 1:03d}.Bird_{c}" for c in (1, 2, 3)}
+    with pytest.raises(ConfigError, match="no image of split 'test' found a host with a large enough"):
         make_conflict(root, tmp_path / "q", ConflictConfig(max_upscale=1.0))
 
 

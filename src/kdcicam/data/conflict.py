@@ -9,6 +9,12 @@ and the feathered edge is a linear ramp of width ``feather`` (a fraction of the 
 centred on the box border, so that the blend weight is above one half on exactly the box's pixels,
 which are the mask (a rectangle) and the box written.
 
+Splits written, all **paired** (the same objects in each, in the same order; an object for which some
+composite finds no host is left out of all of them and counted):
+
+- ``<split>_original``: the object images themselves, their bytes unchanged: the baseline.
+- ``<split>_conflict``: the probe.
+
 Controls (``control=True``), on the same canvases with the same seams:
 
 - ``<split>_same``: the object pasted onto the background of another image of **its own** class. The
@@ -20,10 +26,10 @@ Controls (``control=True``), on the same canvases with the same seams:
   leakage is about ``uniform_map_leakage`` in ``dataset.yaml``); a CAM drawn to seams puts much more.
   Labels are the object's class, so the CAM scored is the one the probe scores at that place.
 
-Choices are deterministic (seeded numpy generators per image and purpose). An image for which no
-host leaves a large enough background strip (crop upscaled by at most ``max_upscale``) is skipped and
-counted. Output: ``images/<split>/<source path>.jpg`` (JPEG, fixed quality: the whole composite is
-re-encoded once, like the source JPEGs; or PNG, lossless) and ``_mask.png``, metadata per split, ``paste_sources.txt``
+Choices are deterministic (seeded numpy generators per image and purpose). A host must leave a large
+enough background strip (its crop upscaled by at most ``max_upscale``). Output:
+``images/<split>/<source path>.jpg`` (JPEG, fixed quality: the whole composite is re-encoded once, like
+the source JPEGs; or PNG, lossless) and ``_mask.png``, metadata per split, ``paste_sources.txt``
 (``path,object_image,background_image,patch_image``) and ``dataset.yaml``, written last.
 """
 from __future__ import annotations
@@ -292,8 +298,8 @@ def _load_source(src: Path, split: str, tmp: Path) -> tuple[Metadata, list[str],
 
 
 def make_conflict(src: str | os.PathLike, out: str | os.PathLike, cfg: ConflictConfig | None = None) -> dict:
-    """Write the probe (and with ``cfg.control`` its controls) under ``out``; returns a summary:
-    images written and skipped per split."""
+    """Write the probe, its paired originals (and with ``cfg.control`` its controls) under ``out``; returns a
+    summary: images written and skipped (unpaired) per split."""
     cfg = cfg or ConflictConfig()
     cfg.validate()
     src, out = Path(src).resolve(), Path(out)
@@ -311,6 +317,14 @@ def make_conflict(src: str | os.PathLike, out: str | os.PathLike, cfg: ConflictC
     if len({it.label for it in items}) < 2:
         raise ConfigError(f"split {cfg.split!r}: a conflict needs images of at least two classes")
     plans = plan_probe(items, cfg)
+    # paired: an object enters every split or none, so that split-to-split differences compare the same objects
+    paired = [k for k in range(len(items)) if all(plan[k] is not None for plan in plans.values())]
+    if not paired:
+        raise ConfigError(f"no image of split {cfg.split!r} found " + ("hosts for all of its controls" if cfg.control
+                          else "a host") + f" with a large enough background (--max-upscale {cfg.max_upscale}, "
+                          f"--margin {cfg.margin})")
+    ordered = {"original": None, **({"same": plans["same"]} if cfg.control else {}), "conflict": plans["conflict"],
+               **({"seam": plans["seam"]} if cfg.control else {})}
 
     out.mkdir(parents=True, exist_ok=True)
     (out / DATASET_YAML).unlink(missing_ok=True)
@@ -318,37 +332,38 @@ def make_conflict(src: str | os.PathLike, out: str | os.PathLike, cfg: ConflictC
     images = _Images(md.image_root)
     summary: dict[str, dict[str, int]] = {}
     uniform: dict[str, float] = {}
-    written: list[str] = []
-    for kind, plan in plans.items():
+    for kind, plan in ordered.items():
         name = f"{cfg.split}_{kind}"
-        kept = [e for e in plan if e is not None]
-        summary[name] = {"images": len(kept), "skipped": len(plan) - len(kept)}
-        if not kept:
-            continue
+        summary[name] = {"images": len(paired), "skipped": len(items) - len(paired)}
         new_ids, sources, boxes, masks, labels, sizes = [], [], {}, {}, {}, {}
         outside = 0.0
-        for entry in kept:
-            k, host, _, donor, _ = entry
+        for k in paired:
             it = items[k]
             stem = f"{name}/{PurePosixPath(it.image_id).with_suffix('')}"
-            new_id, mask_id = f"{stem}.{cfg.image_format}", stem + "_mask.png"
-            _write_bytes(image_root / new_id, _encode(compose(images, items, entry, cfg.feather),
-                                                      "." + cfg.image_format, cfg.jpeg_quality))
+            mask_id = stem + "_mask.png"
+            if plan is None:  # the object image itself, its bytes unchanged: the paired baseline
+                new_id, host, donor = f"{name}/{it.image_id}", -1, -1
+                _write_bytes(image_root / new_id, (md.image_root / it.image_id).read_bytes())
+            else:
+                entry = plan[k]
+                assert entry is not None
+                _, host, _, donor, _ = entry
+                new_id = f"{stem}.{cfg.image_format}"
+                _write_bytes(image_root / new_id, _encode(compose(images, items, entry, cfg.feather),
+                                                          "." + cfg.image_format, cfg.jpeg_quality))
             mask = np.zeros((it.size[1], it.size[0]), dtype=np.uint8)
             mask[it.box[1]:it.box[3], it.box[0]:it.box[2]] = 255
             _write_bytes(image_root / mask_id, _encode(mask, ".png", 0))
             new_ids.append(new_id)
             labels[new_id], sizes[new_id], boxes[new_id], masks[new_id] = it.label, it.size, [it.box], [mask_id]
-            sources.append(f"{new_id},{it.image_id},{items[host].image_id},{items[donor].image_id if donor >= 0 else ''}\n")
+            sources.append(f"{new_id},{it.image_id},{items[host].image_id if host >= 0 else ''},"
+                           f"{items[donor].image_id if donor >= 0 else ''}\n")
             outside += 1.0 - (it.box[2] - it.box[0]) * (it.box[3] - it.box[1]) / (it.size[0] * it.size[1])
         write_metadata(Metadata(image_ids=new_ids, class_labels=labels, image_sizes=sizes, boxes=boxes, masks=masks,
                                 num_classes=len(class_names)), out / name)
         atomic_write_text(out / name / SOURCES_FILE, "".join(sources))
-        uniform[name] = round(100.0 * outside / len(kept), 4)
-        written.append(name)
-    if not written:
-        raise ConfigError(f"no image of split {cfg.split!r} found a host with a large enough background "
-                          f"(--max-upscale {cfg.max_upscale}, --margin {cfg.margin})")
+        uniform[name] = round(100.0 * outside / len(paired), 4)
+    written = list(summary)
     settings = {k: v for k, v in asdict(cfg).items()}
     write_dataset_info(out, DatasetInfo(
         image_root=image_root, class_names=class_names, splits=written,
