@@ -82,6 +82,7 @@ def main() -> int:
                    help="comma-separated splits (default: the probe's splits that have CAMs)")
     p.add_argument("--band", type=float, default=0.04, help="band half-width, a fraction of the grid side")
     p.add_argument("--name", required=True, help="names the results file (e.g. cub50_cam_seed0)")
+    p.add_argument("--out", type=Path, default=None, help="results file (default: benchmarks/results/seam_check_<name>.json)")
     args = p.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     from kdcicam.data.metadata import atomic_write_text, read_dataset_info
@@ -97,7 +98,7 @@ def main() -> int:
               f"= x{r['band_ratio']}")
     record = {"benchmark": "seam_check", "name": args.name, "probe": str(args.probe.resolve()),
               "probe_settings": info.extra, **stamp(REPO, "benchmarks/seam_check.py"), "splits": results}
-    out = RESULTS / f"seam_check_{args.name}.json"
+    out = args.out or RESULTS / f"seam_check_{args.name}.json"
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"written {out}")
     return 0

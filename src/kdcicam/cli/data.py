@@ -217,7 +217,7 @@ def _conflict(args: argparse.Namespace) -> int:
     print(f"conflict probe from {Path(args.src).resolve()} ({args.split}, seed {args.seed}, feather {args.feather}, "
           f"max upscale {args.max_upscale})")
     for name, n in summary.items():
-        print(f"  {name}: {n['images']} images" + (f", {n['skipped']} skipped (no host with a large enough "
-                                                   "background)" if n["skipped"] else ""))
+        print(f"  {name}: {n['images']} images" + (f", {n['skipped']} objects left out (a composite found no "
+                                                   "host with a large enough background)" if n["skipped"] else ""))
     print(f"  written to {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
