@@ -364,9 +364,8 @@ def make_conflict(src: str | os.PathLike, out: str | os.PathLike, cfg: ConflictC
         atomic_write_text(out / name / SOURCES_FILE, "".join(sources))
         uniform[name] = round(100.0 * outside / len(paired), 4)
     written = list(summary)
-    settings = {k: v for k, v in asdict(cfg).items()}
     write_dataset_info(out, DatasetInfo(
         image_root=image_root, class_names=class_names, splits=written,
         name=f"conflict probe of {source_name}",
-        extra={"source": str(src), **settings, "counts": summary, "uniform_map_leakage": uniform}))
+        extra={"source": str(src), **asdict(cfg), "counts": summary, "uniform_map_leakage": uniform}))
     return summary
