@@ -60,7 +60,7 @@ def test_summary_table_reads_results(tmp_path):
                "val_conflict": {"top1_cls": 70.0, "context_leakage": 75.0}}
     oracle = _oracle(60.0, 61.0)
     record = {"point": "rho99", "seed": 1, "knobs": {"rho": 0.99}, "metrics": metrics, "oracle": oracle,
-              "criteria": cal.criteria(metrics, oracle)}
+              "criteria": cal.criteria(metrics, oracle), "habitat_following": {"val": 90.0, "val_conflict": 41.5}}
     (tmp_path / "r.json").write_text(json.dumps(record))
     table = cal.summary_table([tmp_path / "r.json"])
-    assert "rho99" in table and "25.00" in table and "20.00" in table and "yes" in table and "rho=0.99" in table
+    assert "rho99" in table and "25.00" in table and "20.00" in table and "yes" in table and "rho=0.99" in table and "41.50" in table
