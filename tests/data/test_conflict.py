@@ -235,6 +235,13 @@ def test_cli_and_its_errors(tree, tmp_path, capsys):
     assert "neither a prepared dataset" in capsys.readouterr().err
 
 
+def test_out_inside_the_source_images_of_a_prepared_dataset_is_refused(tree, tmp_path):
+    convert_cub(tree[0], tmp_path / "prepared")  # its images stay in the tree
+    with pytest.raises(ConfigError, match="outside the source images"):
+        make_conflict(tmp_path / "prepared", tree[0] / "images" / "probe", ConflictConfig())
+    assert not (tree[0] / "images" / "probe").exists()
+
+
 def test_one_class_is_refused(tree, tmp_path):
     with pytest.raises(ConfigError, match="at least two classes"):
         make_conflict(tree[0], tmp_path / "p", ConflictConfig(limit=2))

@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "conflict", help="real-photo confounder probe: each object pasted onto another class's background",
         description="Paste each object's box (same place and scale, feathered edges) onto a bird-free background "
                     "strip of an image of another class; exact boxes and masks of the pasted region "
-                    "(docs/confounding.md). With --control, also the object on its own class's background "
+                    "(docs/confounding.md). Writes <split>_conflict and <split>_original (the object images "
+                    "unchanged), paired: the same objects in each. With --control, also the object on its own "
+                    "class's background "
                     "(<split>_same) and a background patch on a background (<split>_seam), to check that a CAM "
                     "does not simply fire on paste seams. Deterministic for a seed; the source is never written to.")
     k.add_argument("src", type=Path, help="a CUB-style tree (images.txt, bounding_boxes.txt, ... and images/) or a "

@@ -309,6 +309,10 @@ def make_conflict(src: str | os.PathLike, out: str | os.PathLike, cfg: ConflictC
         raise ConfigError(f"--out {out}: must lie outside the source {src} (the source is never written to)")
     with tempfile.TemporaryDirectory() as tmp:
         md, class_names, source_name = _load_source(src, cfg.split, Path(tmp))
+    assert md.image_root is not None
+    source_images = md.image_root.resolve()
+    if out.resolve() == source_images or source_images in out.resolve().parents:
+        raise ConfigError(f"--out {out}: must lie outside the source images {source_images} (never written to)")
     ids = md.image_ids[: cfg.limit] if cfg.limit else md.image_ids
     items = [_Item(i, md.class_labels[i], md.image_sizes[i], integer_box(md.boxes[i], md.image_sizes[i])) for i in ids]
     empty = [it.image_id for it in items if it.box[2] <= it.box[0] or it.box[3] <= it.box[1]]
