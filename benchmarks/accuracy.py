@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SUITES = {
     "synthetic": {"config": "configs/synthetic.yaml", "data": "data/synth"},
+    # v2 with its preset (docs/confounding.md): run only once the calibration has fixed the preset
+    "synthetic-v2": {"config": "configs/synthetic_v2.yaml", "data": "data/synth_v2"},
     "cub50": {"config": "configs/cub50.yaml", "data": "data/cub50"},
     "cub50-gpu": {"config": "configs/cub50_gpu.yaml", "data": "data/cub50"},  # paper scale, one GPU
 }
@@ -145,6 +147,11 @@ def ensure_data(suite: str) -> Path:
         from kdcicam.data.synthetic import SyntheticConfig, generate_synthetic
 
         generate_synthetic(data, SyntheticConfig())
+    elif suite == "synthetic-v2":
+        from kdcicam.data.synthetic import generate_synthetic
+        from kdcicam.data.synthetic_v2 import v2_config
+
+        generate_synthetic(data, v2_config())
     else:
         src = Path(os.environ.get("KDCICAM_CUB50_SOURCE", REPO.parent / "shared" / "data" / "cub50"))
         if not src.is_dir():

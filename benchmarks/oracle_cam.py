@@ -26,8 +26,9 @@ from provenance import stamp
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-CONFIGS = {"synthetic": "configs/synthetic.yaml", "cub50": "configs/cub50.yaml"}
-DATA = {"synthetic": "data/synth", "cub50": "data/cub50"}
+CONFIGS = {"synthetic": "configs/synthetic.yaml", "synthetic-v2": "configs/synthetic_v2.yaml",
+           "cub50": "configs/cub50.yaml"}
+DATA = {"synthetic": "data/synth", "synthetic-v2": "data/synth_v2", "cub50": "data/cub50"}
 
 
 #: how the object region becomes a map on the CAM grid: each cell's object coverage ("coverage"), the

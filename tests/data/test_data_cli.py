@@ -44,3 +44,25 @@ def test_data_needs_a_dataset_name(capsys):
         main(["data"])
     assert exit_.value.code == 2
     assert "DATASET" in capsys.readouterr().err
+
+
+def test_data_synthetic_v2_command(tmp_path, capsys):
+    out = tmp_path / "v2"
+    rc = main(["data", "synthetic", "--variant", "v2", "--out", str(out), "--size", "40", "--classes", "3",
+               "--train", "6", "--val", "3", "--val-conflict", "3", "--test", "3", "--test-conflict", "3",
+               "--shape-detail", "0.05", "--no-habitat-colour", "--max-radius", "0.2", "--workers", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "v2" in printed and "train 6, val 3, val_conflict 3, test 3, test_conflict 3" in printed
+    info = read_dataset_info(out)
+    assert info.class_names == ["lobes3", "lobes4", "lobes5"]
+    assert (info.extra["rho"], info.extra["shape_detail"], info.extra["habitat_colour"]) == (0.97, 0.05, False)
+    assert (info.extra["min_radius"], info.extra["max_radius"]) == (0.12, 0.2)
+
+
+def test_data_synthetic_v1_refuses_v2_flags(tmp_path, capsys):
+    assert main(["data", "synthetic", "--out", str(tmp_path / "s"), "--shape-detail", "0.1",
+                 "--no-habitat-colour"]) == 2
+    err = capsys.readouterr().err
+    assert "--shape-detail, --no-habitat-colour: v2 knobs; add --variant v2" in err
+    assert not (tmp_path / "s").exists()

@@ -18,7 +18,7 @@ from kdcicam.errors import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["synthetic", "cub50", "cub", "ilsvrc"])
+@pytest.mark.parametrize("name", ["synthetic", "synthetic_v2", "cub50", "cub", "ilsvrc"])
 def test_shipped_configs_load_and_round_trip(name: str, tmp_path: Path) -> None:
     weights = ["model.pretrained=/weights/vgg16-397923af.pth"] if name in ("cub", "ilsvrc") else []
     cfg = load_config(REPO / "configs" / f"{name}.yaml", weights)

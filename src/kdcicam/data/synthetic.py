@@ -31,13 +31,19 @@ Layout under ``out``::
 Determinism: every image is rendered from its own generator seeded by ``(seed, split, index)``
 with element-wise numpy maths and written as PNG with fixed compression and no timestamps, so the
 same config gives byte-identical files, in one process or many.
+
+**Variants.** ``variant="v1"`` (the default) is the dataset above, frozen byte for byte because
+published results were measured on it (``tests/data/test_synthetic_v1_frozen.py``). ``variant="v2"``
+(:mod:`kdcicam.data.synthetic_v2`) is calibrated so that the confounder bites: objects that differ in
+detail only, a stronger habitat correlation, a ``val_conflict`` split to calibrate on; its knobs are
+the v2-only fields of :class:`SyntheticConfig`, which v1 refuses to take.
 """
 from __future__ import annotations
 
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +62,10 @@ SHAPES = ("disc", "square", "triangle", "star", "cross", "ring", "ellipse", "hex
 HABITATS = ("blobs", "grain", "stripes_0", "stripes_60", "stripes_120", "gradient", "checker", "ripples",
             "bubbles", "waves")
 SPLITS = ("train", "val", "test", "test_conflict")
-_SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
+#: v2's splits: val_conflict (always another class's habitat) is made for calibration, never test
+SPLITS_V2 = ("train", "val", "val_conflict", "test", "test_conflict")
+_SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)} | {"val_conflict": 4}
+VARIANTS = ("v1", "v2")
 _PNG_COMPRESSION = 3
 HABITATS_FILE = "habitats.txt"
 
@@ -80,6 +89,19 @@ class SyntheticConfig:
     noise: float = 0.0
     #: worker processes; 0 = one per CPU core. Output does not depend on it.
     workers: int = 0
+    #: "v1" (frozen) or "v2" (calibrated confounder); the fields below are v2's knobs, v1 takes none of them
+    variant: str = "v1"
+    n_val_conflict: int = 0
+    #: v2: amplitude of the class-telling boundary lobes (objects are discs with 3..12 lobes; small = subtle)
+    shape_detail: float = 0.12
+    #: v2: contrast of the class's own texture inside the object, 0 (none: shape only) .. 1 (v1's full texture)
+    class_texture: float = 0.35
+    #: v2: weight of a class-independent smooth texture mixed into every object (hides the class texture)
+    texture_noise: float = 0.3
+    #: v2: contrast of the habitat pattern, 0 (flat colour) .. 1 (v1's)
+    habitat_contrast: float = 1.0
+    #: v2: habitats keep their own hue family (True, v1's) or draw one at random (False: pattern only)
+    habitat_colour: bool = True
 
     def validate(self) -> None:
         if not 32 <= self.size <= 4096:
@@ -99,17 +121,46 @@ class SyntheticConfig:
             raise ConfigError(f"noise must be in [0, 0.5], got {self.noise}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.variant == "v1":
+            changed = [k for k, v in V2_DEFAULTS.items() if getattr(self, k) != v]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)}: v2 knobs, not taken by variant v1 (set variant='v2')")
+        else:
+            from .synthetic_v2 import validate_v2
+
+            validate_v2(self)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return SPLITS_V2 if self.variant == "v2" else SPLITS
+
+    def settings(self) -> dict:
+        """What ``dataset.yaml`` records: every field but ``workers``; v1 leaves out the v2 knobs, so its
+        yaml is byte-identical to the one written before v2 existed."""
+        skip = {"workers"} | (set(V2_DEFAULTS) if self.variant == "v1" else set())
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def count(self, split: str) -> int:
         return int(getattr(self, f"n_{split}"))
 
     @property
     def class_names(self) -> list[str]:
+        if self.variant == "v2":
+            from .synthetic_v2 import v2_class_names
+
+            return v2_class_names(self.num_classes)
         return list(SHAPES[: self.num_classes])
 
     @property
     def habitat_names(self) -> list[str]:
         return list(HABITATS[: self.num_classes])
+
+
+#: the v2-only fields and their defaults: v1 must leave them as they are
+V2_DEFAULTS = {f.name: f.default for f in fields(SyntheticConfig) if f.name in (
+    "variant", "n_val_conflict", "shape_detail", "class_texture", "texture_noise", "habitat_contrast", "habitat_colour")}
 
 
 # -------------------------------------------------------------------------------------- allocation
@@ -124,6 +175,10 @@ def class_counts(n: int, num_classes: int) -> list[int]:
 
 def plan_split(config: SyntheticConfig, split: str) -> list[tuple[int, int]]:
     """``(label, habitat)`` for every image of a split, class-major, by exact balanced allocation."""
+    if config.variant == "v2":
+        from .synthetic_v2 import plan_split_v2
+
+        return plan_split_v2(config, split)
     K = config.num_classes
     rng = np.random.default_rng([config.seed, 0, _SPLIT_CODE[split]])
     plan: list[tuple[int, int]] = []
@@ -281,6 +336,10 @@ def object_texture(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def render_sample(config: SyntheticConfig, split: str, index: int, label: int,
                   habitat: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """One image: (RGB uint8 [S,S,3], mask uint8 [S,S] 0/255, box (x0, y0, x1, y1) exclusive)."""
+    if config.variant == "v2":
+        from .synthetic_v2 import render_sample_v2
+
+        return render_sample_v2(config, split, index, label, habitat)
     S, K = config.size, config.num_classes
     rng = np.random.default_rng([config.seed, 1, _SPLIT_CODE[split], index])
     bg_light, bg_dark = _palette(rng, habitat, K)
@@ -337,7 +396,7 @@ def _render_chunk(config: SyntheticConfig, split: str, out: str,
 
 def _image_stem(config: SyntheticConfig, split: str, label: int, j: int) -> str:
     digits = max(4, len(str(config.count(split))))
-    return f"{split}/{SHAPES[label]}/{j:0{digits}d}"
+    return f"{split}/{config.class_names[label]}/{j:0{digits}d}"
 
 
 def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = None) -> dict[str, int]:
@@ -357,7 +416,7 @@ def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = 
     splits: list[str] = []
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
-        for split in SPLITS:
+        for split in config.splits:
             plan = plan_split(config, split)
             counts[split] = len(plan)
             if not plan:
@@ -368,7 +427,7 @@ def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = 
                 items.append((index, label, habitat, _image_stem(config, split, label, seen[label])))
                 seen[label] += 1
             for label in {lab for lab, _ in plan}:
-                (image_root / split / SHAPES[label]).mkdir(parents=True, exist_ok=True)
+                (image_root / split / config.class_names[label]).mkdir(parents=True, exist_ok=True)
             if pool is None:
                 boxes = _render_chunk(config, split, str(image_root), items)
             else:
@@ -392,11 +451,10 @@ def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = 
     finally:
         if pool is not None:
             pool.shutdown()
-    settings = {k: v for k, v in asdict(config).items() if k != "workers"}
     write_dataset_info(out, DatasetInfo(
         image_root=image_root, class_names=config.class_names, splits=splits,
-        name="synthetic confounded objects",
-        extra={**settings, "habitats": config.habitat_names}))
+        name="synthetic confounded objects" + (" v2" if config.variant == "v2" else ""),
+        extra={**config.settings(), "habitats": config.habitat_names}))
     return counts
 
 
