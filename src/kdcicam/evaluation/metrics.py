@@ -29,7 +29,7 @@ import numpy as np
 
 from ..data.metadata import Metadata
 from ..errors import KdcicamError
-from . import _kernels
+from . import _compiled
 from .boxes import ScoremapError, as_size, resize_box, threshold_list
 from .engine import batch_box_ious, default_workers, worker_pool
 from .masks import boxes_mask, check_gt_mask, load_gt_mask
@@ -303,7 +303,7 @@ class _MaskCounts:
         self.bg = np.zeros(len(self.edges) - 1, dtype=np.int64)
 
     def add(self, scoremap: np.ndarray, mask: np.ndarray) -> None:
-        _kernels.mask_histograms(scoremap, mask, self.edges, self.fg, self.bg)
+        _compiled.mask_histograms(scoremap, mask, self.edges, self.fg, self.bg)
 
     def merge(self, other: _MaskCounts) -> None:
         if not np.array_equal(other.edges, self.edges):
@@ -415,7 +415,7 @@ class ContextLeakage:
             mask = self._masks.mask(image_id)
         if mask is None:
             mask = boxes_mask(self._gt(image_id) if boxes is None else boxes, self.grid.shape).view(np.uint8)
-        share = float(_kernels.leakage_share(scoremap, np.ascontiguousarray(mask)))
+        share = float(_compiled.leakage_share(scoremap, np.ascontiguousarray(mask)))
         if math.isnan(share):  # the kernel's answer to a NaN or inf in the map
             raise ScoremapError(image_id, "contains NaN or inf")
         return round(share * _LEAKAGE_UNIT)
