@@ -77,11 +77,19 @@ def build(output_dir: str | os.PathLike, target_cpu: str | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build into a temporary folder beside the target, then move the module into place (a process
+    importing the kernels meanwhile sees the old module or the new one, never half of one)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (1, 2):
         print("usage: python -m kdcicam.evaluation._aot OUT_DIR [TARGET_CPU]", file=sys.stderr)
         return 2
-    print(build(args[0], *args[1:]))
+    out = Path(args[0])
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".aot-", dir=out) as tmp:
+        built = build(tmp, *args[1:])
+        final = out / built.name
+        os.replace(built, final)
+    print(final)
     return 0
 
 

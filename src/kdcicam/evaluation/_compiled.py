@@ -36,13 +36,15 @@ def _aot_module() -> tuple[ModuleType | None, str]:
     """The AOT module when it is importable and current, else ``None`` and why not."""
     try:
         module = importlib.import_module(".evaluation._kernels_aot", "kdcicam")
-    except ImportError as e:
-        return None, f"no ahead-of-time kernels ({e}); build them with `make kernels`"
-    if module.source_hash() != source_hash():
-        return None, f"the ahead-of-time kernels ({module.__file__}) were built from another _kernels.py; " \
+        built_from, built_for = module.source_hash(), module.cpu_flags_hash()
+    except Exception as e:  # missing, built for another numpy, or an older build's layout
+        return None, f"no usable ahead-of-time kernels ({type(e).__name__}: {e}); build them with `make kernels`"
+    where = getattr(module, "__file__", "_kernels_aot")
+    if built_from != source_hash():
+        return None, f"the ahead-of-time kernels ({where}) were built from another _kernels.py; " \
                      "rebuild them with `make kernels`"
-    if module.cpu_flags_hash() not in (0, cpu_flags_hash()):
-        return None, f"the ahead-of-time kernels ({module.__file__}) were compiled for another CPU; " \
+    if built_for not in (0, cpu_flags_hash()):
+        return None, f"the ahead-of-time kernels ({where}) were compiled for another CPU; " \
                      "rebuild them with `make kernels` (or reinstall)"
     return module, ""
 
