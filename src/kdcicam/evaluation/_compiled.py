@@ -37,15 +37,15 @@ def _aot_module() -> tuple[ModuleType | None, str]:
     try:
         module = importlib.import_module(".evaluation._kernels_aot", "kdcicam")
         built_from, built_for = module.source_hash(), module.cpu_flags_hash()
-    except Exception as e:  # missing, built for another numpy, or an older build's layout
+    except Exception as e:  # noqa: BLE001 - missing, built for another numpy, an older build's layout: all mean JIT
         return None, f"no usable ahead-of-time kernels ({type(e).__name__}: {e}); build them with `make kernels`"
     where = getattr(module, "__file__", "_kernels_aot")
     if built_from != source_hash():
-        return None, f"the ahead-of-time kernels ({where}) were built from another _kernels.py; " \
-                     "rebuild them with `make kernels`"
+        return None, (f"the ahead-of-time kernels ({where}) were built from another _kernels.py; "
+                      "rebuild them with `make kernels`")
     if built_for not in (0, cpu_flags_hash()):
-        return None, f"the ahead-of-time kernels ({where}) were compiled for another CPU; " \
-                     "rebuild them with `make kernels` (or reinstall)"
+        return None, (f"the ahead-of-time kernels ({where}) were compiled for another CPU; "
+                      "rebuild them with `make kernels` (or reinstall)")
     return module, ""
 
 
