@@ -150,3 +150,40 @@ def test_build_identity(tmp_path: Path):
     first = _build_id.source_hash(source)
     source.write_text("x = 2\n")
     assert 0 < first < 2 ** 63 and _build_id.source_hash(source) != first
+
+
+def test_aot_kernel_releases_the_gil():
+    """The thread pool shares a batch between cores only if the kernel lets go of the GIL: Python code on
+    another thread must run in the middle of a long kernel call (with the GIL held it could only run
+    for a switch interval, 5 ms, before the call starts or after it ends)."""
+    import threading
+    import time
+
+    aot = _aot_or_skip()
+    rng = np.random.default_rng(8)
+    maps = np.repeat(np.stack([smooth_map(rng) for _ in range(4)]), 32, axis=0)  # about 0.1 s of kernel or more
+    thresholds = threshold_list(0.001)
+    b, nt = len(maps), len(thresholds)
+    out = (np.zeros((b, nt)), np.zeros((b, nt)), np.zeros((b, nt), np.uint8), np.zeros((b, nt), np.int64),
+           np.ones(b, np.bool_))
+    span: list[float] = []
+    started = threading.Event()
+
+    def kernel() -> None:
+        started.set()
+        span.append(time.perf_counter())
+        aot.batch_box_ious(maps, thresholds, np.array([[10, 10, 100, 100]]), np.zeros(b + 1, np.int64), 0, b,
+                           *out, True)
+        span.append(time.perf_counter())
+
+    thread = threading.Thread(target=kernel)
+    thread.start()
+    started.wait()
+    seen = []
+    while thread.is_alive():
+        seen.append(time.perf_counter())
+    thread.join()
+    start, end = span
+    quarter = (end - start) / 4
+    assert quarter > 0.01
+    assert sum(start + quarter < t < end - quarter for t in seen) > 0

@@ -45,8 +45,20 @@ def build(output_dir: str | os.PathLike, target_cpu: str | None = None) -> Path:
     loaded from a cache cannot be linked into the module."""
     os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdcicam-aot-cache-")
     from numba.pycc import CC
+    from numba.pycc import compiler as pycc_compiler
 
     from . import _kernels
+
+    class ReleaseGil(pycc_compiler.Flags):
+        """pycc's wrappers hold the GIL through the call unless asked (it has no option for it): the
+        kernels must release it, as their JIT form does (``nogil=True``), or the thread pool that
+        shares images between cores would run them one at a time."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.release_gil = True
+
+    pycc_compiler.Flags = ReleaseGil
 
     cc = CC(MODULE)
     cc.output_dir = str(output_dir)
