@@ -22,12 +22,38 @@ class BuildKernels(build_ext):
     """build_ext that makes the AOT module with numba.pycc (in a child process, so that numba's
     state and cache settings stay out of the build) instead of compiling sources."""
 
+    skipped: set[str] | None = None  #: extensions not built (the install goes on without them)
+
+    def _built_only(self, method: str):
+        """``method`` of build_ext over the extensions that were built (an editable install copies each
+        one into the source tree and fails on one that is not there)."""
+        every = self.extensions
+        self.extensions = [e for e in every if e.name not in (self.skipped or set())]
+        try:
+            return getattr(super(), method)()
+        finally:
+            self.extensions = every
+
+    def copy_extensions_to_source(self) -> None:
+        self._built_only("copy_extensions_to_source")
+
+    def get_outputs(self) -> list[str]:
+        return self._built_only("get_outputs")
+
+    def get_output_mapping(self) -> dict[str, str]:
+        return self._built_only("get_output_mapping")
+
+    def _skip(self, ext: Extension, why: str) -> None:
+        print(f"warning: kdcicam's evaluator kernels were not compiled ahead of time (numba's JIT will compile "
+              f"them on first use): {why}", file=sys.stderr)
+        self.skipped = (self.skipped or set()) | {ext.name}
+
     def build_extension(self, ext: Extension) -> None:
         if ext.name != AOT:
             super().build_extension(ext)
             return
         if os.environ.get("KDCICAM_NO_AOT"):
-            self.announce("KDCICAM_NO_AOT is set: kernels left to the JIT", level=3)
+            self._skip(ext, "KDCICAM_NO_AOT is set")
             return
         target = Path(self.get_ext_fullpath(ext.name))
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -37,8 +63,7 @@ class BuildKernels(build_ext):
                                   capture_output=True, text=True)
             built = sorted(Path(tmp).glob("_kernels_aot.*"))
             if done.returncode != 0 or not built:
-                print("warning: kdcicam's evaluator kernels were not compiled ahead of time (numba's JIT will "
-                      f"compile them on first use):\n{(done.stderr or done.stdout).strip()[-2000:]}", file=sys.stderr)
+                self._skip(ext, "\n" + (done.stderr or done.stdout).strip()[-2000:])
                 return
             tmp_target = target.with_name(target.name + ".tmp")
             tmp_target.write_bytes(built[-1].read_bytes())
