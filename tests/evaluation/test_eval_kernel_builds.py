@@ -161,7 +161,7 @@ def test_aot_kernel_releases_the_gil():
 
     aot = _aot_or_skip()
     rng = np.random.default_rng(8)
-    maps = np.repeat(np.stack([smooth_map(rng) for _ in range(4)]), 32, axis=0)  # about 0.1 s of kernel or more
+    maps = np.repeat(np.stack([smooth_map(rng) for _ in range(4)]), 64, axis=0)  # 0.1 s of kernel or more
     thresholds = threshold_list(0.001)
     b, nt = len(maps), len(thresholds)
     out = (np.zeros((b, nt)), np.zeros((b, nt)), np.zeros((b, nt), np.uint8), np.zeros((b, nt), np.int64),
