@@ -40,8 +40,8 @@ def build(output_dir: str | os.PathLike, target_cpu: str | None = None) -> Path:
 
     ``target_cpu`` is LLVM's CPU name (``""``: the architecture's generic CPU). By default it is
     ``"host"`` where /proc/cpuinfo names the CPU's flags (the module then records them and is used
-    only on a CPU with the same flags), else generic: for the host the kernels ran about 15 % faster
-    than generic x86-64 (AMD EPYC, numba 0.68). Compiles in a fresh numba cache directory: a kernel
+    only on a CPU with the same flags), else generic: for the host the kernels took about 15 % less CPU
+    time than for generic x86-64 (AMD EPYC, numba 0.68). Compiles in a fresh numba cache directory: a kernel
     loaded from a cache cannot be linked into the module."""
     os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdcicam-aot-cache-")
     from numba.pycc import CC

@@ -1,9 +1,9 @@
 """The fast engine: best IoU per image and threshold for a batch of score maps, both contour modes.
 
-The compiled kernel (:mod:`._kernels`, loaded by :mod:`._compiled`) answers almost every threshold; the few it flags (a tie
-for the largest contour, inconclusive areas around holes, sparse thresholds with holes) are
-answered by the plain ``cv2.findContours`` on that threshold's binary map, so the result always
-equals the reference loop. Images are split over a thread pool in contiguous chunks: the kernel
+The compiled kernel (:mod:`._kernels`, loaded by :mod:`._compiled`) answers almost every threshold;
+the few it flags (a tie for the largest contour, inconclusive areas around holes, sparse thresholds
+with holes) are answered by the plain ``cv2.findContours`` on that threshold's binary map, so the
+result always equals the reference loop. Images are split over a thread pool in contiguous chunks: the kernel
 releases the GIL.
 """
 from __future__ import annotations
