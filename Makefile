@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export MALLOC_MMAP_THRESHOLD_ := 10000000000
 export MALLOC_TRIM_THRESHOLD_ := 10000000000
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean kernels
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,10 +33,15 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# The evaluator's kernels compiled ahead of time (pip install does it too; this rebuilds them in place
+# after an edit of src/kdcicam/evaluation/_kernels.py, which otherwise runs on numba's JIT until then).
+kernels: $(STAMP)
+	$(PY) -m kdcicam.evaluation._aot src/kdcicam/evaluation
+
 bench: $(STAMP)
 	$(PY) benchmarks/evaluator_speed.py
 	$(PY) benchmarks/throughput.py --train-step
 	$(PY) benchmarks/report.py
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) demo_out src/kdcicam/evaluation/_kernels_aot.*

@@ -8,14 +8,30 @@ Datasets:
 - ``cub50_test`` (when ``../shared/data/cub50`` exists): the CUB-50 test split converted on the fly
   into a temporary folder, with the same kind of maps.
 
-For each: single-contour (MaxBoxAcc) and multi-contour (MaxBoxAccV2) evaluation, reference vs
-ours, metrics asserted equal (every curve, bit for bit), images/s and the speed ratio; also the
-combined ``WSOLEvaluator`` (both modes in one pass, plus context leakage) against the two
+In process, for each: single-contour (MaxBoxAcc) and multi-contour (MaxBoxAccV2) evaluation,
+reference vs ours, metrics asserted equal (every curve, bit for bit), images/s and the speed ratio;
+also the combined ``WSOLEvaluator`` (both modes in one pass, plus context leakage) against the two
 reference runs. All alternate batch by batch, so that on a shared machine they see the same load;
-``--repeat`` runs are averaged. Results go to
-``benchmarks/results/evaluator_speed.json`` with the commit, machine and library versions.
+``--repeat`` runs are averaged.
 
-    python benchmarks/evaluator_speed.py [--images N] [--repeat R] [--out PATH]
+End to end (``end_to_end``, on cub50_test when it is there, else the synthetic maps): the maps are
+saved as ``.npy`` files (as ``kdcicam evaluate --save-cams`` and wsolevaluation's inference write
+them) and each command is timed as a whole, process start, imports, kernel loading and file reads
+included: ``python -m kdcicam score CAM_DIR --metadata SPLIT --interval I [--multi-contour]`` against
+``benchmarks/reference_score.py`` (wsolevaluation's evaluation loop: one ``np.load`` and one
+findContours per image and threshold), at each ``--intervals`` value, in each mode, curves asserted
+equal. ``first_run_s`` is our command's first run with an empty numba cache (what the first run after
+``pip install`` pays), ``ours_s`` the mean of ``--repeat`` runs after it; the reference runs once per
+case (a minute or more at 0.001, so its run-to-run spread is small beside it).
+
+``parallel_from``: one batch of N maps (N = 4 .. 64) scored with one thread and with every core, the
+smallest N from which every core is faster is where ``kdcicam score`` should start using them
+(``PARALLEL_FROM`` in ``kdcicam.evaluation.saved_cams``).
+
+Results go to ``benchmarks/results/evaluator_speed.json`` with the commit, machine, library versions
+and the kernels' build (``aot``: compiled at install; ``jit``: numba's JIT).
+
+    python benchmarks/evaluator_speed.py [--images N] [--repeat R] [--intervals 0.01 0.001] [--out PATH]
 """
 from __future__ import annotations
 
@@ -24,6 +40,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,10 +56,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from provenance import cpu_model, git_commit
 
-from kdcicam.data.metadata import Metadata, atomic_write_text, read_metadata
-from kdcicam.evaluation import BoxEvaluator, WSOLEvaluator
+from kdcicam.data.metadata import Metadata, atomic_write_text, read_metadata, write_metadata
+from kdcicam.evaluation import BoxEvaluator, WSOLEvaluator, _compiled
 from kdcicam.evaluation.engine import default_workers
 from kdcicam.evaluation.reference import ReferenceBoxEvaluator
+from kdcicam.evaluation.saved_cams import cam_path
 
 CUB50 = ROOT / ".." / "shared" / "data" / "cub50"
 BATCH = 64
@@ -104,6 +122,14 @@ def _read_cub_text(src: Path) -> Metadata:
         md_sizes[paths[k][0]] = (iw, ih)
     return Metadata(image_ids=[paths[k][0] for k in ids], class_labels={paths[k][0]: int(labels[k][0]) - 1 for k in ids},
                     image_sizes=md_sizes, boxes=md_boxes, num_classes=50)
+
+
+def first_images(metadata: Metadata, n: int) -> Metadata:
+    """The split cut to its first ``n`` images."""
+    ids = metadata.image_ids[:n]
+    return Metadata(image_ids=ids, class_labels={i: metadata.class_labels[i] for i in ids},
+                    image_sizes={i: metadata.image_sizes[i] for i in ids},
+                    boxes={i: metadata.boxes[i] for i in ids if i in metadata.boxes}, num_classes=metadata.num_classes)
 
 
 def timed(fn) -> float:
@@ -174,10 +200,86 @@ def compare(metadata: Metadata, maps: np.ndarray, repeat: int) -> dict[str, Any]
     return out
 
 
+def parallel_from(rng: np.random.Generator, sizes: tuple[int, ...] = (4, 8, 16, 32, 64), repeat: int = 7) -> dict[str, Any]:
+    """One batch of N maps through ``WSOLEvaluator`` (what ``kdcicam score`` runs) with one thread and with
+    every core, alternating, best of ``repeat``; the smallest N from which every core wins."""
+    md = synthetic_metadata(max(sizes), rng)
+    maps = np.stack([cam_like(rng) for _ in range(max(sizes))])
+    workers = default_workers()
+    rows = []
+    for n in sizes:
+        best = {1: np.inf, workers: np.inf}
+        for _ in range(repeat):
+            for w in sorted(best):
+                ev = WSOLEvaluator(md, workers=w)
+                start = time.perf_counter()
+                ev.accumulate(maps[:n], md.image_ids[:n])
+                best[w] = min(best[w], time.perf_counter() - start)
+        rows.append({"images": n, "one_thread_ms": round(best[1] * 1e3, 3), "all_cores_ms": round(best[workers] * 1e3, 3)})
+        print(f"  {n:3d} maps: one thread {best[1] * 1e3:7.2f} ms, {workers} workers {best[workers] * 1e3:7.2f} ms",
+              flush=True)
+    wins = [r["images"] for r in rows if r["all_cores_ms"] < r["one_thread_ms"]]
+    first = next((n for n in sizes if all(w in wins for w in sizes if w >= n)), None)
+    return {"workers": workers, "rows": rows, "all_cores_faster_from": first, "repeat": repeat,
+            "note": "best of the repeats; PARALLEL_FROM in kdcicam.evaluation.saved_cams should be this"}
+
+
+def _save_cams(folder: Path, ids: list[str], maps: np.ndarray) -> None:
+    for image_id, scoremap in zip(ids, maps):
+        path = cam_path(folder, image_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, scoremap)
+
+
+def _run(command: list[str], env: dict[str, str]) -> float:
+    """Wall time of one command, process start to exit."""
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return elapsed
+
+
+def end_to_end(split: Path, ids: list[str], maps: np.ndarray, intervals: list[float], repeat: int,
+               tmp: Path) -> dict[str, Any]:
+    """``kdcicam score`` against the reference command on the same .npy files, whole processes timed."""
+    cams = tmp / "cams"
+    _save_cams(cams, ids, maps)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    backend = subprocess.run([sys.executable, "-c", "from kdcicam.evaluation import _compiled; print(_compiled.BACKEND)"],
+                             env=env, capture_output=True, text=True, check=True).stdout.strip()
+    out: dict[str, Any] = {"images": len(ids), "kernels": backend, "cases": []}
+    print(f"  end to end, {len(ids)} .npy files, kernels: {backend}", flush=True)
+    for interval in intervals:
+        for mode, flag in (("single_contour", []), ("multi_contour", ["--multi-contour"])):
+            ours_json, ref_json = tmp / "ours.json", tmp / "ref.json"
+            common = [str(cams), "--metadata", str(split), "--interval", repr(interval), *flag]
+            ours = [sys.executable, "-m", "kdcicam", "score", *common, "--json", str(ours_json)]
+            reference = [sys.executable, str(ROOT / "benchmarks" / "reference_score.py"), *common, "--json", str(ref_json)]
+            with tempfile.TemporaryDirectory(dir=tmp) as cache:  # an empty numba cache: the first run after install
+                first = _run(ours, {**env, "NUMBA_CACHE_DIR": cache})
+            t_ref = _run(reference, env)
+            t_ours = [_run(ours, env) for _ in range(repeat)]
+            got, want = json.loads(ours_json.read_text()), json.loads(ref_json.read_text())
+            assert got["box_acc_curve"] == want["box_acc_curve"], (interval, mode)
+            assert got["max_box_acc"] == want["max_box_acc"], (interval, mode)
+            mean = float(np.mean(t_ours))
+            out["cases"].append({
+                "interval": interval, "mode": mode, "reference_s": round(t_ref, 3), "ours_s": round(mean, 3),
+                "ours_runs_s": [round(t, 3) for t in t_ours], "first_run_s": round(first, 3),
+                "ratio": round(t_ref / mean, 2), "ratio_first_run": round(t_ref / first, 2),
+                "max_box_acc": got["max_box_acc"], "equal_to_reference": True,
+            })
+            print(f"  interval {interval:<6g} {mode:15s} reference {t_ref:7.2f} s   ours {mean:6.3f} s "
+                  f"(first run {first:6.3f} s)   ratio {t_ref / mean:6.1f}x", flush=True)
+    return out
+
+
 def machine() -> dict[str, Any]:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "cores_usable": default_workers(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
-            "numba": numba.__version__}
+            "numba": numba.__version__, "kernels": _compiled.BACKEND}
 
 
 def commit() -> str:
@@ -186,8 +288,12 @@ def commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1389, help="synthetic maps (default 1389, CUB-50 test's size)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="maps per dataset: synthetic ones (default 1389, CUB-50 test's size) and the first N of "
+                        "cub50_test (default: all); a quick check of the benchmark itself")
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement, averaged (default 2)")
+    parser.add_argument("--intervals", type=float, nargs="*", default=[0.01, 0.001],
+                        help="CAM threshold intervals of the end-to-end timing (default 0.01 0.001; none: skip it)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evaluator_speed.json"))
     args = parser.parse_args(argv)
 
@@ -197,18 +303,31 @@ def main(argv: list[str] | None = None) -> int:
     WSOLEvaluator(warm).accumulate(np.stack([cam_like(rng) for _ in range(4)]), warm.image_ids)
 
     results: dict[str, Any] = {}
-    print(f"synthetic: {args.images} maps of 224 x 224", flush=True)
-    md = synthetic_metadata(args.images, rng)
-    maps = np.stack([cam_like(rng) for _ in range(args.images)])
+    n_synthetic = args.images or 1389
+    print(f"synthetic: {n_synthetic} maps of 224 x 224", flush=True)
+    md = synthetic_metadata(n_synthetic, rng)
+    maps = np.stack([cam_like(rng) for _ in range(n_synthetic)])
     results["synthetic"] = compare(md, maps, args.repeat)
     with tempfile.TemporaryDirectory() as tmp:
         cub = cub50_metadata(Path(tmp))
         if cub is None:
             print("cub50: not found, skipped", flush=True)
+            e2e_name, e2e_md, e2e_maps = "synthetic", md, maps
         else:
+            if args.images:
+                cub = first_images(cub, args.images)
             print(f"cub50_test: {len(cub)} images, CUB-50 test metadata converted on the fly", flush=True)
             cub_maps = np.stack([cam_like(rng) for _ in range(len(cub))])
             results["cub50_test"] = compare(cub, cub_maps, args.repeat)
+            e2e_name, e2e_md, e2e_maps = "cub50_test", cub, cub_maps
+        e2e_split = Path(tmp) / "e2e_split"
+        write_metadata(e2e_md, e2e_split)
+        print("parallel_from:", flush=True)
+        results["parallel_from"] = parallel_from(rng)
+        if args.intervals:
+            print(f"end_to_end ({e2e_name}):", flush=True)
+            results["end_to_end"] = {"maps": e2e_name, **end_to_end(e2e_split, e2e_md.image_ids, e2e_maps,
+                                                                     args.intervals, args.repeat, Path(tmp))}
 
     record = {
         "benchmark": "evaluator_speed",
@@ -220,7 +339,11 @@ def main(argv: list[str] | None = None) -> int:
                      "workers": default_workers(), "repeat": args.repeat,
                      "timing": "reference (both modes), ours per mode and ours in both modes at once alternate batch by "
                      "batch; times summed, averaged over repeats", "reference": "kdcicam.evaluation.reference (one findContours "
-                     "per image and threshold, wsolevaluation's algorithm), one thread"},
+                     "per image and threshold, wsolevaluation's algorithm), one thread",
+                     "end_to_end": "whole commands timed from process start to exit: `python -m kdcicam score` vs "
+                     "benchmarks/reference_score.py (wsolevaluation's loop: np.load + findContours per image and "
+                     "threshold), one mode per command, same .npy files; reference once per case, ours the mean of "
+                     "`repeat` runs after a first run with an empty numba cache", "intervals": args.intervals},
         "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
                                     "after": [round(v, 2) for v in os.getloadavg()]},
         "note": "the machine is shared with other jobs (see the load averages: 2 cores); the ratio (both timed "

@@ -532,20 +532,65 @@ def _load(data: dict, when: str) -> str:
     return f"{values[0]:.2f}" if values else "?"
 
 
+#: issue 18's targets: in process, each mode against the reference loop; end to end, per interval
+SPEED_TARGET_IN_PROCESS = 20.0
+SPEED_TARGET_END_TO_END = {0.01: 10.0, 0.001: 100.0}
+
+
+def _end_to_end_lines(e2e: dict) -> list[str]:
+    """The whole-command timing: `kdcicam score` against the reference command."""
+    runs = len(e2e["cases"][0].get("ours_runs_s", [])) if e2e.get("cases") else 0
+    lines = ["", (f"End to end ({e2e.get('maps', '?')}, {e2e.get('images', '?')} `.npy` maps of 224 × 224; kernels: "
+                  f"`{e2e.get('kernels', '?')}`): each command timed from process start to exit (imports, kernel loading, "
+                  "file reads included), one contour mode per command, as wsolevaluation runs. Reference: "
+                  "`benchmarks/reference_score.py` (wsolevaluation's loop: `np.load` and one `cv2.findContours` per "
+                  f"image and threshold), one run per case. Ours: `python -m kdcicam score CAM_DIR --metadata SPLIT "
+                  f"--interval I [--multi-contour]` (both modes and context leakage computed), mean of {runs} runs; "
+                  "first run: the first one with an empty numba cache, as after `pip install`."), "",
+             "| interval | mode | reference s | ours s | ours, first run s | ratio | target | equal metrics |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in e2e.get("cases", []):
+        target = SPEED_TARGET_END_TO_END.get(c["interval"])
+        lines.append(f"| {c['interval']:g} | {c['mode'].replace('_', '-')} | {c['reference_s']:.2f} | {c['ours_s']:.3f} | "
+                     f"{c['first_run_s']:.3f} | {c['ratio']:.1f}× | "
+                     + (f"≥ {target:g}×: {'met' if c['ratio'] >= target else '**not met**'}" if target else "–")
+                     + f" | {c['equal_to_reference']} |")
+    return lines
+
+
+def _parallel_line(par: dict) -> list[str]:
+    rows = ", ".join(f"{r['images']}: {r['one_thread_ms']:.1f} / {r['all_cores_ms']:.1f} ms" for r in par.get("rows", []))
+    return ["", (f"Where every core pays (`parallel_from`: one batch through `WSOLEvaluator`, one thread / "
+                 f"{par.get('workers', '?')} workers, best of {par.get('repeat', '?')}): {rows}; every core is faster "
+                 f"from {par.get('all_cores_faster_from') or 'none of these sizes:'} maps (`kdcicam score` uses every core from "
+                 "`PARALLEL_FROM` images, kdcicam.evaluation.saved_cams).")]
+
+
 def speed_section() -> list[str]:
     lines = []
     ev = RESULTS / "evaluator_speed.json"
     if ev.is_file():
         data = json.loads(ev.read_text())
         machine = data.get("machine", {})
+        results = data.get("results", {})
         lines += ["### Evaluator speed (`benchmarks/evaluator_speed.py`)", "",
                   (f"Commit `{data.get('commit', '?')}`, {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
-                   f"date {data.get('date', '?')}; command `{portable(data.get('command', '?'))}`. "
+                   f"date {data.get('date', '?')}; command `{portable(data.get('command', '?'))}`; kernels "
+                   f"`{machine.get('kernels', 'jit')}` (`aot`: compiled at install, `jit`: numba's JIT). "
                    f"Load average (1 min) before / after: {_load(data, 'before')} / {_load(data, 'after')}. "
                    f"{data.get('note', '')[:1].upper()}{data.get('note', '')[1:]}."), "",
+                  ("In process: the same batches of maps scored by the reference loop "
+                   "(`kdcicam.evaluation.reference`, wsolevaluation's algorithm, one thread) and by ours (`BoxEvaluator` "
+                   "per mode, `WSOLEvaluator` for both at once, every core), alternating batch by batch; every curve "
+                   f"asserted equal. Target: each mode ≥ {SPEED_TARGET_IN_PROCESS:g}× the reference."
+                   + ("" if "end_to_end" in results else " *These numbers predate the ahead-of-time kernels, the "
+                      "read-ahead of `kdcicam score` and the end-to-end timing below (issue 18); they will be re-measured "
+                      "on a quiet machine.*")), "",
                   "| maps | mode | reference img/s | ours img/s | ratio (floor 5×, aim 20×) | equal metrics |",
                   "|---|---|---|---|---|---|"]
-        for name, cases in data.get("results", {}).items():
+        for name, cases in results.items():
+            if name in ("end_to_end", "parallel_from"):
+                continue
             for mode in ("single_contour", "multi_contour"):
                 c = cases.get(mode)
                 if c:
@@ -559,6 +604,15 @@ def speed_section() -> list[str]:
                              f"{cases['multi_contour']['reference_images_per_s']:.0f} (two runs) | "
                              f"{both['ours_images_per_s']:.0f} | {both['ratio_vs_two_reference_runs']:.1f}× | "
                              f"{cases['single_contour']['equal_to_reference'] and cases['multi_contour']['equal_to_reference']} |")
+        if "end_to_end" in results:
+            lines += _end_to_end_lines(results["end_to_end"])
+        else:
+            lines += ["", ("End to end (`kdcicam score` as a whole command against wsolevaluation's loop, at intervals "
+                           "0.01 and 0.001, first run after install included; targets ≥ 10× and ≥ 100×): not measured "
+                           "yet; `benchmarks/evaluator_speed.py` now times it and this section shows it once the "
+                           "results file has it.")]
+        if "parallel_from" in results:
+            lines += _parallel_line(results["parallel_from"])
         lines.append("")
     tp = RESULTS / "throughput.json"
     if tp.is_file():

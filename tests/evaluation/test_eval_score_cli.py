@@ -82,12 +82,17 @@ def test_score_multi_contour_and_options(scored, tmp_path: Path):
     assert per_iou["30"] != per_iou["50"]  # so the mean differs from the reported IoU's value
 
 
-def test_score_mask_split_without_image_sizes(tmp_path: Path, capsys):
+@pytest.mark.parametrize("batch", [64, 1], ids=["one-batch", "read-ahead"])
+def test_score_mask_split_without_image_sizes(tmp_path: Path, capsys, monkeypatch, batch: int):
     """wsolevaluation's OpenImages layout: localization.txt of masks, no image_sizes.txt. PxAP equals
-    the plain histogram formula on the masks as read (PNG, nearest-neighbour resize to the grid)."""
+    the plain histogram formula on the masks as read (PNG, nearest-neighbour resize to the grid), also
+    when maps and masks are read on the reader thread, a batch ahead."""
     import cv2
 
+    from kdcicam.evaluation import saved_cams
     from kdcicam.evaluation.reference import reference_pxap
+
+    monkeypatch.setattr(saved_cams, "BATCH", batch)
 
     rng = np.random.default_rng(3)
     root, cams = tmp_path / "masks", tmp_path / "cams"
@@ -220,3 +225,35 @@ def test_split_with_nothing_to_score(tmp_path: Path, capsys):
         (cams / image_id).parent.mkdir(parents=True, exist_ok=True)
         np.save(cams / f"{image_id}.npy", np.zeros((224, 224)))
     _fails(capsys, ["score", str(cams), "--metadata", str(split)], "neither boxes nor masks", "nothing to score")
+
+
+def test_read_ahead_scores_as_one_batch(tmp_path: Path, monkeypatch, capsys):
+    """Many batches read on the reader thread (and more images than PARALLEL_FROM: every core) give the
+    one-pass evaluator's numbers; a map with NaN in a later batch is named with its file."""
+    from kdcicam.evaluation import saved_cams
+
+    ids = [f"{k % 3:03d}.c/{k}.jpg" for k in range(saved_cams.PARALLEL_FROM + 5)]
+    md = make_metadata(boxes={i: [(20 + k, 30, 250, 180 + k)] for k, i in enumerate(ids)},
+                       sizes={i: (300, 240) for i in ids}, labels={i: k % 3 for k, i in enumerate(ids)})
+    split = write_split(tmp_path, md)
+    rng = np.random.default_rng(4)
+    maps = [smooth_map(rng, low=int(rng.choice([7, 14]))) for _ in ids]
+    for image_id, m in zip(ids, maps):
+        (tmp_path / "cams" / image_id).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / "cams" / f"{image_id}.npy", m)
+    monkeypatch.setattr(saved_cams, "BATCH", 4)
+    out = tmp_path / "m.json"
+    for multi in ([], ["--multi-contour"]):
+        assert main(["score", str(tmp_path / "cams"), "--metadata", str(split), "--json", str(out), *multi]) == 0
+        result = json.loads(out.read_text())
+        ev = WSOLEvaluator(read_metadata(split, check_images=False))
+        ev.accumulate(np.stack(maps), ids)
+        expected = ev.compute()
+        assert result["box_acc_curve"] == expected["box_acc_curve_v2" if multi else "box_acc_curve"]
+        assert result["context_leakage"] == expected["context_leakage"]
+    bad = maps[13].copy()
+    bad[5, 5] = np.nan
+    np.save(tmp_path / "cams" / f"{ids[13]}.npy", bad)
+    capsys.readouterr()
+    _fails(capsys, ["score", str(tmp_path / "cams"), "--metadata", str(split)], repr(ids[13]), "NaN or inf",
+           f"{ids[13]}.npy")

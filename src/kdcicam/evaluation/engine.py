@@ -1,9 +1,9 @@
 """The fast engine: best IoU per image and threshold for a batch of score maps, both contour modes.
 
-The compiled kernel (:mod:`._kernels`) answers almost every threshold; the few it flags (a tie
-for the largest contour, inconclusive areas around holes, sparse thresholds with holes) are
-answered by the plain ``cv2.findContours`` on that threshold's binary map, so the result always
-equals the reference loop. Images are split over a thread pool in contiguous chunks: the kernel
+The compiled kernel (:mod:`._kernels`, loaded by :mod:`._compiled`) answers almost every threshold;
+the few it flags (a tie for the largest contour, inconclusive areas around holes, sparse thresholds
+with holes) are answered by the plain ``cv2.findContours`` on that threshold's binary map, so the
+result always equals the reference loop. Images are split over a thread pool in contiguous chunks: the kernel
 releases the GIL.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from . import _kernels
+from . import _compiled
 from .boxes import ScoremapError
 
 __all__ = ["BoxIoUs", "batch_box_ious", "default_workers", "worker_pool"]
@@ -61,12 +61,12 @@ def _plain(q: np.ndarray, level: int, gt: np.ndarray, single: bool = True) -> tu
     binary = cv2.threshold(q, level, 255, cv2.THRESH_BINARY)[1]
     contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
     if len(contours) == 0:
-        iou = float(_kernels.best_ious(np.zeros((1, 4), dtype=np.int64), gt)[0])
+        iou = float(_compiled.best_ious(np.zeros((1, 4), dtype=np.int64), gt)[0])
         return iou, iou
     boxes = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64)  # x, y, w, h
     boxes[:, 2] = np.minimum(boxes[:, 0] + boxes[:, 2], width - 1)
     boxes[:, 3] = np.minimum(boxes[:, 1] + boxes[:, 3], height - 1)
-    ious = _kernels.best_ious(boxes, gt)
+    ious = _compiled.best_ious(boxes, gt)
     if not single:  # the areas are only needed to pick the single-contour box
         return 0.0, float(ious.max())
     largest = max(range(len(contours)), key=lambda i: cv2.contourArea(contours[i]))
@@ -109,27 +109,27 @@ def batch_box_ious(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresh
     valid = np.ones(b, dtype=np.bool_)
 
     ids = list(image_ids) if image_ids is not None else list(range(b))
-    wanted = np.uint8((_kernels.FLAG_SINGLE if single_contour else 0) | (_kernels.FLAG_MULTI if multi_contour else 0))
+    wanted = np.uint8((_compiled.FLAG_SINGLE if single_contour else 0) | (_compiled.FLAG_MULTI if multi_contour else 0))
 
     def trace(i: int, q: np.ndarray, hist: np.ndarray) -> int:
         """Answer image i's flagged thresholds with findContours; returns how many maps it traced."""
-        _kernels.quantize(maps[i], q, hist)  # the kernel's grey image (quantize_scoremap, compiled)
+        _compiled.quantize(maps[i], q, hist)  # the kernel's grey image (quantize_scoremap, compiled)
         done: dict[int, tuple[float, float, bool]] = {}  # level -> (single IoU, multi IoU, single known)
         traced = 0
         for t in np.flatnonzero(flags[i] & wanted):
             level = int(levels[i, t])
-            need_single = bool(flags[i, t] & wanted & _kernels.FLAG_SINGLE)
+            need_single = bool(flags[i, t] & wanted & _compiled.FLAG_SINGLE)
             if level not in done or (need_single and not done[level][2]):
                 done[level] = (*_plain(q, level, gts[i], need_single), need_single)
                 traced += 1
             if need_single:
                 single[i, t] = done[level][0]
-            if flags[i, t] & _kernels.FLAG_MULTI:
+            if flags[i, t] & _compiled.FLAG_MULTI:
                 multi[i, t] = done[level][1]
         return traced
 
     def run(first: int, stop: int) -> int:
-        _kernels.batch_box_ious(maps, thresholds, flat_gt, offsets, first, stop, single, multi, flags,
+        _compiled.batch_box_ious(maps, thresholds, flat_gt, offsets, first, stop, single, multi, flags,
                                 levels, valid, multi_contour)
         if not valid[first:stop].all():
             return 0  # reported below

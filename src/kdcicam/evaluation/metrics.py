@@ -29,7 +29,7 @@ import numpy as np
 
 from ..data.metadata import Metadata
 from ..errors import KdcicamError
-from . import _kernels
+from . import _compiled
 from .boxes import ScoremapError, as_size, resize_box, threshold_list
 from .engine import batch_box_ious, default_workers, worker_pool
 from .masks import boxes_mask, check_gt_mask, load_gt_mask
@@ -303,7 +303,7 @@ class _MaskCounts:
         self.bg = np.zeros(len(self.edges) - 1, dtype=np.int64)
 
     def add(self, scoremap: np.ndarray, mask: np.ndarray) -> None:
-        _kernels.mask_histograms(scoremap, mask, self.edges, self.fg, self.bg)
+        _compiled.mask_histograms(scoremap, mask, self.edges, self.fg, self.bg)
 
     def merge(self, other: _MaskCounts) -> None:
         if not np.array_equal(other.edges, self.edges):
@@ -415,7 +415,7 @@ class ContextLeakage:
             mask = self._masks.mask(image_id)
         if mask is None:
             mask = boxes_mask(self._gt(image_id) if boxes is None else boxes, self.grid.shape).view(np.uint8)
-        share = float(_kernels.leakage_share(scoremap, np.ascontiguousarray(mask)))
+        share = float(_compiled.leakage_share(scoremap, np.ascontiguousarray(mask)))
         if math.isnan(share):  # the kernel's answer to a NaN or inf in the map
             raise ScoremapError(image_id, "contains NaN or inf")
         return round(share * _LEAKAGE_UNIT)
@@ -508,10 +508,17 @@ class WSOLEvaluator:
         self.count = 0
         self.count_masks = 0
 
+    def metadata_masks(self, image_ids: Sequence[str]) -> list[np.ndarray] | None:
+        """The GT masks :meth:`accumulate` would read from the metadata's files for these images
+        (``None`` when it reads none): a reader thread can read them while the previous batch is
+        scored, and hand them over as ``loaded_masks``."""
+        return [self._mask_reader.mask(str(i)) for i in image_ids] if self.masks else None
+
     def accumulate(self, scoremaps: np.ndarray, image_ids: Sequence[str], logits_or_topk: Any = None,
-                   gt_masks: np.ndarray | None = None) -> None:
+                   gt_masks: np.ndarray | None = None, *, loaded_masks: Sequence[np.ndarray] | None = None) -> None:
         """Score a batch of maps ``[B, H, W]`` in [0, 1]; ``logits_or_topk``: ``[B, C]`` logits or
-        ``[B, k]`` classes best first; ``gt_masks``: ``[B, H, W]`` (1 / 0 / 255 or bool)."""
+        ``[B, k]`` classes best first; ``gt_masks``: ``[B, H, W]`` (1 / 0 / 255 or bool);
+        ``loaded_masks``: what :meth:`metadata_masks` returned for these images (used as they are)."""
         maps, ids = self.grid.check_batch(scoremaps, image_ids)
         if not ids:
             return
@@ -520,7 +527,11 @@ class WSOLEvaluator:
             raise ValueError("give logits / top-k classes for every batch or for none")
         labels = _labels(self.grid.metadata, ids)
         masks: list[np.ndarray | None] = [None] * len(ids)
-        if self.masks or gt_masks is not None:
+        if loaded_masks is not None and gt_masks is None:
+            if len(loaded_masks) != len(ids):
+                raise ValueError(f"{len(ids)} score maps but {len(loaded_masks)} loaded masks")
+            masks = list(loaded_masks)
+        elif self.masks or gt_masks is not None:
             masks = self._mask_reader.masks_for(ids, gt_masks)
         # the pixel metrics run on a pool thread beside the box kernel's chunks (both release the
         # GIL); nothing is added to the counters until every part of the batch has succeeded

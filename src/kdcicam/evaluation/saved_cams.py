@@ -17,6 +17,9 @@ from typing import Any
 from ..errors import KdcicamError
 
 BATCH = 64  #: maps per evaluator call (memory stays flat however many images)
+#: splits of at least this many images are scored on every core; smaller ones on one thread, where
+#: handing work to a pool costs more than it saves (see benchmarks/evaluator_speed.py, parallel_from)
+PARALLEL_FROM = 16
 
 
 class CamFileError(KdcicamError, ValueError):
@@ -87,10 +90,9 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
                       mask_root: Path | None = None, box_threshold: float | None = None) -> dict[str, Any]:
     """Score a folder of maps; returns the JSON-ready metrics. ``cam_size=None``: the first map's size (every
     map must have it); ``box_threshold``: also read GT-known Loc there (a threshold chosen on another split)."""
-    import numpy as np
-
     from ..data.metadata import read_metadata
-    from .boxes import as_size
+    from .boxes import ScoremapError, as_size
+    from .cam_batches import batches, value_error
     from .metrics import WSOLEvaluator
 
     if not cam_dir.is_dir():
@@ -107,17 +109,22 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
     if cam_size is None:
         h, w = load_cam(cam_dir, metadata.image_ids[0], None, normalize).shape
         cam_size = (w, h)
+    ids = metadata.image_ids
     try:
-        evaluator = WSOLEvaluator(metadata, cam_size, iou, interval)
+        evaluator = WSOLEvaluator(metadata, cam_size, iou, interval, workers=1 if len(ids) < PARALLEL_FROM else None)
     except ValueError as e:
         raise KdcicamError(str(e)) from None
-    check_no_strays(cam_dir, metadata.image_ids)
+    check_no_strays(cam_dir, ids)
     w, h = as_size(cam_size)
-    ids = metadata.image_ids
-    for first in range(0, len(ids), BATCH):
-        batch = ids[first:first + BATCH]
-        maps = np.stack([load_cam(cam_dir, i, (h, w), normalize) for i in batch])
-        evaluator.accumulate(maps, batch)
+    # the next batch's files (and masks) are read on a thread while this one is scored
+    for batch, maps, masks in batches(cam_dir, ids, (h, w), normalize, BATCH, evaluator.metadata_masks):
+        try:
+            evaluator.accumulate(maps, batch, loaded_masks=masks)
+        except ScoremapError:
+            found = value_error(cam_dir, batch, maps)  # NaN, inf or out of range: name the file
+            if found is not None:
+                raise found from None
+            raise
     if box_threshold is not None:
         try:
             evaluator.grid.threshold_index(box_threshold)

@@ -1,0 +1,164 @@
+"""Saved CAM files -> batches for the evaluator, read on a background thread while the kernel scores
+the previous batch (what ``kdcicam score`` spends its time on besides the kernel).
+
+A map saved as ``np.save`` writes it (little-endian float64, C order, the grid's shape) is read
+straight into the batch buffer: no intermediate array, no cast, and the header parsed once per
+distinct header. Any other file (float32, Fortran order, another shape, not a .npy at all) goes
+through :func:`~.saved_cams.load_cam`, which converts it or raises its usual error. Values are not
+checked here: the kernel checks every map for NaN, inf and values outside [0, 1] anyway, and when it
+finds one, :func:`value_error` names the file as :func:`~.saved_cams.load_cam` would have.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .saved_cams import CamFileError, cam_path, load_cam
+
+_MAGIC = b"\x93NUMPY"
+_PEEK = 256  #: header bytes read with the first read (np.save pads the header to 128 bytes)
+
+
+class _Headers:
+    """.npy headers already parsed (most folders have one distinct header): raw bytes -> data offset,
+    or -1 when the file is not a plain float64 C-order array of the expected shape."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = shape
+        self.offsets: dict[bytes, int] = {}
+
+    def offset(self, head: bytes) -> int:
+        if not head.startswith(_MAGIC) or len(head) < 12:
+            return -1
+        major = head[6]
+        size = 2 if major == 1 else 4
+        length = int.from_bytes(head[8:8 + size], "little")
+        start = 8 + size
+        if major not in (1, 2, 3) or start + length > len(head):
+            return -1
+        key = head[:start + length]
+        found = self.offsets.get(key)
+        if found is None:
+            found = start + length if self._plain(key[start:]) else -1
+            self.offsets[key] = found
+        return found
+
+    def _plain(self, text: bytes) -> bool:
+        import ast
+
+        try:
+            header = ast.literal_eval(text.decode("latin1"))
+        except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+            return False
+        if not isinstance(header, dict) or header.keys() != {"descr", "fortran_order", "shape"}:
+            return False
+        return header["descr"] == "<f8" and header["fortran_order"] is False and header["shape"] == self.shape
+
+
+def read_into(cam_dir: Path, image_id: str, out: np.ndarray, headers: _Headers, normalize: bool) -> None:
+    """Fill ``out`` (float64, C order, the grid's shape) with an image's map; values unchecked
+    unless ``normalize`` (then the general path: min-max needs them whole anyway)."""
+    if not normalize:
+        path = cam_path(cam_dir, image_id)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                head = f.read(_PEEK)
+                start = headers.offset(head)
+                if start >= 0:
+                    raw = memoryview(out).cast("B")
+                    have = min(len(head) - start, len(raw))  # a tiny map may lie within the first read
+                    raw[:have] = head[start:start + have]
+                    while have < len(raw):
+                        got = f.readinto(raw[have:])
+                        if not got:
+                            break
+                        have += got
+                    if have == len(raw):
+                        return
+        except OSError:
+            pass  # load_cam names the problem
+    out[...] = load_cam(cam_dir, image_id, headers.shape, normalize)
+
+
+def value_error(cam_dir: Path, image_ids: Sequence[str], maps: np.ndarray) -> CamFileError | None:
+    """The first map with NaN, inf or a value outside [0, 1], as :func:`~.saved_cams.load_cam`
+    reports it (``None`` if all are valid)."""
+    if len(maps) == 0:
+        return None
+    ok = ((maps >= 0.0) & (maps <= 1.0)).reshape(len(maps), -1).all(axis=1)
+    for k in np.flatnonzero(~ok):
+        try:
+            load_cam(cam_dir, image_ids[k], None, False)
+        except CamFileError as e:
+            return e
+    return None
+
+
+def read_batch(cam_dir: Path, image_ids: Sequence[str], shape: tuple[int, int], normalize: bool,
+               headers: _Headers | None = None) -> np.ndarray:
+    """Maps ``[B, H, W]`` of ``image_ids``, in order. A file that cannot be read raises its
+    :class:`~.saved_cams.CamFileError`, unless an earlier map of the batch has invalid values: that one's
+    error comes first, as if the files had been checked one by one."""
+    headers = headers or _Headers(shape)
+    maps = np.empty((len(image_ids), *shape), dtype=np.float64)
+    for k, image_id in enumerate(image_ids):
+        try:
+            read_into(cam_dir, image_id, maps[k], headers, normalize)
+        except CamFileError:
+            earlier = value_error(cam_dir, image_ids[:k], maps[:k]) if not normalize else None
+            if earlier is not None:
+                raise earlier from None
+            raise
+    return maps
+
+
+def batches(cam_dir: Path, image_ids: Sequence[str], shape: tuple[int, int], normalize: bool, size: int,
+            extra: Callable[[list[str]], Any] | None = None, prefetch: int = 2) -> Iterator[tuple[list[str], np.ndarray, Any]]:
+    """``(ids, maps, extra(ids))`` per batch of ``size`` images, read ``prefetch`` batches ahead on a
+    thread (file reads and ``extra``, e.g. reading masks, release the GIL). An error is raised where
+    its batch would be yielded, so batches before it are scored first, as when reading in turn."""
+    groups = [list(image_ids[i:i + size]) for i in range(0, len(image_ids), size)]
+    headers = _Headers(shape)
+
+    def one(ids: list[str]) -> tuple[list[str], np.ndarray, Any]:
+        return ids, read_batch(cam_dir, ids, shape, normalize, headers), extra(ids) if extra else None
+
+    if len(groups) <= 1:
+        yield from (one(ids) for ids in groups)
+        return
+    done: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def reader() -> None:
+        for ids in groups:
+            if stop.is_set():
+                return
+            try:
+                item: tuple[bool, Any] = (True, one(ids))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+                item = (False, e)
+            while not stop.is_set():
+                try:
+                    done.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not item[0]:
+                return
+
+    thread = threading.Thread(target=reader, name="kdcicam-cam-reader", daemon=True)
+    thread.start()
+    try:
+        for _ in groups:
+            ok, value = done.get()
+            if not ok:
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
