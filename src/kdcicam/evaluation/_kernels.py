@@ -32,7 +32,11 @@ component the previous pixel joined: the passes' inner loop handles only those, 
 component's box and pending area in registers, and leaves every other pixel (a new component, a
 merge, another component) to the general code around it. Pixels that are not inserted yet read a
 sentinel id, so the inner loop's test is a single comparison. Boxes are kept as (x, padded index)
-ranges: the padded index orders pixels by row, so its minimum and maximum give the rows.
+ranges: the padded index orders pixels by row, so its minimum and maximum give the rows. Inside a
+threshold's group the pixels come in raster order, so the padded index only grows along a stretch
+of pixels that the inner loop adds to one component: the stretch's first and last pixels are its
+minimum and maximum, and the loop updates only the x range per pixel (the row range once per
+stretch), with the same box as a per-pixel update.
 
 Indices into the work arrays are unsigned where it matters: numba then skips the negative-index
 wrap-around check, which costs as much as the rest of the inner loop.
@@ -288,7 +292,7 @@ def _band_order(q, hist, levels, order, bands, masks):
     """Pixels grouped by the threshold at which they turn foreground (counting sort; inside a
     group, raster order, so that padded indices grow along a group), each with its neighbourhood at
     the moment it is inserted by either pass. (Filling the image's two halves in step, to spread
-    the writes over the group counters, measured slower on this project's AMD EPYC machines.)
+    the writes over the group counters, measured slower here: CPU time on a loaded AMD EPYC.)
 
     Group ``b`` holds the pixels that enter the foreground at threshold index ``nt - 1 - b``;
     group ``nt`` those that never do. A pixel of group ``b`` turns background, going up, at
@@ -416,6 +420,7 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
         i = np.uint64(start[b])
         end = np.uint64(start[b + 1])
         while i < end:
+            first = i
             while True:  # the common case: one group of neighbours, in the cached component
                 e = order[i]
                 p = e >> _P_SHIFT
@@ -426,12 +431,13 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
                 lab[p] = np.uint32(cur)
                 cx0 = min(cx0, x)
                 cx1 = max(cx1, x)
-                cp0 = min(cp0, np.int64(p))
-                cp1 = max(cp1, np.int64(p))
                 pack += np.int64(tab[m2 + one])
                 i += one
                 if i == end:
                     break
+            if i != first:  # padded indices grow inside a group: the stretch's first and last bound it
+                cp0 = min(cp0, np.int64(order[first] >> _P_SHIFT))
+                cp1 = max(cp1, np.int64(order[i - one] >> _P_SHIFT))
             if i == end:
                 break
             e = order[i]
@@ -593,6 +599,7 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max, ws):
         i = np.uint64(start[b])
         end = np.uint64(start[b + 1])
         while i < end:
+            first = i
             while True:  # the common case: one group of neighbours, in the cached component
                 e = order[i]
                 p = e >> _P_SHIFT
@@ -602,11 +609,12 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max, ws):
                 lab[p] = np.uint32(cur)
                 cx0 = min(cx0, x)
                 cx1 = max(cx1, x)
-                cp0 = min(cp0, np.int64(p))
-                cp1 = max(cp1, np.int64(p))
                 i += one
                 if i == end:
                     break
+            if i != first:  # as in the foreground pass
+                cp0 = min(cp0, np.int64(order[first] >> _P_SHIFT))
+                cp1 = max(cp1, np.int64(order[i - one] >> _P_SHIFT))
             if i == end:
                 break
             e = order[i]
