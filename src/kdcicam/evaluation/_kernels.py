@@ -276,17 +276,6 @@ def _mask_row(bands, masks, y, w, pw, up_pre, down_pre):
         masks[out + x] = np.uint16((fg << 8) | bg)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _put(order, fill, bands, masks, y, xi, w, pw):
-    """Append pixel ``(y, xi)`` to its group in ``order`` (see :func:`_band_order`)."""
-    x = np.uint64(xi)
-    p = np.uint64((y + 1) * pw + 1) + x
-    b = np.uint64(bands[p])
-    f = np.uint64(fill[b])
-    order[f] = (p << _P_SHIFT) | (x << _X_SHIFT) | np.uint64(masks[np.uint64(y * w) + x])
-    fill[b] = f + np.uint64(1)
-
-
 @njit(cache=True, nogil=True)
 def _band_order(q, hist, levels, order, bands, masks):
     """Pixels grouped by the threshold at which they turn foreground (counting sort; inside a
@@ -351,9 +340,23 @@ def _band_order(q, hist, levels, order, bands, masks):
     fill = np.empty(nr, dtype=np.uint64)
     for r in range(nr):
         fill[r] = start[group_of_rank[r]]
+    # Neighbours often share a group: the current group's counter stays in a register while they
+    # do (the read-modify-write chain of a counter in memory measured an eighth slower).
+    cb = np.uint64(0)
+    cf = fill[0]
     for y in range(h):
+        row = np.uint64((y + 1) * pw + 1)
+        mrow = np.uint64(y * w)
         for xi in range(w):
-            _put(order, fill, bands, masks, y, xi, w, pw)
+            x = np.uint64(xi)
+            p = row + x
+            b = np.uint64(bands[p])
+            if b != cb:
+                fill[cb] = cf
+                cf = fill[b]
+                cb = b
+            order[cf] = (p << _P_SHIFT) | (x << _X_SHIFT) | np.uint64(masks[mrow + x])
+            cf += np.uint64(1)
     return start
 
 
