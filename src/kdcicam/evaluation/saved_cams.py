@@ -17,9 +17,10 @@ from typing import Any
 from ..errors import KdcicamError
 
 BATCH = 64  #: maps per evaluator call (memory stays flat however many images)
-#: splits of at least this many images are scored on every core; smaller ones on one thread, where
-#: handing work to a pool costs more than it saves (see benchmarks/evaluator_speed.py, parallel_from)
-PARALLEL_FROM = 16
+#: splits of at least this many images are scored on every core; smaller ones on one thread. Measured
+#: (benchmarks/results/evaluator_speed.json, parallel_from, 2 cores): two workers were already faster at 4
+#: maps (2.8 vs 3.7 ms), the smallest size tried; below that a split is too small for either to matter
+PARALLEL_FROM = 4
 
 
 class CamFileError(KdcicamError, ValueError):
