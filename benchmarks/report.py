@@ -811,8 +811,12 @@ def notes(groups: dict[tuple[str, str], dict[str, list[dict]]]) -> list[str]:
                f"{pools[1]:.2f} with the all-class one P̄ (pool table above). " if pools else "")
             + (f"CAM's own MaxBoxAccV2 varies by {cam_std:.2f} (std) between seeds."
                if len(seeds) > 1 else "One seed cannot tell differences of this size from seed noise."))
-    lines.append("- What would test the methods' claims better, and was not run here (CPU time): cub50 seeds 1 and 2 of "
-                 "the current recipe (three are needed for the targets); the intervention trained at the classifier's "
+    missing = sorted({0, 1, 2} - set(seeds_of(cub))) if cub else [0, 1, 2]
+    todo = (f"cub50 seed{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of the current recipe "
+            "(three are needed for the targets; `accuracy.py` resumes a stopped run from its last.ckpt); "
+            if missing else "")
+    lines.append("- What would test the methods' claims better, and was not run here (CPU time): " + todo +
+                 "the intervention trained at the classifier's "
                  "lr (`optim.intervention_lr_mult=1`, chosen on val), since the diagnostics show `F ⊙ (1 + A)` leaving "
                  "the CAM unchanged; a finer CAM grid on synthetic; longer training (the papers train 100 epochs).")
     return lines
@@ -937,7 +941,7 @@ def recipe_drift(suite: str, runs: dict[str, list[dict]]) -> list[str]:
 def derived_pool_rates(runs: dict[str, list[dict]]) -> list[str]:
     """The pool rate each stage derived from ``model.pool_rate_target``, where seeds derived different
     values (the derivation itself changed, or the data did)."""
-    lines = []
+    differing = []
     for method in METHODS:
         per_stage: dict[str, dict[int, float]] = defaultdict(dict)
         for run in runs.get(method, []):
@@ -945,12 +949,14 @@ def derived_pool_rates(runs: dict[str, list[dict]]) -> list[str]:
                 per_stage[stage][run["seed"]] = cfg["model"]["pool_rate"]
         for stage, by_seed in sorted(per_stage.items()):
             if len({round(v, 9) for v in by_seed.values()}) > 1:
-                values = ", ".join(f"seed {s} {v:.5f}" for s, v in sorted(by_seed.items()))
-                lines.append(f"- {LABEL[method]} ({stage if stage != 'model' else 'run'}): the derived pool rate r "
-                             f"differs between seeds ({values}): earlier runs counted ⌈n/B⌉ batches per epoch, "
-                             "later ones ⌊n/B⌋ (the loader drops the last partial batch); r·N in the diagnostics "
-                             "table is what each run reached.")
-    return lines + ([""] if lines else [])
+                name = LABEL[method] + ("" if stage == "model" else f" {stage.replace('_', ' ')}")
+                differing.append(f"{name} " + " / ".join(f"{v:.5f}" for _, v in sorted(by_seed.items()))
+                                 + f" (seeds {', '.join(str(k) for k in sorted(by_seed))})")
+    if not differing:
+        return []
+    return ["- The pool rate r derived from `model.pool_rate_target` differs slightly between seeds: "
+            + "; ".join(differing) + ". Earlier runs counted ⌈n/B⌉ batches per epoch, later ones ⌊n/B⌋ (the loader "
+            "drops the last partial batch); r·N in the diagnostics table is what each run reached.", ""]
 
 
 if __name__ == "__main__":
