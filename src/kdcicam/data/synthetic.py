@@ -347,6 +347,17 @@ def render_sample(config: SyntheticConfig, split: str, index: int, label: int,
     image = bg_dark * (1 - t) + bg_light * t
 
     fg_light, fg_dark = _palette(rng, int(rng.integers(K)), K)  # any palette: colour carries no class
+    _, u, v = object_frame(rng, config)
+    mask = shape_mask(label, u, v)
+    w = object_texture(label, u, v)[..., None]
+    image = np.where(mask[..., None], fg_dark * (1 - w) + fg_light * w, image)
+    return finish_sample(rng, config, image, mask, f"{split} #{index}")
+
+
+def object_frame(rng: np.random.Generator, config: SyntheticConfig) -> tuple[float, np.ndarray, np.ndarray]:
+    """The object's size, aspect, rotation and place, drawn from ``rng`` (v1's order, which v2 shares), as
+    (radius in pixels, u, v): every pixel centre in the object's own frame, in units of its two radii."""
+    S = config.size
     radius = rng.uniform(config.min_radius, config.max_radius) * S
     aspect = math.exp(rng.uniform(-0.2, 0.2))
     rx, ry = radius * min(1.0, aspect), radius * min(1.0, 1 / aspect)
@@ -356,16 +367,18 @@ def render_sample(config: SyntheticConfig, split: str, index: int, label: int,
     dx, dy = x - cx, y - cy
     u = (dx * math.cos(theta) + dy * math.sin(theta)) / rx
     v = (-dx * math.sin(theta) + dy * math.cos(theta)) / ry
-    mask = shape_mask(label, u, v)
-    w = object_texture(label, u, v)[..., None]
-    image = np.where(mask[..., None], fg_dark * (1 - w) + fg_light * w, image)
+    return radius, u, v
+
+
+def finish_sample(rng: np.random.Generator, config: SyntheticConfig, image: np.ndarray, mask: np.ndarray,
+                  what: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """Pixel noise, 8-bit rounding, and the box of the mask: (RGB uint8, mask uint8 0/255, box exclusive)."""
     if config.noise > 0:
         image = image + rng.normal(0.0, config.noise, image.shape)
     image = np.floor(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:  # cannot happen with min_radius >= 0.05 and size >= 32; guard anyway
-        raise RuntimeError(f"empty object in {split} #{index}")
+        raise RuntimeError(f"empty object in {what}")
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     return image, mask.astype(np.uint8) * 255, box
 

@@ -24,7 +24,6 @@ and they use their own seed streams, so a v2 image shares no random numbers with
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -98,7 +97,15 @@ def lobed_mask(lobes: int, detail: float, u: np.ndarray, v: np.ndarray) -> np.nd
 def render_sample_v2(config: SyntheticConfig, split: str, index: int, label: int,
                      habitat: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """One v2 image: (RGB uint8 [S,S,3], mask uint8 [S,S] 0/255, box (x0, y0, x1, y1) exclusive)."""
-    from .synthetic import _SPLIT_CODE, _palette, _value_noise, habitat_pattern, object_texture
+    from .synthetic import (
+        _SPLIT_CODE,
+        _palette,
+        _value_noise,
+        finish_sample,
+        habitat_pattern,
+        object_frame,
+        object_texture,
+    )
 
     S, K = config.size, config.num_classes
     rng = np.random.default_rng([config.seed, _IMAGE_STREAM, _SPLIT_CODE[split], index])
@@ -108,27 +115,11 @@ def render_sample_v2(config: SyntheticConfig, split: str, index: int, label: int
     image = bg_dark * (1 - t[..., None]) + bg_light * t[..., None]
 
     fg_light, fg_dark = _palette(rng, int(rng.integers(K)), K)  # any palette: colour carries no class
-    radius = rng.uniform(config.min_radius, config.max_radius) * S
-    aspect = math.exp(rng.uniform(-0.2, 0.2))
-    rx, ry = radius * min(1.0, aspect), radius * min(1.0, 1 / aspect)
-    theta = rng.uniform(0, 2 * math.pi)
-    cx, cy = rng.uniform(radius + 1, S - radius - 1, 2)
-    y, x = np.mgrid[0:S, 0:S].astype(np.float64) + 0.5
-    dx, dy = x - cx, y - cy
-    u = (dx * math.cos(theta) + dy * math.sin(theta)) / rx
-    v = (-dx * math.sin(theta) + dy * math.cos(theta)) / ry
+    radius, u, v = object_frame(rng, config)
     mask = lobed_mask(LOBES[label], config.shape_detail, u, v)
     cells = max(2, round(S / (2 * radius) * 3))  # about 3 noise cells across the object, whatever its size
     shared = _value_noise(rng, S, cells)
     w = 0.5 + config.class_texture * (object_texture(label, u, v) - 0.5) + config.texture_noise * (shared - 0.5)
     w = np.clip(w, 0.0, 1.0)[..., None]
     image = np.where(mask[..., None], fg_dark * (1 - w) + fg_light * w, image)
-    if config.noise > 0:
-        image = image + rng.normal(0.0, config.noise, image.shape)
-    image = np.floor(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:  # cannot happen with min_radius >= 0.05 and size >= 32; guard anyway
-        raise RuntimeError(f"empty object in {split} #{index}")
-    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    return image, mask.astype(np.uint8) * 255, box
+    return finish_sample(rng, config, image, mask, f"{split} #{index}")
