@@ -36,3 +36,8 @@ def metadata_copy(src: Path, dst: Path) -> Path:
         shutil.copytree(src / split, dst / split)
     write_dataset_info(dst, info)
     return dst
+
+
+def file_tree(root: Path) -> dict[str, bytes]:
+    """Every file below ``root`` by its relative POSIX path, with its bytes: two generations compare whole."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

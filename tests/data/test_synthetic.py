@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _datasets import file_tree
 from kdcicam.data import synthetic
 from kdcicam.data.metadata import read_dataset_info, read_metadata
 from kdcicam.data.synthetic import (
@@ -21,10 +22,6 @@ from kdcicam.data.synthetic import (
 from kdcicam.errors import ConfigError
 
 SMALL = {"size": 48, "num_classes": 4, "n_train": 24, "n_val": 8, "n_test": 12, "n_test_conflict": 12, "workers": 1}
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +47,17 @@ def test_layout_and_dataset_yaml(small):
 
 def test_same_seed_gives_identical_bytes(small, tmp_path):
     generate_synthetic(tmp_path / "again", SyntheticConfig(**SMALL))
-    assert _tree(tmp_path / "again") == _tree(small)
+    assert file_tree(tmp_path / "again") == file_tree(small)
 
 
 def test_output_does_not_depend_on_workers(small, tmp_path):
     generate_synthetic(tmp_path / "par", SyntheticConfig(**{**SMALL, "workers": 2}))
-    assert _tree(tmp_path / "par") == _tree(small)
+    assert file_tree(tmp_path / "par") == file_tree(small)
 
 
 def test_other_seed_differs(small, tmp_path):
     generate_synthetic(tmp_path / "s1", SyntheticConfig(**{**SMALL, "seed": 1}))
-    a, b = _tree(tmp_path / "s1"), _tree(small)
+    a, b = file_tree(tmp_path / "s1"), file_tree(small)
     assert a.keys() == b.keys()
     assert sum(a[k] != b[k] for k in a if k.endswith(".png")) > 0.9 * sum(k.endswith(".png") for k in a)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _datasets import file_tree
 from kdcicam.data.metadata import read_dataset_info, read_metadata
 from kdcicam.data.synthetic import (
     SyntheticConfig,
@@ -22,10 +23,6 @@ from kdcicam.errors import ConfigError
 
 SMALL = {"size": 48, "num_classes": 4, "n_train": 16, "n_val": 8, "n_val_conflict": 8, "n_test": 8,
          "n_test_conflict": 8, "workers": 1}
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +54,7 @@ def test_layout_splits_and_dataset_yaml(small):
 
 def test_same_config_same_bytes_any_workers(small, tmp_path):
     generate_synthetic(tmp_path / "again", v2_config(**{**SMALL, "workers": 2}))
-    assert _tree(tmp_path / "again") == _tree(small)
+    assert file_tree(tmp_path / "again") == file_tree(small)
 
 
 def test_plan_confounds_train_val_test_and_conflicts_never_match():
