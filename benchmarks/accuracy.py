@@ -39,6 +39,14 @@ SUITES = {
     "cub50-gpu": {"config": "configs/cub50_gpu.yaml", "data": "data/cub50"},  # paper scale, one GPU
 }
 METHODS = ("cam", "ci-cam", "kd-ci-cam")
+#: the KD paper's own baseline: the KD-CI-CAM student pipeline (its augmentation routes, its pool rate, its
+#: epochs) trained with no teacher at all (alpha = 0, route 0 only): what the teachers add is KD-CI-CAM minus this
+BASELINES = {"kd-baseline": ("kd-ci-cam", ["kd.teachers=none"])}
+
+
+def trained_method(method: str) -> tuple[str, list[str]]:
+    """The config method a benchmark method trains with, and the overrides that make it that method."""
+    return BASELINES.get(method, (method, []))
 
 
 def machine() -> dict:
@@ -100,7 +108,7 @@ def score_by_monitor(run_dir: Path, method: str, splits: list[str]) -> dict:
     from kdcicam.diagnostics import run_stages
     from kdcicam.training.evaluate import evaluate
 
-    folder = run_stages(run_dir).get("student" if method == "kd-ci-cam" else "model")
+    folder = run_stages(run_dir).get("student" if trained_method(method)[0] == "kd-ci-cam" else "model")
     out = {}
     for name in ("best_cls", "best_loc"):
         ckpt = folder / "checkpoints" / f"{name}.ckpt" if folder else None
@@ -204,11 +212,13 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
 
     code_commit = commit()  # the code that trains, whatever lands on the branch while it runs
     data = ensure_data(suite)
+    config_method, method_overrides = trained_method(method)
     cfg = load_config(REPO / SUITES[suite]["config"], [f"data.root={data}", f"trainer.seed={seed}",
-                                                       "trainer.progress_bar=false", *overrides], method=method)
+                                                       "trainer.progress_bar=false", *method_overrides, *overrides],
+                      method=config_method)
     run_dir = REPO / "runs" / "bench" / f"{suite}{('_' + tag) if tag else ''}" / f"{method}-seed{seed}"
     reused: list[str] = []
-    if teachers_from is not None and method == "kd-ci-cam" and cfg.kd.teachers != "none":
+    if teachers_from is not None and config_method == "kd-ci-cam" and cfg.kd.teachers != "none":
         reused = reuse_teachers(teachers_from, run_dir, cfg)
     start = time.time()
     resume = (run_dir / "checkpoints").is_dir() or (run_dir / "cls_teacher").is_dir() or (run_dir / "student").is_dir()
@@ -219,6 +229,7 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
     metrics = evaluate(run_dir, splits, progress=False)
     result = {
         "suite": suite, "method": method, "seed": seed, "tag": tag, "overrides": overrides,
+        "trained_as": {"method": config_method, "overrides": method_overrides},
         "metrics": {s: metrics[s] for s in splits},
         "box_threshold": metrics["box_threshold"], "box_threshold_chosen_on": metrics["box_threshold_chosen_on"],
         "by_monitor": score_by_monitor(run_dir, method, splits),
@@ -245,7 +256,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=sorted(SUITES), required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=[*METHODS, *BASELINES], default=list(METHODS),
+                   help="kd-baseline: the KD-CI-CAM student trained without teachers (kd.teachers=none), the KD "
+                        "paper's own baseline; not in the default list")
     p.add_argument("--tag", default="", help="names an ablation (its overrides are recorded)")
     p.add_argument("--eval-splits", type=lambda v: [x for x in v.split(",") if x], default=None, metavar="A,B",
                    help="comma-separated splits to score (default: the config's test splits; ablations: val)")

@@ -17,7 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 OUT = REPO / "docs" / "benchmarks.md"
 METHODS = ("cam", "ci-cam", "kd-ci-cam")
-LABEL = {"cam": "CAM", "ci-cam": "CI-CAM", "kd-ci-cam": "KD-CI-CAM"}
+#: the methods' rows in the tables: the three, then the KD paper's own baseline (accuracy.py --methods kd-baseline),
+#: which a seed's budget and "every method has this seed" leave out
+SHOWN = (*METHODS, "kd-baseline")
+LABEL = {"cam": "CAM", "ci-cam": "CI-CAM", "kd-ci-cam": "KD-CI-CAM", "kd-baseline": "KD baseline (no teachers)"}
 
 # (label, getter) — all in percent except train time
 COLUMNS = [
@@ -101,7 +104,7 @@ def fmt_delta(values: list[float]) -> str:
 def table(runs: dict[str, list[dict]], split: str, suite: str = "") -> list[str]:
     lines = ["| method | seeds | " + " | ".join(c for c, _ in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
-    for method in METHODS:
+    for method in SHOWN:
         rs = [r for r in runs.get(method, []) if split in r["metrics"]]
         if not rs:
             continue
@@ -165,6 +168,7 @@ def targets(suite: str, runs: dict[str, list[dict]]) -> list[str]:
             out.append(f"- {LABEL[method]} on test_conflict: context leakage {leak:.2f} vs CAM {cam_leak:.2f} "
                        f"(cut {cut:+.1f} %, target ≥ 30 %: **{'met' if cut >= 30 else 'not met'}**); MaxBoxAccV2 "
                        f"{v2:.2f} vs {cam_v2:.2f} ({gain:+.2f} points, target ≥ +5: **{'met' if gain >= 5 else 'not met'}**).")
+        out += teachers_contribution(runs, split)
     elif suite in ("cub50", "cub50-gpu"):
         split = "test"
         vals = {k: (metric_mean(runs, "kd-ci-cam", split, k), metric_mean(runs, "cam", split, k))
@@ -177,7 +181,21 @@ def targets(suite: str, runs: dict[str, list[dict]]) -> list[str]:
         ok = d_loc >= 3 and d_v2 >= 3 and d_cls >= -0.5
         out.append(f"- KD-CI-CAM vs CAM on test (seeds {','.join(map(str, sorted(common)))}): Top-1 Loc {d_loc:+.2f}, MaxBoxAccV2 {d_v2:+.2f} (targets ≥ +3), "
                    f"Top-1 Cls {d_cls:+.2f} (target ≥ −0.5): **{'met' if ok else 'not met'}**.")
+        out += teachers_contribution(runs, split)
     return out
+
+
+def teachers_contribution(runs: dict[str, list[dict]], split: str) -> list[str]:
+    """What the teachers add: KD-CI-CAM minus the KD baseline (the same student pipeline without teachers),
+    seed by seed on the seeds both have. The paper's claims are about this difference as much as about CAM."""
+    both = sorted({r["seed"] for r in runs.get("kd-ci-cam", [])} & {r["seed"] for r in runs.get("kd-baseline", [])})
+    if not both:
+        return []
+    parts = [f"{label} {fmt_delta(paired_deltas(runs, split, key, 'kd-ci-cam', both, base='kd-baseline'))}"
+             for label, key in (("Top-1 Cls", "top1_cls"), ("Top-1 Loc", "top1_loc"),
+                                ("MaxBoxAccV2", "max_box_acc_v2"))]
+    return [f"- What the teachers add (KD-CI-CAM minus the KD baseline, {split}, seeds {','.join(map(str, both))}): "
+            + ", ".join(parts) + "."]
 
 
 ABLATION_COLUMNS = [c for c in COLUMNS if c[0] in ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2",
@@ -194,7 +212,7 @@ def ablation_section(suite: str, tagged: dict[str, dict[str, list[dict]]]) -> li
              "| tag | method | seeds | overrides | split | " + " | ".join(c for c, _ in ABLATION_COLUMNS) + " |",
              "|---|---|---|---|---|" + "---|" * len(ABLATION_COLUMNS)]
     for tag, runs in sorted(tagged.items(), key=lambda kv: (kv[0] != "default", kv[0])):
-        for method in METHODS:
+        for method in SHOWN:
             rs = runs.get(method, [])
             for split in sorted({sp for r in rs for sp in r["metrics"]}):
                 sel = [r for r in rs if split in r["metrics"]]
@@ -217,7 +235,7 @@ def ablation_section(suite: str, tagged: dict[str, dict[str, list[dict]]]) -> li
     for tag, runs in sorted(tagged.items()):
         if tag == "default":
             continue
-        for method in METHODS:
+        for method in SHOWN:
             per_split: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
             seeds: dict[str, list[int]] = defaultdict(list)
             for r in runs.get(method, []):
@@ -271,7 +289,7 @@ STAGE_LABEL = {"model": "", "cls_teacher": " (cls teacher)", "loc_teacher": " (l
 
 def _stage_rows(runs: dict[str, list[dict]]):
     """(method, stage, [(seed, stage diagnostics)]) for every trained stage that has diagnostics."""
-    for method in METHODS:
+    for method in SHOWN:
         per_stage: dict[str, list[tuple[int, dict]]] = defaultdict(list)
         for r in sorted(runs.get(method, []), key=lambda r: r["seed"]):
             for stage, d in (r.get("diagnostics") or {}).items():
@@ -308,7 +326,7 @@ def dilemma_section(suite: str, runs: dict[str, list[dict]]) -> list[str]:
     lines += ["", (f"Test ({test_split}) metrics of the checkpoint kept by each val monitor (`best_cls.ckpt`: val Top-1 Cls; "
                    "`best_loc.ckpt`: val MaxBoxAccV2), each with its box threshold chosen on val:"), "",
               "| method | checkpoint | seeds | Top-1 Cls | Top-1 Loc | GT-known Loc | MaxBoxAccV2 |", "|---|---|---|---|---|---|---|"]
-    for method in METHODS:
+    for method in SHOWN:
         for name in ("best_cls", "best_loc"):
             sel = [(r["seed"], r["by_monitor"][name]["metrics"].get(test_split)) for r in runs.get(method, [])
                    if (r.get("by_monitor") or {}).get(name)]
@@ -874,7 +892,7 @@ def device_comparison(groups: dict[tuple[str, str], dict[str, list[dict]]], fami
              "| suite | device | method | seeds | " + " | ".join(c for c, _ in cols) + " |",
              "|---|---|---|---|" + "---|" * len(cols)]
     for suite, runs in rows:
-        for method in METHODS:
+        for method in SHOWN:
             rs = [r for r in runs.get(method, []) if "test" in r["metrics"]]
             if rs:
                 seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
@@ -942,7 +960,7 @@ def derived_pool_rates(runs: dict[str, list[dict]]) -> list[str]:
     """The pool rate each stage derived from ``model.pool_rate_target``, where seeds derived different
     values (the derivation itself changed, or the data did)."""
     differing = []
-    for method in METHODS:
+    for method in SHOWN:
         per_stage: dict[str, dict[int, float]] = defaultdict(dict)
         for run in runs.get(method, []):
             for stage, cfg in (run.get("stage_configs") or {}).items():
