@@ -49,23 +49,34 @@ def region_shares(cam: np.ndarray, region: np.ndarray, band: np.ndarray) -> tupl
 
 
 def score_split(cam_dir: Path, split_dir: Path, band_fraction: float) -> dict:
-    """Mean shares and their ratios (mass share / area share, of the means) over a split's images."""
-    from kdcicam.data.metadata import read_metadata
-    from kdcicam.evaluation.metrics import MaskEvaluator
+    """Mean shares and their ratios (mass share / area share, of the means) over a split's saved CAMs."""
     from kdcicam.evaluation.saved_cams import load_cam
+
+    md = read_probe_split(split_dir)
+    shape = load_cam(cam_dir, md.image_ids[0], None, normalize=True).shape
+    return score_maps(md, shape, lambda image_id: load_cam(cam_dir, image_id, shape, normalize=True), band_fraction)
+
+
+def read_probe_split(split_dir: Path):
+    from kdcicam.data.metadata import read_metadata
 
     md = read_metadata(split_dir, check_images=False)
     if not md.has_masks:
         sys.exit(f"{split_dir}: no masks (is this a `kdcicam data conflict` split?)")
-    first = load_cam(cam_dir, md.image_ids[0], None, normalize=True)
-    shape = first.shape
+    return md
+
+
+def score_maps(md, shape: tuple[int, int], cam_of, band_fraction: float) -> dict:
+    """As :func:`score_split`, for any map per image (``cam_of(image_id)``, an array of ``shape``): a map that
+    ignores the image (a centre Gaussian) gives the ratio that centre bias alone produces on these regions."""
+    from kdcicam.evaluation.metrics import MaskEvaluator
+
     reader = MaskEvaluator(md, (shape[1], shape[0]))  # (width, height)
     width = max(1, round(band_fraction * min(shape)))
     sums = np.zeros(4)
     for image_id in md.image_ids:
-        cam = load_cam(cam_dir, image_id, shape, normalize=True)
         region = reader.mask(image_id) == 1
-        sums += region_shares(cam, region, border_band(region, width))
+        sums += region_shares(cam_of(image_id), region, border_band(region, width))
     inside, inside_area, band, band_area = sums / len(md.image_ids)
     return {"num_images": len(md.image_ids), "grid": list(shape), "band_px": width,
             "inside_mass": round(inside, 6), "inside_area": round(inside_area, 6),

@@ -63,3 +63,16 @@ def test_score_split_ratios(split, tmp_path):
     _save(tmp_path / "blind", md, lambda region: rng.random(region.shape))
     blind = seam_check.score_split(tmp_path / "blind", split, 0.08)
     assert 0.8 < blind["inside_ratio"] < 1.2 and 0.8 < blind["band_ratio"] < 1.2
+
+
+def test_score_maps_gives_the_centre_bias_reference(split, tmp_path):
+    """The same ratios for one map shared by every image (conflict_probe's centre-Gaussian reference), equal to
+    score_split on that map saved per image."""
+    from floors import centre_gaussian
+
+    md = read_metadata(split)
+    g = centre_gaussian(32, 0.25)
+    _save(tmp_path / "gauss", md, lambda region: g)
+    saved = seam_check.score_split(tmp_path / "gauss", split, 0.08)
+    shared = seam_check.score_maps(md, g.shape, lambda _: g, 0.08)
+    assert shared == saved
