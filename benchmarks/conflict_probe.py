@@ -82,6 +82,23 @@ def probe_floors(probe: Path) -> dict:
             "oracle_coverage": {"grid": [size // 16, size // 16], "splits": oracle}}
 
 
+def shuffled_seam(cam_dir: Path, split_dir: Path, band: float) -> dict:
+    """The seam shares of each image's paste region under *another* image's CAM (a fixed derangement): what the
+    CAM's own spatial habits (centre bias, favourite corners) give on regions of that size and place. A CAM
+    drawn to the paste scores higher with its own image's region than here; one blind to it, the same."""
+    import numpy as np
+    from seam_check import read_probe_split, score_maps
+
+    from kdcicam.evaluation.saved_cams import load_cam
+
+    md = read_probe_split(split_dir)
+    ids = list(md.image_ids)
+    order = np.random.default_rng(0).permutation(len(ids))
+    other = {ids[order[k]]: ids[order[(k + 1) % len(ids)]] for k in range(len(ids))}  # a cycle: never itself
+    shape = load_cam(cam_dir, ids[0], None, normalize=True).shape
+    return score_maps(md, shape, lambda image_id: load_cam(cam_dir, other[image_id], shape, normalize=True), band)
+
+
 def score_run(method: str, seed: int, probe: Path, band: float) -> dict:
     """Evaluate one run on the probe splits with its val-chosen threshold; seam shares from its saved CAMs."""
     from seam_check import score_split as seam_split
@@ -103,6 +120,7 @@ def score_run(method: str, seed: int, probe: Path, band: float) -> dict:
         metrics = evaluate(run_dir, list(SPLITS), save_cams=cams, data_root=str(probe), progress=False,
                            write=False, box_threshold=threshold)
         seams = {s: seam_split(cams / s, probe / s, band) for s in SEAM_SPLITS}
+        seams["test_seam_shuffled"] = shuffled_seam(cams / "test_seam", probe / "test_seam", band)
     finally:
         shutil.rmtree(cams, ignore_errors=True)  # about 1 MB per 1,000 maps per split: not worth keeping
     cfg_method = trained_method(method)[0]
