@@ -11,6 +11,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from report_confounding import calibration_section, probe_section
+
 from kdcicam.diagnostics import SUMMARY_KEYS as DIAG_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -738,6 +740,7 @@ def main() -> int:
         lines += ablation_section(suite, {tag: runs for (s, tag), runs in groups.items() if s == suite and tag})
     for suite in ("synthetic", "cub50"):
         lines += pool_section(suite)
+    lines += calibration_section() + probe_section(LABEL, SHOWN)
     lines += notes(groups) + [""] + speed_section() + device_check_section()
     from kdcicam.data.metadata import atomic_write_text
 
