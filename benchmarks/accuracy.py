@@ -39,12 +39,12 @@ SUITES = {
     "cub50-gpu": {"config": "configs/cub50_gpu.yaml", "data": "data/cub50"},  # paper scale, one GPU
 }
 METHODS = ("cam", "ci-cam", "kd-ci-cam")
-#: the KD paper's own baseline: the KD-CI-CAM student pipeline (its augmentation routes, its pool rate, its
-#: epochs) trained with no teacher at all (alpha = 0, route 0 only): what the teachers add is KD-CI-CAM minus this
+#: the KD paper's own baseline: the KD-CI-CAM student pipeline (its augmentation, pool rate and epochs) trained
+#: with no teacher at all (alpha = 0, route 0 only): what the teachers add is KD-CI-CAM minus this
 BASELINES = {"kd-baseline": ("kd-ci-cam", ["kd.teachers=none"])}
 
 
-def trained_method(method: str) -> tuple[str, list[str]]:
+def training_recipe(method: str) -> tuple[str, list[str]]:
     """The config method a benchmark method trains with, and the overrides that make it that method."""
     return BASELINES.get(method, (method, []))
 
@@ -108,7 +108,7 @@ def score_by_monitor(run_dir: Path, method: str, splits: list[str]) -> dict:
     from kdcicam.diagnostics import run_stages
     from kdcicam.training.evaluate import evaluate
 
-    folder = run_stages(run_dir).get("student" if trained_method(method)[0] == "kd-ci-cam" else "model")
+    folder = run_stages(run_dir).get("student" if training_recipe(method)[0] == "kd-ci-cam" else "model")
     out = {}
     for name in ("best_cls", "best_loc"):
         ckpt = folder / "checkpoints" / f"{name}.ckpt" if folder else None
@@ -212,7 +212,10 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
 
     code_commit = commit()  # the code that trains, whatever lands on the branch while it runs
     data = ensure_data(suite)
-    config_method, method_overrides = trained_method(method)
+    config_method, method_overrides = training_recipe(method)
+    fixed = {o.split("=", 1)[0] for o in method_overrides} & {o.split("=", 1)[0] for o in overrides}
+    if fixed:
+        sys.exit(f"--methods {method}: {', '.join(sorted(fixed))} is what makes this method; it cannot be overridden")
     cfg = load_config(REPO / SUITES[suite]["config"], [f"data.root={data}", f"trainer.seed={seed}",
                                                        "trainer.progress_bar=false", *method_overrides, *overrides],
                       method=config_method)

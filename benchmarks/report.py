@@ -189,8 +189,9 @@ def targets(suite: str, runs: dict[str, list[dict]]) -> list[str]:
 
 def teachers_contribution(runs: dict[str, list[dict]], split: str) -> list[str]:
     """What the teachers add: KD-CI-CAM minus the KD baseline (the same student pipeline without teachers),
-    seed by seed on the seeds both have. The paper's claims are about this difference as much as about CAM."""
-    both = sorted({r["seed"] for r in runs.get("kd-ci-cam", [])} & {r["seed"] for r in runs.get("kd-baseline", [])})
+    seed by seed on the seeds of ``runs`` where both were scored on ``split``."""
+    both = sorted({r["seed"] for r in runs.get("kd-ci-cam", []) if split in r["metrics"]}
+                  & {r["seed"] for r in runs.get("kd-baseline", []) if split in r["metrics"]})
     if not both:
         return []
     parts = [f"{label} {fmt_delta(paired_deltas(runs, split, key, 'kd-ci-cam', both, base='kd-baseline'))}"
@@ -935,12 +936,13 @@ def recipe_drift(suite: str, runs: dict[str, list[dict]]) -> list[str]:
     path = REPO / SUITE_CONFIG.get(suite, "")
     if not path.is_file():
         return []
-    shipped = _flatten(config_to_dict(load_config(path)))
     defaults = _flatten(config_to_dict(RunConfig()))  # what a run saved before a key existed had in effect
     drift: dict[str, set[str]] = defaultdict(set)
     stale: dict[str, set[int]] = defaultdict(set)
     for method, method_runs in runs.items():
         for run in method_runs:
+            # the shipped config as this method applies it (the KD baseline's kd.teachers=none is the method)
+            shipped = _flatten(config_to_dict(load_config(path, (run.get("trained_as") or {}).get("overrides", []))))
             used = {**defaults, **_flatten(run["config"])}
             for key in sorted(set(shipped) | set(used)):
                 if key in RUN_SPECIFIC_KEYS:

@@ -12,12 +12,12 @@ RESULTS = REPO / "benchmarks" / "results"
 PROBE = RESULTS / "conflict_probe"
 CALIBRATION = RESULTS / "synthetic_calibration"
 PROBE_SPLITS = ("test_original", "test_same", "test_conflict")
-#: the probe is unsound when the paste alone pulls a CAM's mass this much, relative to what a bird pulls
-#: (fixed in docs/confounding.md before the full probe was measured)
-SEAM_PULL_LIMIT = 0.25
+#: the probe is unsound when the paste alone pulls a CAM's mass this much, relative to what a bird pulls:
+#: fixed in docs/confounding.md before the full probe was measured
+PULL_LIMIT = 0.25
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float | None]) -> str:
     vals = [v for v in values if v is not None]
     if not vals:
         return "–"
@@ -34,35 +34,52 @@ def _probe_runs(folder: Path) -> dict[str, list[dict]]:
     return {m: sorted(rs, key=lambda r: r["seed"]) for m, rs in runs.items()}
 
 
-def seam_pull(run: dict) -> float | None:
-    """How much the paste alone draws the CAM, relative to a bird in the same box: (inside ratio on test_seam −
-    the shuffled-region control) / (inside ratio on test_conflict − the same control). 0: blind to the paste."""
-    s = run["seam"]["splits"]
-    base = s["test_seam_shuffled"]["inside_ratio"]
-    bird = s["test_conflict"]["inside_ratio"] - base
-    return (s["test_seam"]["inside_ratio"] - base) / bird if bird > 0 else None
+def pull_verdict(pull: dict | None) -> str:
+    """One run's seam verdict by the rule of docs/confounding.md: ``sound`` when the bird's gain is surely
+    positive and both pulls are surely below the limit (95 % bootstrap intervals), ``unsound`` when either
+    pull is surely above it, else ``undetermined``."""
+    if not pull or "pull_inside_ci95" not in pull:
+        return "undetermined"
+    if pull["bird_gain_inside_ci95"][0] <= 0:
+        return "undetermined"  # the CAM does not find the bird better than the bare canvas: nothing to compare to
+    highs = (pull["pull_inside_ci95"][1], pull["pull_band_ci95"][1])
+    lows = (pull["pull_inside_ci95"][0], pull["pull_band_ci95"][0])
+    if max(highs) < PULL_LIMIT:
+        return "sound"
+    return "unsound" if max(lows) >= PULL_LIMIT else "undetermined"
+
+
+def _ci(pull: dict, key: str) -> str:
+    lo, hi = pull[f"{key}_ci95"]
+    return f"{pull[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def probe_section(label: dict[str, str], order: tuple[str, ...], folder: Path = PROBE) -> list[str]:
-    """Top-1 Cls, leakage and MaxBoxAccV2 per probe split, the floors beside them, and the seam check."""
+    """Top-1 Cls, leakage and MaxBoxAccV2 per probe split, the floor and reference beside them, and the seam
+    check (paste pull against the bare canvas)."""
     runs = _probe_runs(folder)
     floors_file = folder / "floors.json"
     if not runs or not floors_file.is_file():
         return []
     floors = json.loads(floors_file.read_text())
+    settings = [r.get("probe_settings", {}) for rs in runs.values() for r in rs] + [floors.get("probe_settings", {})]
+    keys = ("split", "seed", "feather", "margin", "max_upscale", "control", "limit", "counts")
+    if len({json.dumps({k: st.get(k) for k in keys}, sort_keys=True) for st in settings}) > 1:
+        return ["## cub50: the real-photo conflict probe", "",
+                ("The probe results in `benchmarks/results/conflict_probe/` were measured on different probes "
+                "(settings differ); remove them and run `benchmarks/conflict_probe.py` again."), ""]
     any_run = next(iter(runs.values()))[0]
-    settings = any_run.get("probe_settings", {})
-    counts = {s: any_run["metrics"][s]["num_images"] for s in ("test_original", "test_conflict")}
+    n = any_run["metrics"]["test_conflict"]["num_images"]
     lines = ["## cub50: the real-photo conflict probe", "",
              ("`benchmarks/conflict_probe.py` (commit " + ", ".join(sorted({f"`{r['commit'][:12]}`" for rs in runs.values()
                                                                           for r in rs})) +
               f"): every cub50 benchmark run on the paired probe splits of `kdcicam data conflict data/cub50 --control` "
-              f"(seed {settings.get('seed', '?')}, {counts['test_conflict']} of the test split's objects, paired across "
-              "splits; docs/confounding.md), with the box threshold each run chose on its own val. `same`: the bird's "
-              "box on a background of its own class; `conflict`: on another class's. **same − conflict** is what the "
+              f"(seed {settings[0].get('seed', '?')}, {n} of the test split's objects, the same in every split; "
+              "docs/confounding.md), with the box threshold each run chose on its own val. `same`: the bird's box "
+              "on a background of its own class; `conflict`: on another class's. **same − conflict** is what the "
               "foreign habitat costs, the pasting being equal."), "",
              ("| method | seeds | Cls original | Cls same | Cls conflict | same − conflict | Leakage original | "
-             "Leakage same | Leakage conflict | MaxBoxAccV2 original | MaxBoxAccV2 conflict |"),
+              "Leakage same | Leakage conflict | MaxBoxAccV2 original | MaxBoxAccV2 conflict |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in [m for m in order if m in runs]:
         rs = runs[method]
@@ -73,41 +90,38 @@ def probe_section(label: dict[str, str], order: tuple[str, ...], folder: Path = 
                      + " | ".join(_fmt([x[s].get("context_leakage") for x in m]) for s in PROBE_SPLITS) + " | "
                      + " | ".join(_fmt([x[s]["max_box_acc_v2"] for x in m]) for s in ("test_original", "test_conflict"))
                      + " |")
-    for name, key in (("centre Gaussian (floor)", "centre_gaussian"), ("oracle box map, 14×14 (floor)", "oracle_coverage")):
+    grid = floors["oracle_coverage"]["grid"]
+    for name, key in (("centre Gaussian (floor)", "centre_gaussian"),
+                      (f"oracle box map, {grid[0]}×{grid[1]} (reference)", "oracle_coverage")):
         sp = floors[key]["splits"]
         lines.append(f"| *{name}* | – | – | – | – | – | "
                      + " | ".join(_fmt([sp[s].get("context_leakage")]) for s in PROBE_SPLITS) + " | "
                      + " | ".join(_fmt([sp[s]["max_box_acc_v2"]]) for s in ("test_original", "test_conflict")) + " |")
-    gauss = floors["centre_gaussian"]["seam"]["splits"]
-    lines += ["", ("**Does CAM fire on paste seams?** Where each CAM's mass lies (min-max normalised, as for context "
-                   "leakage), as a ratio to the area: inside the pasted box and on a band of ±4 % of the map's side around "
-                   "its border. `test_seam` holds no bird, only a background patch pasted with the same feathering. "
-                   "*shuffled* scores the same regions under another image's CAM, i.e. what the CAM's spatial habits "
-                   "(centre bias) give on boxes of that size and place; the centre Gaussian is the same reference for a "
-                   "map that sees nothing. **Paste pull** = (seam − shuffled) / (conflict − shuffled) of the inside "
-                   f"ratios: what the paste alone draws, as a share of what a bird draws; the probe counts as sound "
-                   f"when it stays under {SEAM_PULL_LIMIT:g}."), "",
-              ("| method | seeds | inside: seam | inside: shuffled | inside: conflict | band: seam | band: shuffled | "
-              "paste pull |"), "|---|---|---|---|---|---|---|---|"]
-    pulls = []
+    lines += ["", ("**Does CAM fire on paste seams?** `test_canvas` is the canvas of `test_conflict` and `test_seam` "
+                   "with nothing pasted. Per image, against it: the share of the CAM's mass (min-max normalised, as for "
+                   "context leakage) that moves into the box when the bird is pasted (*bird gain*), and that moves into "
+                   "the box, or onto a band one CAM cell wide around its border, when a background patch is pasted "
+                   "instead (`test_seam`). **Pull** = patch gain / bird gain: 0 is a CAM blind to the paste, 1 one that "
+                   "treats a pasted patch as a bird. Means over images, 95 % bootstrap intervals in brackets. Rule "
+                   f"(docs/confounding.md): a run is *sound* when both pulls are below {PULL_LIMIT:g} with 95 % "
+                   "confidence."), "",
+              "| method | seed | bird gain inside | pull inside | pull on the band | verdict |", "|---|---|---|---|---|---|"]
+    verdicts = []
     for method in [m for m in order if m in runs]:
-        rs = runs[method]
-        s = [r["seam"]["splits"] for r in rs]
-        pull = [seam_pull(r) for r in rs]
-        pulls += [p for p in pull if p is not None]
-        lines.append(f"| {label[method]} | {','.join(str(r['seed']) for r in rs)} | "
-                     + " | ".join(_fmt([x[k][q] for x in s]) for k, q in (
-                         ("test_seam", "inside_ratio"), ("test_seam_shuffled", "inside_ratio"),
-                         ("test_conflict", "inside_ratio"), ("test_seam", "band_ratio"),
-                         ("test_seam_shuffled", "band_ratio"))) + f" | {_fmt(pull)} |")
-    lines.append(f"| *centre Gaussian* | – | {gauss['test_seam']['inside_ratio']:.2f} | – | "
-                 f"{gauss['test_conflict']['inside_ratio']:.2f} | {gauss['test_seam']['band_ratio']:.2f} | – | – |")
-    if pulls:
-        worst = max(pulls)
-        lines += ["", (f"Verdict: the largest paste pull of any run is {worst:.2f}: the probe is "
-                       + (f"**sound** by the rule above (< {SEAM_PULL_LIMIT:g})." if worst < SEAM_PULL_LIMIT else
-                          f"**not sound** by the rule above (≥ {SEAM_PULL_LIMIT:g}): its conflict numbers partly "
-                          "measure the paste."))]
+        for r in runs[method]:
+            pull = r.get("paste_pull")
+            verdict = pull_verdict(pull)
+            verdicts.append(verdict)
+            if not pull or "pull_inside_ci95" not in pull:
+                lines.append(f"| {label[method]} | {r['seed']} | – | – | – | {verdict} (no paste pull in this file) |")
+                continue
+            lines.append(f"| {label[method]} | {r['seed']} | {_ci(pull, 'bird_gain_inside')} | "
+                         f"{_ci(pull, 'pull_inside')} | {_ci(pull, 'pull_band')} | {verdict} |")
+    counts = {v: verdicts.count(v) for v in ("sound", "unsound", "undetermined") if verdicts.count(v)}
+    overall = ("**sound**" if counts.get("sound") == len(verdicts) else "**not sound**" if counts.get("unsound")
+               else "**undetermined**")
+    lines += ["", (f"Verdict over the {len(verdicts)} runs ({', '.join(f'{k} {v}' for k, v in counts.items())}): "
+                  f"the probe is {overall} for seams.")]
     return lines + [""]
 
 
@@ -134,7 +148,7 @@ def calibration_section(folder: Path = CALIBRATION) -> list[str]:
         floor = r["floor_centre_gaussian"]["splits"]["val"]["max_box_acc_v2"]
         lines.append(f"| {r['point']} | {knobs} | {r['seed']} | {r['cam_grid'][0]}×{r['cam_grid'][1]} | "
                      f"{m['val']['top1_cls']:.2f} | {m['val_conflict']['top1_cls']:.2f} | {c['cls_drop']:.2f} | "
-                     f"{r['habitat_following']['val_conflict']:.2f} | {m['val']['context_leakage']:.2f} | "
+                     f"{r.get('habitat_following', {}).get('val_conflict', float('nan')):.2f} | {m['val']['context_leakage']:.2f} | "
                      f"{r['oracle']['val']['coverage']['context_leakage']:.2f} | {c['leak_gap']['val']:.2f} | "
                      f"{c['leak_gap']['val_conflict']:.2f} | {m['val']['max_box_acc_v2']:.2f} | {floor:.2f} | "
                      f"{'**yes**' if c['passes'] else 'no'} | {r['wall_seconds']['total'] / 60:.1f} |")

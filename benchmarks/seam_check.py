@@ -1,18 +1,20 @@
 """Does a CAM fire on paste seams? Score saved CAMs of the conflict probe's splits (``kdcicam data conflict
---control``) by where their mass lies: inside the pasted region and in a band around its border, each as
-a share of the map's mass divided by the same region's share of the area.
+--control``) by where their mass lies: inside the pasted region and in a band around its border.
 
-A ratio of 1 is a map blind to the region; on ``<split>_seam`` (a background patch on a background, no
-object) a ratio well above 1, inside or on the band, is a CAM drawn to the paste itself, and the probe's
-numbers would then measure the seam, not the habitat. ``<split>_conflict`` / ``_same`` are scored the
-same way for scale (an object is there: their inside ratio should be far above 1).
+A ratio of mass share to area share says little alone: CAMs prefer the image centre, and so do the boxes.
+The probe's ``<split>_canvas`` is the counterfactual: the very canvas of ``_conflict`` and ``_seam`` with
+nothing pasted. :func:`paste_pull` compares, image by image, the mass a CAM gains inside the box (and on its
+border) when a background patch is pasted (``_seam``) with the mass it gains when the bird is
+(``_conflict``): a pull near 0 is a CAM blind to the paste, and the probe then measures the habitat, not
+the seam.
 
-    kdcicam evaluate RUN --data-root PROBE --split test_conflict test_same test_seam \\
+    kdcicam evaluate RUN --data-root PROBE --split test_conflict test_seam test_canvas \\
         --box-threshold T --save-cams CAMS          # T: the run's threshold chosen on its own val
     .venv/bin/python benchmarks/seam_check.py --cams CAMS --probe PROBE --name cub50_cam_seed0
 
-Writes ``benchmarks/results/seam_check_<name>.json``. Shares use the map min-max normalised as context
-leakage does (the mass above the map's minimum), on the evaluation grid, with the evaluator's masks.
+Writes ``benchmarks/results/seam_check_<name>.json`` (benchmarks/conflict_probe.py does all this for every
+benchmark run). Shares use the map min-max normalised as context leakage does (the mass above the map's
+minimum), on the evaluation grid, with the evaluator's masks.
 """
 from __future__ import annotations
 
@@ -50,11 +52,13 @@ def region_shares(cam: np.ndarray, region: np.ndarray, band: np.ndarray) -> tupl
 
 def score_split(cam_dir: Path, split_dir: Path, band_fraction: float) -> dict:
     """Mean shares and their ratios (mass share / area share, of the means) over a split's saved CAMs."""
-    from kdcicam.evaluation.saved_cams import load_cam
-
-    md = read_probe_split(split_dir)
-    shape = load_cam(cam_dir, md.image_ids[0], None, normalize=True).shape
-    return score_maps(md, shape, lambda image_id: load_cam(cam_dir, image_id, shape, normalize=True), band_fraction)
+    _, shares, shape, width = image_shares(cam_dir, split_dir, band_fraction)
+    inside, inside_area, band, band_area = shares.mean(axis=0)
+    return {"num_images": len(shares), "grid": list(shape), "band_px": width,
+            "inside_mass": round(inside, 6), "inside_area": round(inside_area, 6),
+            "inside_ratio": round(inside / inside_area, 4) if inside_area else None,
+            "band_mass": round(band, 6), "band_area": round(band_area, 6),
+            "band_ratio": round(band / band_area, 4) if band_area else None}
 
 
 def read_probe_split(split_dir: Path):
@@ -66,23 +70,62 @@ def read_probe_split(split_dir: Path):
     return md
 
 
-def score_maps(md, shape: tuple[int, int], cam_of, band_fraction: float) -> dict:
-    """As :func:`score_split`, for any map per image (``cam_of(image_id)``, an array of ``shape``): a map that
-    ignores the image (a centre Gaussian) gives the ratio that centre bias alone produces on these regions."""
+def image_shares(cam_dir: Path, split_dir: Path, band_fraction: float):
+    """Per image, in the split's order: (mass inside, area inside, mass on the band, area of the band) as
+    an [N, 4] array, with the image ids, the CAM's shape and the band's half-width in pixels."""
     from kdcicam.evaluation.metrics import MaskEvaluator
+    from kdcicam.evaluation.saved_cams import load_cam
 
+    md = read_probe_split(split_dir)
+    shape = load_cam(cam_dir, md.image_ids[0], None, normalize=True).shape
     reader = MaskEvaluator(md, (shape[1], shape[0]))  # (width, height)
     width = max(1, round(band_fraction * min(shape)))
-    sums = np.zeros(4)
-    for image_id in md.image_ids:
+    shares = np.empty((len(md.image_ids), 4))
+    for k, image_id in enumerate(md.image_ids):
         region = reader.mask(image_id) == 1
-        sums += region_shares(cam_of(image_id), region, border_band(region, width))
-    inside, inside_area, band, band_area = sums / len(md.image_ids)
-    return {"num_images": len(md.image_ids), "grid": list(shape), "band_px": width,
-            "inside_mass": round(inside, 6), "inside_area": round(inside_area, 6),
-            "inside_ratio": round(inside / inside_area, 4) if inside_area else None,
-            "band_mass": round(band, 6), "band_area": round(band_area, 6),
-            "band_ratio": round(band / band_area, 4) if band_area else None}
+        shares[k] = region_shares(load_cam(cam_dir, image_id, shape, normalize=True), region,
+                                  border_band(region, width))
+    return list(md.image_ids), shares, shape, width
+
+
+def paired_objects(probe: Path, split: str) -> list[str]:
+    """The source object of each image of a probe split, in order (paste_sources.txt's second column)."""
+    return [line.split(",")[1] for line in (probe / split / "paste_sources.txt").read_text().splitlines() if line]
+
+
+def paste_pull(cams: Path, probe: Path, prefix: str, band_fraction: float, resamples: int = 2000) -> dict:
+    """What pasting does to a CAM, image by image against the bare canvas (``<prefix>_canvas``): the mass it
+    gains inside the box and on the box's border band when a background patch is pasted (``_seam``) and when
+    the bird is (``_conflict``). **Pull** = the patch's gain / the bird's gain inside the box (and the
+    patch's gain on the band / the bird's gain inside): 0 is a CAM blind to the paste, 1 one that treats a
+    pasted patch as it treats a bird. 95 % intervals by bootstrap over images (seeded)."""
+    splits = {k: f"{prefix}_{k}" for k in ("seam", "conflict", "canvas")}
+    objects = {k: paired_objects(probe, s) for k, s in splits.items()}
+    if not objects["seam"] == objects["conflict"] == objects["canvas"]:
+        sys.exit(f"{probe}: {', '.join(splits.values())} do not hold the same objects in the same order")
+    shares = {k: image_shares(cams / s, probe / s, band_fraction)[1] for k, s in splits.items()}
+    seam_in = shares["seam"][:, 0] - shares["canvas"][:, 0]
+    seam_band = shares["seam"][:, 2] - shares["canvas"][:, 2]
+    bird_in = shares["conflict"][:, 0] - shares["canvas"][:, 0]
+
+    def pulls(idx: np.ndarray) -> tuple[float, float, float]:
+        bird = bird_in[idx].mean()
+        return bird, seam_in[idx].mean() / bird, seam_band[idx].mean() / bird
+
+    rng = np.random.default_rng(0)
+    n = len(bird_in)
+    boot = np.array([pulls(rng.integers(0, n, n)) for _ in range(resamples)])
+    bird, inside, band = pulls(np.arange(n))
+    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+    ci = lambda j: [round(float(lo[j]), 4), round(float(hi[j]), 4)]
+    return {"num_images": n, "band_fraction": band_fraction,
+            "canvas_inside_mass": round(float(shares["canvas"][:, 0].mean()), 6),
+            "inside_area": round(float(shares["canvas"][:, 1].mean()), 6),
+            "bird_gain_inside": round(float(bird), 6), "bird_gain_inside_ci95": ci(0),
+            "patch_gain_inside": round(float(seam_in.mean()), 6),
+            "patch_gain_band": round(float(seam_band.mean()), 6),
+            "pull_inside": round(float(inside), 4), "pull_inside_ci95": ci(1),
+            "pull_band": round(float(band), 4), "pull_band_ci95": ci(2)}
 
 
 def main() -> int:
@@ -91,7 +134,8 @@ def main() -> int:
     p.add_argument("--probe", type=Path, required=True, help="the `kdcicam data conflict --control` output")
     p.add_argument("--splits", type=lambda v: [s for s in v.split(",") if s], default=None, metavar="A,B",
                    help="comma-separated splits (default: the probe's splits that have CAMs)")
-    p.add_argument("--band", type=float, default=0.04, help="band half-width, a fraction of the grid side")
+    p.add_argument("--band", type=float, default=1 / 14,
+                   help="band half-width, a fraction of the map's side (default: one cell of a 14x14 CAM)")
     p.add_argument("--name", required=True, help="names the results file (e.g. cub50_cam_seed0)")
     p.add_argument("--out", type=Path, default=None, help="results file (default: benchmarks/results/seam_check_<name>.json)")
     args = p.parse_args()
@@ -107,8 +151,15 @@ def main() -> int:
         print(f"{s:16s} inside: mass {100 * r['inside_mass']:.1f}% / area {100 * r['inside_area']:.1f}% "
               f"= x{r['inside_ratio']}   band: mass {100 * r['band_mass']:.1f}% / area {100 * r['band_area']:.1f}% "
               f"= x{r['band_ratio']}")
+    prefix = info.extra.get("split", "test")
+    pull = None
+    if all((args.cams / f"{prefix}_{k}").is_dir() for k in ("seam", "conflict", "canvas")):
+        pull = paste_pull(args.cams, args.probe, prefix, args.band)
+        print(f"paste pull inside {pull['pull_inside']} (95 % {pull['pull_inside_ci95']}), on the band "
+              f"{pull['pull_band']} (95 % {pull['pull_band_ci95']})")
     record = {"benchmark": "seam_check", "name": args.name, "probe": str(args.probe.resolve()),
-              "probe_settings": info.extra, **stamp(REPO, "benchmarks/seam_check.py"), "splits": results}
+              "probe_settings": info.extra, **stamp(REPO, "benchmarks/seam_check.py"), "splits": results,
+              "paste_pull": pull}
     out = args.out or RESULTS / f"seam_check_{args.name}.json"
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"written {out}")

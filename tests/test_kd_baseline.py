@@ -17,7 +17,7 @@ def test_the_baseline_is_the_student_without_teachers():
 
     from kdcicam.training.pipeline import allowed_routes, needed_teachers
 
-    method, overrides = accuracy.trained_method("kd-baseline")
+    method, overrides = accuracy.training_recipe("kd-baseline")
     cfg = load_config(REPO / "configs" / "cub50.yaml", overrides, method=method)
     assert method == "kd-ci-cam" and cfg.kd.teachers == "none"
     assert needed_teachers(cfg.kd.teachers) == () and allowed_routes(cfg.kd.teachers) == [0]
@@ -25,7 +25,7 @@ def test_the_baseline_is_the_student_without_teachers():
     # everything the student trains with is the full method's student, teachers aside
     assert kd_stage_configs(cfg)["student"].model == kd_stage_configs(full)["student"].model
     assert kd_stage_configs(cfg)["student"].optim == kd_stage_configs(full)["student"].optim
-    assert accuracy.trained_method("cam") == ("cam", [])
+    assert accuracy.training_recipe("cam") == ("cam", [])
     assert accuracy.result_path("cub50", "kd-baseline", 1, "").name == "accuracy_cub50_kd-baseline_seed1.json"
 
 

@@ -65,14 +65,56 @@ def test_score_split_ratios(split, tmp_path):
     assert 0.8 < blind["inside_ratio"] < 1.2 and 0.8 < blind["band_ratio"] < 1.2
 
 
-def test_score_maps_gives_the_centre_bias_reference(split, tmp_path):
-    """The same ratios for one map shared by every image (conflict_probe's centre-Gaussian reference), equal to
-    score_split on that map saved per image."""
-    from floors import centre_gaussian
 
-    md = read_metadata(split)
-    g = centre_gaussian(32, 0.25)
-    _save(tmp_path / "gauss", md, lambda region: g)
-    saved = seam_check.score_split(tmp_path / "gauss", split, 0.08)
-    shared = seam_check.score_maps(md, g.shape, lambda _: g, 0.08)
-    assert shared == saved
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> Path:
+    from _datasets import make_cub_tree
+    from kdcicam.data.conflict import ConflictConfig, make_conflict
+
+    tree = tmp_path_factory.mktemp("cub") / "CUB"
+    make_cub_tree(tree)
+    out = tmp_path_factory.mktemp("probe") / "p"
+    make_conflict(tree, out, ConflictConfig(control=True, image_format="png"))
+    return out
+
+
+def _save_split(cams: Path, probe: Path, split: str, maker) -> None:
+    md = read_metadata(probe / split)
+    reader = MaskEvaluator(md, (32, 32))
+    for image_id in md.image_ids:  # as `kdcicam evaluate --save-cams CAMS` lays them out: CAMS/<split>/<image id>
+        path = cams / split / f"{image_id}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, maker(reader.mask(image_id) == 1).astype(np.float32))
+
+
+def _ring(region: np.ndarray, width: int = 2) -> np.ndarray:
+    return seam_check.border_band(region, width).astype(float)
+
+
+@pytest.mark.parametrize("seam_maker,pull,band_pull", [
+    (lambda region, rng: rng.random(region.shape) * 0.2, (-0.1, 0.1), (-0.1, 0.1)),           # blind to the paste
+    (lambda region, rng: region + rng.random(region.shape) * 0.2, (0.9, 1.1), (0.3, 1.0)),    # a patch is a bird
+    (lambda region, rng: _ring(region) + rng.random(region.shape) * 0.2, (-1.0, 0.6), (0.8, 3.0)),  # fires on seams
+])
+def test_paste_pull_against_the_bare_canvas(probe, tmp_path, seam_maker, pull, band_pull):
+    rng = np.random.default_rng(0)
+    _save_split(tmp_path, probe, "test_canvas", lambda region: rng.random(region.shape) * 0.2)
+    _save_split(tmp_path, probe, "test_conflict", lambda region: region + rng.random(region.shape) * 0.2)
+    _save_split(tmp_path, probe, "test_seam", lambda region: seam_maker(region, rng))
+    r = seam_check.paste_pull(tmp_path, probe, "test", 1 / 8, resamples=200)
+    assert r["num_images"] == 16 and r["bird_gain_inside"] > 0.3 and r["bird_gain_inside_ci95"][0] > 0
+    assert pull[0] < r["pull_inside"] < pull[1] and band_pull[0] < r["pull_band"] < band_pull[1]
+    for key in ("pull_inside", "pull_band"):
+        lo, hi = r[f"{key}_ci95"]
+        assert lo <= r[key] <= hi
+
+
+def test_paste_pull_refuses_unpaired_splits(probe, tmp_path):
+    import shutil
+
+    broken = tmp_path / "probe"
+    shutil.copytree(probe, broken)
+    sources = broken / "test_canvas" / "paste_sources.txt"
+    sources.write_text("".join(reversed(sources.read_text().splitlines(keepends=True))))
+    with pytest.raises(SystemExit, match="same objects"):
+        seam_check.paste_pull(tmp_path, broken, "test", 1 / 8)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _datasets import BG, FG, H, W, make_cub_tree
 from kdcicam.cli import main
 from kdcicam.data.conflict import (
     ConflictConfig,
@@ -22,45 +23,11 @@ from kdcicam.data.cub import convert_cub
 from kdcicam.data.metadata import read_dataset_info, read_metadata
 from kdcicam.errors import ConfigError
 
-BG = [(200, 60, 30), (30, 160, 200), (90, 200, 60), (230, 220, 40)]
-FG = [(250, 250, 250), (10, 10, 10), (160, 40, 200), (120, 120, 120)]
-W, H = 96, 72
-
-
-def make_tree(root: Path, per_class: int = 4) -> dict[str, tuple[int, tuple[int, int, int, int]]]:
-    """4 classes × ``per_class`` test images (+1 train each); returns path -> (class index, box xyxy)."""
-    truth = {}
-    lines: dict[str, list[str]] = {k: [] for k in ("images", "labels", "split", "boxes")}
-    image_id = 0
-    for c in range(4):
-        folder = f"{c + 1:03d}.Bird_{c}"
-        (root / "images" / folder).mkdir(parents=True)
-        for k in range(per_class + 1):
-            image_id += 1
-            x0, y0 = 6 + 9 * k % 50, 8 + 5 * k % 30
-            box = (x0, y0, x0 + 22 + 2 * k, y0 + 18 + k)
-            array = np.empty((H, W, 3), np.uint8)
-            array[:] = BG[c]
-            array[box[1]:box[3], box[0]:box[2]] = FG[c]
-            rel = f"{folder}/Bird_{c}_{k:04d}.png"
-            Image.fromarray(array).save(root / "images" / rel)
-            lines["images"].append(f"{image_id} {rel}")
-            lines["labels"].append(f"{image_id} {c + 1}")
-            lines["split"].append(f"{image_id} {int(k == per_class)}")
-            lines["boxes"].append(f"{image_id} {box[0]} {box[1]} {box[2] - box[0]} {box[3] - box[1]}")
-            if k < per_class:
-                truth[rel] = (c, box)
-    for name, key in (("images.txt", "images"), ("image_class_labels.txt", "labels"),
-                      ("train_test_split.txt", "split"), ("bounding_boxes.txt", "boxes")):
-        (root / name).write_text("\n".join(lines[key]) + "\n")
-    (root / "classes.txt").write_text("".join(f"{c + 1} {c + 1:03d}.Bird_{c}\n" for c in range(4)))
-    return truth
-
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("cubish") / "CUB"
-    return root, make_tree(root)
+    return root, make_cub_tree(root)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +63,7 @@ def _regions(box, feather_px: float) -> tuple[np.ndarray, np.ndarray]:
 def test_splits_boxes_masks_exact(probe, tree):
     _, truth = tree
     info = read_dataset_info(probe)
-    assert info.splits == ["test_original", "test_same", "test_conflict", "test_seam"]
+    assert info.splits == ["test_original", "test_same", "test_conflict", "test_seam", "test_canvas"]
     assert info.class_names == [f"{c + 1:03d}.Bird_{c}" for c in range(4)]
     for split in info.splits:
         md = read_metadata(probe / split)  # validates files, boxes inside images, images and masks exist
@@ -121,7 +88,7 @@ def test_original_is_the_source_bytes_and_splits_are_paired(probe, tree):
         assert (probe / "images" / image_id).read_bytes() == (tree[0] / "images" / obj).read_bytes()
 
 
-@pytest.mark.parametrize("kind", ["conflict", "same", "seam"])
+@pytest.mark.parametrize("kind", ["conflict", "same", "seam", "canvas"])
 def test_every_pixel_comes_from_the_right_image(probe, tree, kind):
     _, truth = tree
     md = read_metadata(probe / f"test_{kind}")
@@ -130,13 +97,16 @@ def test_every_pixel_comes_from_the_right_image(probe, tree, kind):
         obj, host, donor = sources[image_id]
         c, box = truth[obj]
         host_c = truth[host][0]
-        assert host != obj and (host_c != c if kind in ("conflict", "seam") else host_c == c)
+        assert host != obj and (host_c != c if kind in ("conflict", "seam", "canvas") else host_c == c)
         image = np.asarray(Image.open(md.image_path(image_id)))
         d_in, d_out = _regions(box, 0.05 * min(box[2] - box[0], box[3] - box[1]))
         # outside: the host's background only, never its object (the strip avoids its box)
         assert _which(image[d_out], BG + FG) == {host_c}
         inside = _which(image[d_in], BG + FG)
-        if kind == "seam":  # a third class's background patch, no object anywhere
+        if kind == "canvas":  # the bare canvas: the host's background inside the box too
+            assert _which(image.reshape(-1, 3), BG + FG) == {host_c} and donor == ""
+            assert host == _sources(probe / "test_conflict")[image_id.replace("test_canvas", "test_conflict")][1]
+        elif kind == "seam":  # a third class's background patch, no object anywhere
             donor_c = truth[donor][0]
             assert inside == {donor_c} and donor_c not in (c, host_c)
         else:
@@ -187,7 +157,7 @@ def test_deterministic_and_seeded(probe, tree, tmp_path):
         a, b = probe / split / "paste_sources.txt", tmp_path / "again" / split / "paste_sources.txt"
         assert a.read_bytes() == b.read_bytes()
     files = sorted(p.relative_to(probe / "images") for p in (probe / "images").rglob("*") if p.is_file())
-    assert len(files) == 2 * 64
+    assert len(files) == 2 * 80  # 5 splits of 16 objects, each an image and a mask
     assert all((probe / "images" / f).read_bytes() == (tmp_path / "again" / "images" / f).read_bytes() for f in files)
     make_conflict(tree[0], tmp_path / "s1", ConflictConfig(seed=1))
     assert (tmp_path / "s1" / "test_conflict" / "paste_sources.txt").read_text() != (
@@ -207,7 +177,7 @@ def test_too_small_backgrounds_are_skipped_and_counted(tmp_path):
     """Classes 1-3 fill their images: no background for class 0's objects, which are skipped; with an upscale
     limit of 1 no crop fits at all, which is an error, not an empty dataset."""
     root = tmp_path / "CUB"
-    make_tree(root)
+    make_cub_tree(root)
     rows = [r.split() for r in (root / "bounding_boxes.txt").read_text().splitlines()]
     (root / "bounding_boxes.txt").write_text("".join(
         f"{i} 0 0 {W} {H}\n" if int(i) > 5 else f"{i} {x} {y} {w} {h}\n" for i, x, y, w, h in rows))

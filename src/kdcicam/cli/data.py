@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "(docs/confounding.md). Writes <split>_conflict and <split>_original (the object images "
                     "unchanged), paired: the same objects in each. With --control, also the object on its own "
                     "class's background "
-                    "(<split>_same) and a background patch on a background (<split>_seam), to check that a CAM "
+                    "(<split>_same), a background patch on a background (<split>_seam) and the bare background "
+                    "(<split>_canvas), to check that a CAM "
                     "does not simply fire on paste seams. Deterministic for a seed; the source is never written to.")
     k.add_argument("src", type=Path, help="a CUB-style tree (images.txt, bounding_boxes.txt, ... and images/) or a "
                    "prepared dataset (dataset.yaml, e.g. from `kdcicam data cub`)")
@@ -80,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "sought (default 0.02)")
     k.add_argument("--max-upscale", type=float, default=2.0,
                    help="largest upscaling of a background crop to the object image's size (default 2)")
-    k.add_argument("--control", action="store_true", help="also write the <split>_same and <split>_seam controls")
+    k.add_argument("--control", action="store_true", help="also write the <split>_same, <split>_seam and <split>_canvas controls")
     k.add_argument("--format", choices=["jpg", "png"], default="jpg",
                    help="composites as JPEG (default; the source photos' kind) or lossless PNG")
     k.add_argument("--quality", type=int, default=95, help="JPEG quality of the composites (default 95)")

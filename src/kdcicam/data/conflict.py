@@ -22,9 +22,12 @@ Controls (``control=True``), on the same canvases with the same seams:
   "``_same`` minus ``_conflict``" measures the habitat and "original minus ``_same``" the pasting.
 - ``<split>_seam``: no object at all: a background patch of a third class's image pasted, at the
   object's box and with the same feathering, onto the probe's canvas; its mask/box is the patch. A
-  CAM that does not fire on seams puts about the patch's area share of its mass inside (its context
-  leakage is about ``uniform_map_leakage`` in ``dataset.yaml``); a CAM drawn to seams puts much more.
-  Labels are the object's class, so the CAM scored is the one the probe scores at that place.
+  CAM drawn to seams puts more of its mass inside the box, or on its border, than it does on
+  ``_canvas``. Labels are the object's class, so the CAM scored is the one the probe scores at that place.
+- ``<split>_canvas``: the probe's canvas exactly as the probe and ``_seam`` use it, nothing pasted; box,
+  mask and label are the object's. The counterfactual of both: ``_seam`` minus ``_canvas`` at the box is
+  what pasting a patch does to a CAM, ``_conflict`` minus ``_canvas`` what pasting the bird does, image
+  by image (a CAM's centre bias and the canvas's own content cancel).
 
 Choices are deterministic (seeded numpy generators per image and purpose). A host must leave a large
 enough background strip (its crop upscaled by at most ``max_upscale``). Output:
@@ -74,7 +77,7 @@ class ConflictConfig:
     margin: float = 0.02
     #: the background crop may be upscaled by at most this factor to the object image's size
     max_upscale: float = 2.0
-    #: also write the ``_same`` and ``_seam`` control splits
+    #: also write the ``_same``, ``_seam`` and ``_canvas`` control splits
     control: bool = False
     #: "jpg" (the source photos' kind, re-encoded once as a whole) or "png" (lossless: exact pixels)
     image_format: str = "jpg"
@@ -328,7 +331,7 @@ def make_conflict(src: str | os.PathLike, out: str | os.PathLike, cfg: ConflictC
                           else "a host") + f" with a large enough background (--max-upscale {cfg.max_upscale}, "
                           f"--margin {cfg.margin})")
     ordered = {"original": None, **({"same": plans["same"]} if cfg.control else {}), "conflict": plans["conflict"],
-               **({"seam": plans["seam"]} if cfg.control else {})}
+               **({"seam": plans["seam"], "canvas": plans["conflict"]} if cfg.control else {})}
 
     out.mkdir(parents=True, exist_ok=True)
     (out / DATASET_YAML).unlink(missing_ok=True)
@@ -353,8 +356,12 @@ def make_conflict(src: str | os.PathLike, out: str | os.PathLike, cfg: ConflictC
                 assert entry is not None
                 _, host, _, donor, _ = entry
                 new_id = f"{stem}.{cfg.image_format}"
-                _write_bytes(image_root / new_id, _encode(compose(images, items, entry, cfg.feather),
-                                                          "." + cfg.image_format, cfg.jpeg_quality))
+                if kind == "canvas":  # the _conflict canvas as it is, nothing pasted: the seam check's counterfactual
+                    donor = -1
+                    pixels = np.floor(_canvas(images(items[host]), entry[2], it.size) + 0.5).clip(0, 255).astype(np.uint8)
+                else:
+                    pixels = compose(images, items, entry, cfg.feather)
+                _write_bytes(image_root / new_id, _encode(pixels, "." + cfg.image_format, cfg.jpeg_quality))
             mask = np.zeros((it.size[1], it.size[0]), dtype=np.uint8)
             mask[it.box[1]:it.box[3], it.box[0]:it.box[2]] = 255
             _write_bytes(image_root / mask_id, _encode(mask, ".png", 0))
