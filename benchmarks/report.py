@@ -837,6 +837,11 @@ def notes(groups: dict[tuple[str, str], dict[str, list[dict]]]) -> list[str]:
     todo = (f"cub50 seed{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of the current recipe "
             "(three are needed for the targets; `accuracy.py` resumes a stopped run from its last.ckpt); "
             if missing else "")
+    baseline_missing = sorted({0, 1, 2} - {r["seed"] for r in (cub or {}).get("kd-baseline", [])})
+    if baseline_missing:
+        todo += (f"the KD baseline (the student without teachers) on cub50, seed{'s' if len(baseline_missing) > 1 else ''} "
+                 f"{', '.join(map(str, baseline_missing))} (`accuracy.py --suite cub50 --methods kd-baseline`, about "
+                 "20 min per seed): what the teachers add over the student's own training; ")
     lines.append("- What would test the methods' claims better, and was not run here (CPU time): " + todo +
                  "the intervention trained at the classifier's "
                  "lr (`optim.intervention_lr_mult=1`, chosen on val), since the diagnostics show `F ⊙ (1 + A)` leaving "
