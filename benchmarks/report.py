@@ -870,7 +870,8 @@ NOTES_WHY = [
     ("  3. **KD-CI-CAM's gain over CAM comes from the student's training, not the teachers.** The student scores "
      "higher than CAM on MaxBoxAccV2 and GT-known Loc, and loses Top-1 Cls. On val, the same student with no "
      "teachers (`no-teachers`: α = 0, route 0 only, i.e. CE with the student's random-resized-crop + RandAugment "
-     "augmentation — the KD paper's own \"CI-CAM\" setting) matches it, and distilling from the localization "
+     "augmentation — the KD paper's own \"CI-CAM\" setting, the same training as the `kd-baseline` method that "
+     "`accuracy.py --methods kd-baseline` scores on test) matches it, and distilling from the localization "
      "teacher alone does not help either: with these 3-epoch teachers, distillation adds nothing measurable."),
 ]
 
