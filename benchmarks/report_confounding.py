@@ -121,7 +121,10 @@ def probe_section(label: dict[str, str], order: tuple[str, ...], folder: Path = 
     overall = ("**sound**" if counts.get("sound") == len(verdicts) else "**not sound**" if counts.get("unsound")
                else "**undetermined**")
     lines += ["", (f"Verdict over the {len(verdicts)} runs ({', '.join(f'{k} {v}' for k, v in counts.items())}): "
-                  f"the probe is {overall} for seams.")]
+                  f"the probe is {overall} for seams.")
+              + ("" if overall == "**sound**" else
+                 " Its localization numbers on the pasted splits (`same`, `conflict`) then partly measure the paste, "
+                 "not the habitat; the Top-1 Cls comparison **same − conflict** holds the paste equal on both sides.")]
     return lines + [""]
 
 
