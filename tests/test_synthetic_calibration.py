@@ -38,7 +38,16 @@ def test_points_are_valid_v2_configs_without_test_splits():
         cfg.validate()
         assert cfg.variant == "v2" and cfg.n_test == cfg.n_test_conflict == 0, name  # calibration never makes test
         assert cfg.n_val_conflict > 0
-    assert cal.point_config({}, tiny=False).size == 192  # the preset: a 12x12 CAM grid at stride 16
+    assert cal.point_config({}, tiny=False).size == 192  # the starting point: a 12x12 CAM grid at stride 16
+
+
+def test_the_v2_preset_is_the_chosen_point_as_measured():
+    """V2_PRESET is grid8 exactly as its calibration results file records it (docs/confounding.md)."""
+    from kdcicam.data.synthetic_v2 import v2_config
+
+    recorded = json.loads((cal.REPO / "benchmarks/results/synthetic_calibration/grid8_seed0.json").read_text())
+    assert v2_config(**cal.SIZES, seed=0).settings() == recorded["data"]
+    assert recorded["cam_grid"] == [8, 8] and recorded["criteria"]["passes"]
 
 
 def test_points_file_and_selection(tmp_path):

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Generate the synthetic confounded-objects dataset (shapes on habitats).")
     s.add_argument("--out", required=True, type=Path, help="output folder")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=int, default=None, help="image side in pixels (default 128; v2: 192)")
+    s.add_argument("--size", type=int, default=None, help="image side in pixels (default 128)")
     s.add_argument("--classes", type=int, default=8, help="number of classes, 2..10 (default 8)")
     s.add_argument("--variant", choices=["v1", "v2"], default="v1",
                    help="v1: the original data, frozen (default); v2: calibrated so the habitat confounds "
