@@ -128,15 +128,15 @@ def rescore(path: Path) -> dict:
     from kdcicam.training.evaluate import evaluate
 
     r = json.loads(path.read_text())
-    run_dir = REPO / "runs" / "bench" / f"{r['suite']}{('_' + r['tag']) if r.get('tag') else ''}" / f"{r['method']}-seed{r['seed']}"
-    if not (run_dir / "done.json").is_file() and not (run_dir / "student" / "done.json").is_file():
-        sys.exit(f"--rescore: {run_dir} holds no finished run")
+    folder = run_dir(r["suite"], r["method"], r["seed"], r.get("tag") or "")
+    if not (folder / "done.json").is_file() and not (folder / "student" / "done.json").is_file():
+        sys.exit(f"--rescore: {folder} holds no finished run")
     splits = list(r["metrics"])
     t = time.time()
-    metrics = evaluate(run_dir, splits, progress=False)
+    metrics = evaluate(folder, splits, progress=False)
     r.update(metrics={s: metrics[s] for s in splits}, box_threshold=metrics["box_threshold"],
-             by_monitor=score_by_monitor(run_dir, r["method"], splits), stage_configs=stage_configs(run_dir),
-             diagnostics=run_diagnostics(run_dir),
+             by_monitor=score_by_monitor(folder, r["method"], splits), stage_configs=stage_configs(folder),
+             diagnostics=run_diagnostics(folder),
              rescored={"commit": commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                        "evaluate_seconds": round(time.time() - t, 1)})
     atomic_write_text(path, json.dumps(r, indent=2))
@@ -145,6 +145,11 @@ def rescore(path: Path) -> dict:
 
 def result_path(suite: str, method: str, seed: int, tag: str) -> Path:
     return RESULTS / f"accuracy_{suite}{('_' + tag) if tag else ''}_{method}_seed{seed}.json"
+
+
+def run_dir(suite: str, method: str, seed: int, tag: str = "") -> Path:
+    """Where a benchmark run trains: ``runs/bench/<suite>[_<tag>]/<method>-seed<k>``."""
+    return REPO / "runs" / "bench" / f"{suite}{('_' + tag) if tag else ''}" / f"{method}-seed{seed}"
 
 
 def synthetic_settings(suite: str):
@@ -234,25 +239,25 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
     cfg = load_config(REPO / SUITES[suite]["config"], [f"data.root={data}", f"trainer.seed={seed}",
                                                        "trainer.progress_bar=false", *method_overrides, *overrides],
                       method=config_method)
-    run_dir = REPO / "runs" / "bench" / f"{suite}{('_' + tag) if tag else ''}" / f"{method}-seed{seed}"
+    folder = run_dir(suite, method, seed, tag)
     reused: list[str] = []
     if teachers_from is not None and config_method == "kd-ci-cam" and cfg.kd.teachers != "none":
-        reused = reuse_teachers(teachers_from, run_dir, cfg)
+        reused = reuse_teachers(teachers_from, folder, cfg)
     start = time.time()
-    resume = (run_dir / "checkpoints").is_dir() or (run_dir / "cls_teacher").is_dir() or (run_dir / "student").is_dir()
-    summary = train(cfg, run_dir, resume=resume)
+    resume = (folder / "checkpoints").is_dir() or (folder / "cls_teacher").is_dir() or (folder / "student").is_dir()
+    summary = train(cfg, folder, resume=resume)
     train_seconds = time.time() - start
     t = time.time()
     splits = list(eval_splits or cfg.data.test_splits)
-    metrics = evaluate(run_dir, splits, progress=False)
+    metrics = evaluate(folder, splits, progress=False)
     result = {
         "suite": suite, "method": method, "seed": seed, "tag": tag, "overrides": overrides,
         "trained_as": {"method": config_method, "overrides": method_overrides},
         "metrics": {s: metrics[s] for s in splits},
         "box_threshold": metrics["box_threshold"], "box_threshold_chosen_on": metrics["box_threshold_chosen_on"],
-        "by_monitor": score_by_monitor(run_dir, method, splits),
-        "stage_configs": stage_configs(run_dir),
-        "diagnostics": run_diagnostics(run_dir),
+        "by_monitor": score_by_monitor(folder, method, splits),
+        "stage_configs": stage_configs(folder),
+        "diagnostics": run_diagnostics(folder),
         "train_summary": summary, "config": config_to_dict(cfg),
         "reused_teachers": {"from": str(teachers_from), "stages": reused} if reused else None,
         "wall_seconds": {"train": round(train_seconds, 1), "evaluate": round(time.time() - t, 1),

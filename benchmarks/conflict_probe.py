@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from accuracy import BASELINES, METHODS, REPO, commit, machine, result_path, training_recipe
+from accuracy import BASELINES, METHODS, REPO, commit, machine, result_path, run_dir, training_recipe
 from provenance import stamp
 
 SUITE = "cub50"
@@ -99,20 +99,20 @@ def score_run(method: str, seed: int, probe: Path) -> dict:
     from kdcicam.training.evaluate import evaluate
 
     record = json.loads(result_path(SUITE, method, seed, "").read_text())
-    run_dir = run_folder(method, seed)
+    folder = run_dir(SUITE, method, seed)
     threshold = record["box_threshold"]
     cams = REPO / "runs" / "conflict_probe_cams" / f"{method}-seed{seed}"
     shutil.rmtree(cams, ignore_errors=True)
     band = 1.0 / cam_grid()[0]
     start = time.time()
     try:
-        metrics = evaluate(run_dir, list(SPLITS), save_cams=cams, data_root=str(probe), progress=False,
+        metrics = evaluate(folder, list(SPLITS), save_cams=cams, data_root=str(probe), progress=False,
                            write=False, box_threshold=threshold)
         pull = paste_pull(cams, probe, "test", band)
     finally:
         shutil.rmtree(cams, ignore_errors=True)  # 200 kB per map: not worth keeping
     return {"benchmark": "conflict_probe", "suite": SUITE, "method": method, "seed": seed,
-            "checkpoint": str(Path(metrics["checkpoint"]).relative_to(run_dir)),
+            "checkpoint": str(Path(metrics["checkpoint"]).relative_to(folder)),
             "box_threshold": threshold, "box_threshold_chosen_on": f"val ({result_path(SUITE, method, seed, '').name})",
             "metrics": {s: {k: metrics[s][k] for k in KEEP if metrics[s].get(k) is not None} for s in SPLITS},
             "paste_pull": pull,
@@ -121,13 +121,9 @@ def score_run(method: str, seed: int, probe: Path) -> dict:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def run_folder(method: str, seed: int) -> Path:
-    return REPO / "runs" / "bench" / SUITE / f"{method}-seed{seed}"
-
-
 def finished(method: str, seed: int) -> bool:
     """The run's results file (its val-chosen threshold) and its finished folder are both there."""
-    folder = run_folder(method, seed)
+    folder = run_dir(SUITE, method, seed)
     done = folder / ("student" if training_recipe(method)[0] == "kd-ci-cam" else ".") / "done.json"
     return result_path(SUITE, method, seed, "").is_file() and done.is_file()
 
