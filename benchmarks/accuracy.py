@@ -152,41 +152,23 @@ def run_dir(suite: str, method: str, seed: int, tag: str = "") -> Path:
     return REPO / "runs" / "bench" / f"{suite}{('_' + tag) if tag else ''}" / f"{method}-seed{seed}"
 
 
-def synthetic_settings(suite: str):
-    """The generator config of a synthetic suite's data (None for a converted tree)."""
-    from kdcicam.data.synthetic import SyntheticConfig
-    from kdcicam.data.synthetic_v2 import v2_config
-
-    return {"synthetic": SyntheticConfig, "synthetic-v2": v2_config}.get(suite, lambda: None)()
-
-
 def ensure_data(suite: str) -> Path:
     """The suite's dataset, generated or converted if absent. A synthetic tree made with other settings (an older
     preset) is refused rather than silently scored as the suite."""
-    from kdcicam.data.metadata import read_dataset_info
-
     data = REPO / SUITES[suite]["data"]
-    settings = synthetic_settings(suite)
+    if suite in ("synthetic", "synthetic-v2"):
+        from kdcicam.data.synthetic import SyntheticConfig, ensure_synthetic
+        from kdcicam.data.synthetic_v2 import v2_config
+
+        return ensure_synthetic(data, SyntheticConfig() if suite == "synthetic" else v2_config())
     if (data / "dataset.yaml").is_file():
-        if settings is not None:
-            extra = read_dataset_info(data).extra
-            found = {k: extra.get(k) for k in settings.settings()}
-            if found != settings.settings():
-                diff = {k: (found[k], v) for k, v in settings.settings().items() if found[k] != v}
-                sys.exit(f"{data} was generated with other settings than the {suite} suite's "
-                         f"(found → expected: {diff}); move it away to regenerate it")
         return data
-    if settings is not None:
-        from kdcicam.data.synthetic import generate_synthetic
+    src = Path(os.environ.get("KDCICAM_CUB50_SOURCE", REPO.parent / "shared" / "data" / "cub50"))
+    if not src.is_dir():
+        sys.exit(f"cub50 suite: {src} not found")
+    from kdcicam.data.cub import convert_cub
 
-        generate_synthetic(data, settings)
-    else:
-        src = Path(os.environ.get("KDCICAM_CUB50_SOURCE", REPO.parent / "shared" / "data" / "cub50"))
-        if not src.is_dir():
-            sys.exit(f"cub50 suite: {src} not found")
-        from kdcicam.data.cub import convert_cub
-
-        convert_cub(src, data)
+    convert_cub(src, data)
     return data
 
 

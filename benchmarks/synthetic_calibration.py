@@ -85,17 +85,9 @@ def point_config(point: dict, tiny: bool):
 
 def ensure_data(name: str, point: dict, tiny: bool) -> Path:
     """The point's dataset, generated unless one with exactly these settings is there."""
-    from kdcicam.data.metadata import read_dataset_info
-    from kdcicam.data.synthetic import generate_synthetic
+    from kdcicam.data.synthetic import ensure_synthetic
 
-    cfg = point_config(point, tiny)
-    root = folders(tiny)[2] / name
-    if (root / "dataset.yaml").is_file():
-        extra = read_dataset_info(root).extra
-        if {k: extra.get(k) for k in cfg.settings()} == cfg.settings():
-            return root
-    generate_synthetic(root, cfg)
-    return root
+    return ensure_synthetic(folders(tiny)[2] / name, point_config(point, tiny), regenerate=True)
 
 
 def oracle_and_floor(root: Path, size: int, grid: tuple[int, int]) -> tuple[dict, dict]:

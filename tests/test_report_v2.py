@@ -51,9 +51,10 @@ def test_a_v2_tree_of_another_preset_is_refused(tmp_path, monkeypatch):
 
     from kdcicam.data.synthetic import generate_synthetic
     from kdcicam.data.synthetic_v2 import v2_config
+    from kdcicam.errors import ConfigError
 
     monkeypatch.setattr(accuracy, "REPO", tmp_path)
     generate_synthetic(tmp_path / "data" / "synth_v2", v2_config(size=48, n_train=16, n_val=8, n_test=8,
                                                                   n_test_conflict=8, n_val_conflict=8))
-    with pytest.raises(SystemExit, match=r"synth_v2 was generated with other settings.*'size': \(48, 128\)"):
+    with pytest.raises(ConfigError, match=r"synth_v2: a synthetic dataset made with other settings.*size 48 \(expected 128\)"):
         accuracy.ensure_data("synthetic-v2")

@@ -471,6 +471,28 @@ def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = 
     return counts
 
 
+def ensure_synthetic(out: str | os.PathLike, config: SyntheticConfig, regenerate: bool = False) -> Path:
+    """``out`` holding the dataset of ``config``: generated when absent. A dataset there made with other
+    settings (another variant, an older preset) is regenerated if ``regenerate``, else refused, naming the
+    settings that differ: it must never be trained or scored as if it were this one."""
+    from ..errors import ConfigError
+    from .metadata import read_dataset_info
+
+    out = Path(out)
+    if (out / DATASET_YAML).is_file():
+        extra = {"variant": "v1", **read_dataset_info(out).extra}  # v1's yaml predates the variant key
+        wanted = config.settings()
+        diff = {k: (extra.get(k), v) for k, v in wanted.items() if extra.get(k) != v}
+        if not diff:
+            return out
+        if not regenerate:
+            found = ", ".join(f"{k} {a!r} (expected {b!r})" for k, (a, b) in diff.items())
+            raise ConfigError(f"{out}: a synthetic dataset made with other settings is there ({found}); "
+                              "move it away or pass another folder")
+    generate_synthetic(out, config)
+    return out
+
+
 def read_habitats(split_dir: str | os.PathLike) -> dict[str, int]:
     """``habitats.txt`` of a split: image id → habitat class (to measure confounding and leakage)."""
     from .metadata import MetadataError, read_text_file
