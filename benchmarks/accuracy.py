@@ -286,7 +286,12 @@ def main() -> int:
                 args.reuse_teachers)
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data = ensure_data(args.suite)
+    from kdcicam.errors import KdcicamError
+
+    try:
+        data = ensure_data(args.suite)
+    except KdcicamError as e:
+        sys.exit(str(e))
     from floors import ensure_floor
 
     cfg = suite_config(args.suite, args.overrides)

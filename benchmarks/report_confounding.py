@@ -140,14 +140,14 @@ def calibration_section(folder: Path = CALIBRATION) -> list[str]:
               "(configs/synthetic_v2.yaml) trained on that point's data and scored on val (habitat = the class's own "
               f"with probability rho) and val_conflict (never). Targets: Cls drop ≥ {rs[0]['criteria']['target']:g} "
               "points and CAM leakage − the oracle's (same grid) ≥ the same, on val. *follow*: how often the prediction "
-              "on val_conflict is the habitat's class. The rule that picks the preset is in docs/confounding.md."), "",
+              "on val_conflict is the habitat's class. Each point is a change of the starting point (192 px, 12×12 CAMs); the rule that picked the preset (`grid8`) is in docs/confounding.md."), "",
              ("| point | knobs | seed | grid | Cls val | Cls val_conflict | drop | follow | Leakage val | oracle | gap val "
              "| gap val_conflict | MaxBoxAccV2 val | floor | passes | min |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rs, key=lambda r: (list(_point_order()).index(r["point"]) if r["point"] in _point_order() else 99,
                                        r["seed"])):
         m, c = r["metrics"], r["criteria"]
-        knobs = ", ".join(f"{k}={v}" for k, v in r["knobs"].items()) or "(preset)"
+        knobs = ", ".join(f"{k}={v}" for k, v in r["knobs"].items()) or "(the starting point: 192 px)"
         floor = r["floor_centre_gaussian"]["splits"]["val"]["max_box_acc_v2"]
         lines.append(f"| {r['point']} | {knobs} | {r['seed']} | {r['cam_grid'][0]}×{r['cam_grid'][1]} | "
                      f"{m['val']['top1_cls']:.2f} | {m['val_conflict']['top1_cls']:.2f} | {c['cls_drop']:.2f} | "

@@ -54,7 +54,7 @@ POINTS: dict[str, dict] = {
     "small": {"min_radius": 0.08, "max_radius": 0.15},
     "no_habitat_colour": {"habitat_colour": False},
     "grid8": {"size": 128},    # v1's grid (8x8): how much of the leakage is the grid's blur
-    "grid16": {"size": 256},   # 16x16: CPU time x1.8 of the preset's
+    "grid16": {"size": 256},   # 16x16: CPU time x1.8 of the starting point's
 }
 #: split sizes of a calibration dataset: as v1's train/val, plus val_conflict; no test split is generated
 SIZES = {"n_train": 2400, "n_val": 400, "n_val_conflict": 400, "n_test": 0, "n_test_conflict": 0}

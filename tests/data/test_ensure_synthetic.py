@@ -27,8 +27,17 @@ def test_other_settings_are_refused_or_regenerated(tmp_path):
     with pytest.raises(ConfigError, match=r"d: a synthetic dataset made with other settings.*variant 'v1' "
                                           r"\(expected 'v2'\)"):
         ensure_synthetic(root, wanted)
+    (root / "images" / "stale.png").write_bytes(b"")
     ensure_synthetic(root, wanted, regenerate=True)
-    assert read_dataset_info(root).extra["variant"] == "v2"
+    assert read_dataset_info(root).extra["variant"] == "v2" and not (root / "images" / "stale.png").exists()
+
+
+def test_a_v2_tree_with_v1s_values_is_not_v1(tmp_path):
+    """v1's settings leave out the v2 knobs; the variant still tells the two apart."""
+    root = ensure_synthetic(tmp_path / "d", v2_config(**TINY, n_val_conflict=0, rho=0.9, min_radius=0.16,
+                                                      max_radius=0.30))
+    with pytest.raises(ConfigError, match=r"variant 'v2' \(expected 'v1'\)"):
+        ensure_synthetic(root, SyntheticConfig(**TINY))
 
 
 def test_the_demo_refuses_a_tree_of_other_settings(tmp_path, monkeypatch, capsys):

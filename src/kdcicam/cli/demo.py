@@ -2,8 +2,8 @@
 
 Generates the confounded-objects data -- by default v2, calibrated so that the habitat confounds
 (docs/confounding.md: the habitat is the class's own in 97 % of train and test images) -- trains CAM,
-CI-CAM and KD-CI-CAM with the same config, evaluates each on `test` (habitat as in train) and
-`test_conflict` (always another class's habitat), prints one side-by-side table and writes an HTML
+CI-CAM and KD-CI-CAM with the same config, evaluates each on `test` (v2: habitat as in train; v1:
+independent of the class) and `test_conflict` (always another class's habitat), prints one side-by-side table and writes an HTML
 report. Finished stages are skipped, so an interrupted demo continues where it stopped.
 """
 from __future__ import annotations

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -475,20 +476,20 @@ def ensure_synthetic(out: str | os.PathLike, config: SyntheticConfig, regenerate
     """``out`` holding the dataset of ``config``: generated when absent. A dataset there made with other
     settings (another variant, an older preset) is regenerated if ``regenerate``, else refused, naming the
     settings that differ: it must never be trained or scored as if it were this one."""
-    from ..errors import ConfigError
     from .metadata import read_dataset_info
 
     out = Path(out)
     if (out / DATASET_YAML).is_file():
         extra = {"variant": "v1", **read_dataset_info(out).extra}  # v1's yaml predates the variant key
-        wanted = config.settings()
+        wanted = {"variant": config.variant, **config.settings()}  # v1's settings() leave the variant out
         diff = {k: (extra.get(k), v) for k, v in wanted.items() if extra.get(k) != v}
         if not diff:
             return out
         if not regenerate:
             found = ", ".join(f"{k} {a!r} (expected {b!r})" for k, (a, b) in diff.items())
             raise ConfigError(f"{out}: a synthetic dataset made with other settings is there ({found}); "
-                              "move it away or pass another folder")
+                              "move it away or choose another folder")
+        shutil.rmtree(out / "images", ignore_errors=True)  # no image of the old tree may linger
     generate_synthetic(out, config)
     return out
 
