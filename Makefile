@@ -23,7 +23,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# The demo trains 5 models (CAM, CI-CAM, two teachers, the student) on 2 CPU cores: 2 epochs each on
+# The demo (synthetic v2) trains 5 models (CAM, CI-CAM, two teachers, the student) on 2 CPU cores: 2 epochs each on
 # 1,600 of the 2,400 training images keeps it within 15 minutes, install included (benchmarks use more).
 DEMO_OVERRIDES ?= optim.epochs=2 data.limit_train_images=1600
 
