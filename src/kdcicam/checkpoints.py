@@ -102,7 +102,7 @@ def model_options(cfg: RunConfig) -> dict[str, Any]:
     if cfg.method in ("ci-cam", "kd-ci-cam"):
         opts.update(pool_rate=m.pool_rate, soft_intervention=m.soft_intervention)
     if cfg.method == "ci-cam":
-        opts.update(recipe=m.recipe, aux=m.aux, aux_weight=m.aux_weight, mask_threshold=m.mask_threshold,
+        opts.update(recipe=m.recipe, intervention=m.intervention, aux=m.aux, aux_weight=m.aux_weight, mask_threshold=m.mask_threshold,
                     sparsity=m.sparsity, sparsity_upsampled=m.sparsity_upsampled)
     if cfg.method == "kd-ci-cam":
         cam_t = cfg.kd.cam_temperature  # "auto" is resolved by the pipeline before the student is built

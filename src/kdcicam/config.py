@@ -73,6 +73,7 @@ class ModelConfig:
     pool_rate_target: Optional[float] = None
     pool_correct_fraction: float = 0.8  # share of a class's samples assumed correctly classified in that estimate
     soft_intervention: bool = False
+    intervention: bool = True  # false: no F*(1+A) (CI-CAM's down branch = its up branch); an ablation switch
     recipe: str = "mm21"  # mm21: CE(up)+CE(down); kd: CE(down) only
     # teacher extras (docs/method.md §3.1)
     aux: Optional[str] = None  # fore | diff_aux

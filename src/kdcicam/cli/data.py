@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="contrast of the habitat pattern, 0..1 (default 1)")
     v2.add_argument("--no-habitat-colour", dest="habitat_colour", action="store_false", default=None,
                     help="habitats draw their colours at random (only the pattern tells them apart)")
+    v2.add_argument("--test-draw", type=int, default=None, metavar="K",
+                    help="which draw of test / test_conflict (default 1; 0 = the first, read in earlier diagnostics); "
+                         "train and val do not change")
     s.add_argument("--workers", type=int, default=0, help="processes, 0 = one per CPU (output is identical)")
 
     c = sub.add_parser("cub", help="convert a CUB-200-2011 folder to metadata",
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 #: v2-only flags → SyntheticConfig fields
 _V2_FLAGS = {"val_conflict": "n_val_conflict", "shape_detail": "shape_detail", "class_texture": "class_texture",
              "texture_noise": "texture_noise", "habitat_contrast": "habitat_contrast",
-             "habitat_colour": "habitat_colour"}
+             "habitat_colour": "habitat_colour", "test_draw": "test_draw"}
 
 
 def _synthetic(args: argparse.Namespace) -> int:

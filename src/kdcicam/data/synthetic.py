@@ -103,6 +103,9 @@ class SyntheticConfig:
     habitat_contrast: float = 1.0
     #: v2: habitats keep their own hue family (True, v1's) or draw one at random (False: pattern only)
     habitat_colour: bool = True
+    #: v2: which draw of test / test_conflict (0: the first; k > 0: a fresh pair from its own seed stream, for
+    #: when a draw has been read and shaped a choice). train, val and val_conflict do not depend on it.
+    test_draw: int = 0
 
     def validate(self) -> None:
         if not 32 <= self.size <= 4096:
@@ -141,6 +144,8 @@ class SyntheticConfig:
         """What ``dataset.yaml`` records: every field but ``workers``; v1 leaves out the v2 knobs, so its
         yaml is byte-identical to the one written before v2 existed."""
         skip = {"workers"} | (set(V2_DEFAULTS) if self.variant == "v1" else set())
+        if self.test_draw == 0:
+            skip.add("test_draw")  # so that the first draw's dataset.yaml reads as it did before draws existed
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def count(self, split: str) -> int:
@@ -161,7 +166,8 @@ class SyntheticConfig:
 
 #: the v2-only fields and their defaults: v1 must leave them as they are
 V2_DEFAULTS = {f.name: f.default for f in fields(SyntheticConfig) if f.name in (
-    "variant", "n_val_conflict", "shape_detail", "class_texture", "texture_noise", "habitat_contrast", "habitat_colour")}
+    "variant", "n_val_conflict", "shape_detail", "class_texture", "texture_noise", "habitat_contrast", "habitat_colour",
+    "test_draw")}
 
 
 # -------------------------------------------------------------------------------------- allocation

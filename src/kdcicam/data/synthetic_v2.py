@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 #: boundary lobes of class 0, 1, ...: the class lives in this count (and in a faint texture)
 LOBES = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 #: v2's defaults where they differ from v1's: the point the calibration chose (``grid8``, docs/confounding.md)
-V2_PRESET = {"size": 128, "rho": 0.97, "min_radius": 0.12, "max_radius": 0.22, "n_val_conflict": 400}
+#: ``test_draw`` 1: the first test pair was read by a diagnostic that shaped later choices (docs/confounding.md)
+V2_PRESET = {"size": 128, "rho": 0.97, "min_radius": 0.12, "max_radius": 0.22, "n_val_conflict": 400,
+             "test_draw": 1}
+TEST_SPLITS = ("test", "test_conflict")
 _PLAN_STREAM, _IMAGE_STREAM = 10, 11  # v1 uses 0 and 1
 
 
@@ -57,6 +60,8 @@ def validate_v2(config: SyntheticConfig) -> None:
     """Ranges of v2's knobs (the shared fields are checked by :meth:`SyntheticConfig.validate`)."""
     if config.num_classes > len(LOBES):
         raise ConfigError(f"classes must be in 2..{len(LOBES)}, got {config.num_classes}")
+    if config.test_draw < 0:
+        raise ConfigError(f"test_draw must be >= 0, got {config.test_draw}")
     if config.n_val_conflict < 0:
         raise ConfigError(f"n_val_conflict must be >= 0, got {config.n_val_conflict}")
     for name, low, high in (("shape_detail", 0.0, 0.3), ("class_texture", 0.0, 1.0), ("texture_noise", 0.0, 1.0),
@@ -70,13 +75,22 @@ def validate_v2(config: SyntheticConfig) -> None:
         raise ConfigError(f"habitat_colour must be true or false, got {config.habitat_colour!r}")
 
 
+def split_seed(config: SyntheticConfig, stream: int, split: str) -> list[int]:
+    """The seed sequence of one split's stream: ``test_draw`` k > 0 moves only the test pair, to split codes
+    offset by 10·k (the split codes are 0..4), so that no draw shares a seed with another or with train/val."""
+    from .synthetic import _SPLIT_CODE
+
+    draw = config.test_draw if split in TEST_SPLITS else 0
+    return [config.seed, stream, _SPLIT_CODE[split] + 10 * draw]
+
+
 def plan_split_v2(config: SyntheticConfig, split: str) -> list[tuple[int, int]]:
     """``(label, habitat)`` per image, class-major: train/val/test own habitat for exactly
     ``round_half_up(rho * n_c)`` images of class ``c``; the ``*_conflict`` splits never."""
-    from .synthetic import _SPLIT_CODE, _round_half_up, class_counts
+    from .synthetic import _round_half_up, class_counts
 
     K = config.num_classes
-    rng = np.random.default_rng([config.seed, _PLAN_STREAM, _SPLIT_CODE[split]])
+    rng = np.random.default_rng(split_seed(config, _PLAN_STREAM, split))
     plan: list[tuple[int, int]] = []
     for c, n_c in enumerate(class_counts(config.count(split), K)):
         others = [h for h in range(K) if h != c]
@@ -98,7 +112,6 @@ def render_sample_v2(config: SyntheticConfig, split: str, index: int, label: int
                      habitat: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """One v2 image: (RGB uint8 [S,S,3], mask uint8 [S,S] 0/255, box (x0, y0, x1, y1) exclusive)."""
     from .synthetic import (
-        _SPLIT_CODE,
         _palette,
         _value_noise,
         finish_sample,
@@ -108,7 +121,7 @@ def render_sample_v2(config: SyntheticConfig, split: str, index: int, label: int
     )
 
     S, K = config.size, config.num_classes
-    rng = np.random.default_rng([config.seed, _IMAGE_STREAM, _SPLIT_CODE[split], index])
+    rng = np.random.default_rng([*split_seed(config, _IMAGE_STREAM, split), index])
     family = habitat if config.habitat_colour else int(rng.integers(K))
     bg_light, bg_dark = _palette(rng, family, K)
     t = 0.5 + config.habitat_contrast * (habitat_pattern(rng, habitat, S) - 0.5)

@@ -197,7 +197,7 @@ class CICAMModel(CAMModel):
                  combination_m: int = 20, pool_rate: float = 0.01, pool_size: Any = None,
                  soft_intervention: bool = False, recipe: str = "mm21", aux: str | None = None,
                  aux_weight: float = 1.0, mask_threshold: float = 0.0, aux_mask_branch: str = "down",
-                 sparsity: float = 0.0, sparsity_upsampled: bool = True):
+                 sparsity: float = 0.0, sparsity_upsampled: bool = True, intervention: bool = True):
         super().__init__(backbone, num_classes, combination=combination, combination_m=combination_m)
         _check_choice("recipe", recipe, RECIPES)
         _check_choice("aux", aux, AUX_TYPES)
@@ -224,9 +224,13 @@ class CICAMModel(CAMModel):
         self.aux_mask_branch = aux_mask_branch
         self.sparsity = float(sparsity)
         self.sparsity_upsampled = bool(sparsity_upsampled)
+        #: False: the down branch is the up branch (F unchanged; the pool is still kept and updated), so that
+        #: a teacher's extra losses can be measured on a plain CAM (docs/method.md §9, E1)
+        self.intervention = bool(intervention)
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "pool_rate": self.pool.rate, "pool_size": self.pool_size,
+                "intervention": self.intervention,
                 "soft_intervention": self.soft_intervention, "recipe": self.recipe, "aux": self.aux,
                 "aux_weight": self.aux_weight, "mask_threshold": self.mask_threshold,
                 "aux_mask_branch": self.aux_mask_branch, "sparsity": self.sparsity,
@@ -275,6 +279,10 @@ class CICAMModel(CAMModel):
         context = self.pool.context(*features.shape[-2:])
         probs = F.softmax(logits_up.detach().float(), dim=1) if self.soft_intervention else None
         attention = context_attention(self.mask2attention, context, pred_up, probs)
+        if not self.intervention:
+            attention = torch.zeros_like(attention)
+            return {"logits": logits_up, "cams": cams_up, "features": features, "features_down": features,
+                    "logits_up": logits_up, "cams_up": cams_up, "pred_up": pred_up, "attention": attention}
         features_down = features * (1.0 + attention.to(features.dtype))
         return {"logits": self.head(features_down), "cams": self.head.class_cams(features_down),
                 "features": features, "features_down": features_down, "logits_up": logits_up,
