@@ -108,7 +108,8 @@ def model_options(cfg: RunConfig) -> dict[str, Any]:
         cam_t = cfg.kd.cam_temperature  # "auto" is resolved by the pipeline before the student is built
         opts.update(alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
                     kd_mode=cfg.kd.kd_mode, kd_t_squared=cfg.kd.kd_t_squared, teachers=cfg.kd.teachers,
-                    cam_temperature=None if cam_t in (None, "auto") else float(cam_t))
+                    cam_temperature=None if cam_t in (None, "auto") else float(cam_t),
+                    cam_loss=cfg.kd.cam_loss, cam_weight=cfg.kd.cam_weight)
     return opts
 
 
@@ -177,5 +178,24 @@ def load_model(run_or_ckpt: str | os.PathLike) -> nn.Module:
     return load_checkpoint(run_or_ckpt).model
 
 
-__all__ = ["LoadedCheckpoint", "build_model", "load_checkpoint", "load_model", "model_options", "read_checkpoint",
+def copy_matching_weights(model: nn.Module, run_or_ckpt: str | os.PathLike, skip: tuple[str, ...] = ("pool.",)) -> int:
+    """Copy into ``model`` every parameter and buffer of the checkpoint's model that has the same name and shape
+    (a KD student started from a CAM or CI-CAM run); names starting with ``skip`` are left as they are (the
+    context pool starts empty). Returns how many tensors were copied; none is an error."""
+    import torch
+
+    source = load_model(run_or_ckpt).state_dict()
+    target = model.state_dict()
+    copied = {k: v for k, v in source.items()
+              if k in target and not k.startswith(skip) and tuple(v.shape) == tuple(target[k].shape)}
+    if not copied:
+        raise KdcicamError(f"{run_or_ckpt}: no weight of this checkpoint fits the model to initialise "
+                           "(another backbone?)")
+    with torch.no_grad():
+        for k, v in copied.items():
+            target[k].copy_(v.to(target[k].dtype))
+    return len(copied)
+
+
+__all__ = ["LoadedCheckpoint", "build_model", "copy_matching_weights", "load_checkpoint", "load_model", "model_options", "read_checkpoint",
            "resolve_checkpoint", "run_config", "stage_folder", "threshold_from_run"]

@@ -146,6 +146,21 @@ class KDConfig:
     # localization teacher's raw-CAM standard deviation on the first training batches (measured when the
     # student starts, saved in the student's config.yaml)
     cam_temperature: Any = None
+    # route 2's loss: mse (the authors': MSE of sigmoid(CAM/T) over all class CAMs) | at (attention transfer on
+    # the scored map, built with the loc teacher's class ranking; docs/method.md §9, map-first distillation)
+    cam_loss: str = "mse"
+    cam_weight: float = 1.0  # multiplies route 2's term (its start value when cam_grad_share adapts it)
+    # when set, route 2's weight adapts during training so that its term takes this share of the student's
+    # summed gradient norms (measured every cam_share_every steps, the trainer.diag measurement)
+    cam_grad_share: Optional[float] = None
+    cam_share_every: int = 5
+    # teachers taken from finished runs instead of trained (e.g. a CAM run's best_loc / best_cls checkpoints:
+    # the dilemma's own specialists); null: the recipe trains kd.cls_teacher / kd.loc_teacher
+    cls_teacher_checkpoint: Optional[str] = None
+    loc_teacher_checkpoint: Optional[str] = None
+    # the student's starting weights: null = ImageNet backbone (as the papers); "loc_teacher" or a checkpoint path:
+    # every student parameter of the same name and shape is copied from that model (its pool starts empty)
+    student_init: Optional[str] = None
     teachers: str = "both"  # both | cls | loc | none
     route_augment: list[AugmentSettings] = field(default_factory=lambda: [
         AugmentSettings(kind="rrc", scale_min=0.2, randaugment=True),
@@ -319,6 +334,7 @@ _CHOICES = {
     "model.recipe": ("mm21", "kd"),
     "model.aux": (None, "fore", "diff_aux"),
     "kd.kd_mode": ("official", "kl"),
+    "kd.cam_loss": ("mse", "at"),
     "kd.teachers": ("both", "cls", "loc", "none"),
     "eval.protocol": ("wsol", "official"),
     "eval.monitor_mode": ("max", "min"),
@@ -348,6 +364,13 @@ def validate(config: RunConfig, where: str = "config") -> None:
     ct = config.kd.cam_temperature
     if not (ct is None or ct == "auto" or (isinstance(ct, (int, float)) and not isinstance(ct, bool) and ct > 0)):
         raise ConfigError(f"{where}: kd.cam_temperature must be null, \"auto\" or a positive number, got {ct!r}")
+    share = config.kd.cam_grad_share
+    if share is not None and not 0 < share < 1:
+        raise ConfigError(f"{where}: kd.cam_grad_share must be in (0, 1) or null, got {share}")
+    if not config.kd.cam_weight > 0:
+        raise ConfigError(f"{where}: kd.cam_weight must be positive, got {config.kd.cam_weight}")
+    if config.kd.cam_share_every < 1:
+        raise ConfigError(f"{where}: kd.cam_share_every must be >= 1, got {config.kd.cam_share_every}")
     if config.model.pool_rate_target is not None and config.model.pool_rate_target < 0:
         raise ConfigError(f"{where}: model.pool_rate_target must be >= 0, got {config.model.pool_rate_target}")
     if config.optim.intervention_lr_mult is not None and config.optim.intervention_lr_mult < 0:

@@ -365,14 +365,17 @@ class KDCICAMModel(CICAMModel):
                  combination_m: int = 20, pool_rate: float = 0.002, pool_size: Any = None,
                  soft_intervention: bool = False, alpha: float = 0.8, temperature: float = 15.0,
                  kd_mode: str = "official", teachers: str = "both", kd_t_squared: bool = False,
-                 cam_temperature: float | None = None):
+                 cam_temperature: float | None = None, cam_loss: str = "mse", cam_weight: float = 1.0):
         super().__init__(backbone, num_classes, combination=combination, combination_m=combination_m,
                          pool_rate=pool_rate, pool_size=pool_size, soft_intervention=soft_intervention,
                          recipe="kd")
         _check_choice("kd_mode", kd_mode, KD_MODES)
         _check_choice("teachers", teachers, TEACHERS)
         self.objective = StudentObjective(alpha=alpha, T=temperature, kd_mode=kd_mode, teachers=teachers,
-                                          t_squared=kd_t_squared, cam_T=cam_temperature)
+                                          t_squared=kd_t_squared, cam_T=cam_temperature, cam_loss=cam_loss,
+                                          cam_weight=cam_weight, combination=combination,
+                                          combination_m=combination_m)
+        self._cam_weight = float(cam_weight)
         self._alpha = float(alpha)
 
     def options(self) -> dict[str, Any]:
@@ -380,7 +383,8 @@ class KDCICAMModel(CICAMModel):
         keep = ("combination", "combination_m", "pool_rate", "pool_size", "soft_intervention")
         return {**{k: base[k] for k in keep}, "alpha": self._alpha, "temperature": self.objective.T,
                 "kd_mode": self.objective.kd_mode, "teachers": self.objective.teachers,
-                "kd_t_squared": self.objective.t_squared, "cam_temperature": self.objective.cam_T}
+                "kd_t_squared": self.objective.t_squared, "cam_temperature": self.objective.cam_T,
+                "cam_loss": self.objective.cam_loss, "cam_weight": self._cam_weight}
 
     @property
     def allowed_routes(self) -> tuple[int, ...]:
@@ -388,9 +392,10 @@ class KDCICAMModel(CICAMModel):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, out: dict[str, torch.Tensor], *,
              routes: torch.Tensor | None = None, cls_teacher_logits: torch.Tensor | None = None,
-             loc_teacher_cams: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             loc_teacher_cams: torch.Tensor | None = None, loc_teacher_logits: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The student loss (see :class:`StudentObjective`); ``routes=None`` means route 0 for all.
         The pool is updated separately, as for CI-CAM."""
         if routes is None:
             routes = torch.zeros(out["logits"].shape[0], dtype=torch.long)
-        return self.objective(out, y, routes, cls_teacher_logits, loc_teacher_cams)
+        return self.objective(out, y, routes, cls_teacher_logits, loc_teacher_cams, loc_teacher_logits)

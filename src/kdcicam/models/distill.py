@@ -16,6 +16,9 @@ from torch import nn
 from ..errors import ConfigError
 
 KD_MODES = ("official", "kl")
+#: the route-2 (localization teacher) loss: ``mse`` as coded by the authors (all C raw class CAMs through a
+#: sigmoid); ``at``: attention transfer on the scored map itself (docs/method.md §9, "Map-first distillation")
+CAM_LOSSES = ("mse", "at")
 TEACHERS = ("both", "cls", "loc", "none")
 _ALLOWED = {"both": (0, 1, 2), "cls": (0, 1), "loc": (0, 2), "none": (0,)}
 
@@ -62,6 +65,43 @@ def cam_distill_loss(student_cams: torch.Tensor, teacher_cams: torch.Tensor, T: 
     return F.mse_loss(torch.sigmoid(student_cams.float() / T), torch.sigmoid(teacher / T))
 
 
+def scored_map_loss(student_cams: torch.Tensor, teacher_cams: torch.Tensor, teacher_logits: torch.Tensor,
+                    combination: str = "quadratic", m: int = 20, eps: float = 1e-6) -> torch.Tensor:
+    """Attention transfer on the map kdcicam scores: both combinational CAMs are built with the *teacher's*
+    class ranking (so the student is taught the teacher's map, not asked to copy its classification), flattened,
+    L2-normalised and compared by squared distance (0..4 per image, batch mean). Scale-free: the student's CAM
+    magnitude, which also carries its logits, is left alone; only the map's shape is taught."""
+    from .cam import combinational_cam
+
+    if student_cams.shape[:2] != teacher_cams.shape[:2] or teacher_logits.shape != student_cams.shape[:2]:
+        raise ValueError(f"student CAMs {tuple(student_cams.shape)}, teacher CAMs {tuple(teacher_cams.shape)} and "
+                         f"teacher logits {tuple(teacher_logits.shape)} differ in batch or class count")
+    if student_cams.shape[0] == 0:
+        return student_cams.sum() * 0.0
+    teacher = teacher_cams.detach().float()
+    if teacher.shape[-2:] != student_cams.shape[-2:]:
+        teacher = F.interpolate(teacher, size=student_cams.shape[-2:], mode="bilinear", align_corners=False)
+    t_logits = teacher_logits.detach().float()
+    s = combinational_cam(t_logits, student_cams.float(), combination, m).flatten(1)
+    t = combinational_cam(t_logits, teacher, combination, m).flatten(1)
+    s = s / (s.norm(dim=1, keepdim=True) + eps)
+    t = t / (t.norm(dim=1, keepdim=True) + eps)
+    return (s - t).pow(2).sum(dim=1).mean()
+
+
+def adapted_weight(weight: float, share: float, target: float, max_step: float = 4.0) -> float:
+    """The route-2 weight that moves the CAM term's gradient share towards ``target``: the share a term of weight
+    w takes is w·g / (w·g + G), so the weight that gives ``target`` is w·(target/(1−target))·(1−share)/share;
+    the step is taken in the square root (damped) and bounded by ``max_step`` either way."""
+    if not 0.0 < target < 1.0:
+        raise ConfigError(f"the CAM term's gradient share target must lie in (0, 1), got {target}")
+    if share <= 0.0 or share >= 1.0 or weight <= 0.0:
+        return weight
+    ratio = (target / (1.0 - target)) * (1.0 - share) / share
+    step = min(max(ratio ** 0.5, 1.0 / max_step), max_step)
+    return weight * step
+
+
 def allowed_routes(teachers: str) -> tuple[int, ...]:
     """Routes a student may draw: both → (0, 1, 2), cls → (0, 1), loc → (0, 2), none → (0,)."""
     if teachers not in _ALLOWED:
@@ -95,7 +135,8 @@ class StudentObjective:
     loss)."""
 
     def __init__(self, alpha: float = 0.8, T: float = 15.0, kd_mode: str = "official", teachers: str = "both",
-                 t_squared: bool = False, cam_T: float | None = None):
+                 t_squared: bool = False, cam_T: float | None = None, cam_loss: str = "mse",
+                 cam_weight: float = 1.0, combination: str = "quadratic", combination_m: int = 20):
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"alpha must lie in [0, 1], got {alpha}")
         if T <= 0:
@@ -104,6 +145,14 @@ class StudentObjective:
             raise ConfigError(f"CAM temperature must be > 0, got {cam_T}")
         if kd_mode not in KD_MODES:
             raise ConfigError(f"unknown kd_mode {kd_mode!r}; valid: {', '.join(KD_MODES)}")
+        if cam_loss not in CAM_LOSSES:
+            raise ConfigError(f"unknown cam_loss {cam_loss!r}; valid: {', '.join(CAM_LOSSES)}")
+        if not cam_weight > 0:
+            raise ConfigError(f"cam_weight must be > 0, got {cam_weight}")
+        self.cam_loss = cam_loss
+        #: multiplies the route-2 term; adapted during training when kd.cam_grad_share is set
+        self.cam_weight = float(cam_weight)
+        self.combination, self.combination_m = combination, int(combination_m)
         self.routes = allowed_routes(teachers)
         self.teachers = teachers
         self.alpha = 0.0 if teachers == "none" else float(alpha)
@@ -119,15 +168,18 @@ class StudentObjective:
 
     def config(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "T": self.T, "kd_mode": self.kd_mode, "teachers": self.teachers,
-                "t_squared": self.t_squared, "cam_T": self.cam_T}
+                "t_squared": self.t_squared, "cam_T": self.cam_T, "cam_loss": self.cam_loss,
+                "cam_weight": self.cam_weight}
 
     def draw_routes(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return draw_routes(n, generator, self.routes)
 
     def terms(self, student_out: dict[str, torch.Tensor], labels: torch.Tensor, routes: torch.Tensor,
-              cls_teacher_logits: torch.Tensor | None = None, loc_teacher_cams: torch.Tensor | None = None
+              cls_teacher_logits: torch.Tensor | None = None, loc_teacher_cams: torch.Tensor | None = None,
+              loc_teacher_logits: torch.Tensor | None = None
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The weighted terms ``(1−α)·CE``, ``α·KD``, ``α·CAM-MSE`` (they sum to the loss) and the logs."""
+        """The weighted terms ``(1−α)·CE``, ``α·KD``, ``α·w·CAM`` (they sum to the loss) and the logs; ``w`` is
+        :attr:`cam_weight`, and the CAM loss is ``cam_loss`` (``at`` needs the loc teacher's logits)."""
         logits, cams = student_out["logits"], student_out["cams"]
         b = logits.shape[0]
         routes = torch.as_tensor(routes).to(logits.device).long()
@@ -150,18 +202,25 @@ class StudentObjective:
         if i2.numel():
             if loc_teacher_cams is None:
                 raise ValueError("loc_teacher_cams is required: the batch has route-2 (loc-KD) samples")
-            cam = cam_distill_loss(cams[i2], _rows(loc_teacher_cams, i2, b, "loc_teacher_cams"),
-                                   self.cam_temperature)
+            t_cams = _rows(loc_teacher_cams, i2, b, "loc_teacher_cams")
+            if self.cam_loss == "mse":
+                cam = cam_distill_loss(cams[i2], t_cams, self.cam_temperature)
+            else:
+                if loc_teacher_logits is None:
+                    raise ValueError("loc_teacher_logits is required by cam_loss='at' (the teacher's class ranking)")
+                cam = scored_map_loss(cams[i2], t_cams, _rows(loc_teacher_logits, i2, b, "loc_teacher_logits"),
+                                      self.combination, self.combination_m)
         a = self.alpha
-        terms = {"ce": (1.0 - a) * ce, "kd": a * kd, "cam": a * cam}
+        terms = {"ce": (1.0 - a) * ce, "kd": a * kd, "cam": a * self.cam_weight * cam}
         logs = {"loss_ce": ce.detach(), "loss_kd": kd.detach(), "loss_cam": cam.detach(),
+                "cam_weight": torch.tensor(self.cam_weight),
                 "n_route1": torch.tensor(float(i1.numel())), "n_route2": torch.tensor(float(i2.numel()))}
         return terms, logs
 
     def __call__(self, student_out: dict[str, torch.Tensor], labels: torch.Tensor, routes: torch.Tensor,
-                 cls_teacher_logits: torch.Tensor | None = None, loc_teacher_cams: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        terms, logs = self.terms(student_out, labels, routes, cls_teacher_logits, loc_teacher_cams)
+                 cls_teacher_logits: torch.Tensor | None = None, loc_teacher_cams: torch.Tensor | None = None,
+                 loc_teacher_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms, logs = self.terms(student_out, labels, routes, cls_teacher_logits, loc_teacher_cams, loc_teacher_logits)
         loss = terms["ce"] + terms["kd"] + terms["cam"]
         return loss, {"loss": loss.detach(), **logs}
 

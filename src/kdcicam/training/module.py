@@ -80,18 +80,21 @@ class WSOLModule(L.LightningModule):
 
     def _teacher_outputs(self, x: torch.Tensor, routes: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """Run each teacher only on the samples whose route needs it; scatter into full-batch tensors."""
-        outputs: dict[str, torch.Tensor | None] = {"cls_teacher_logits": None, "loc_teacher_cams": None}
+        outputs: dict[str, torch.Tensor | None] = {"cls_teacher_logits": None, "loc_teacher_cams": None,
+                                                   "loc_teacher_logits": None}
         with torch.no_grad():
-            for role, route, key, field in (("cls", 1, "cls_teacher_logits", "logits"),
-                                            ("loc", 2, "loc_teacher_cams", "cams")):
+            for role, route, fields in (("cls", 1, {"cls_teacher_logits": "logits"}),
+                                        ("loc", 2, {"loc_teacher_cams": "cams", "loc_teacher_logits": "logits"})):
                 teacher = self._teachers.get(role)
                 idx = (routes == route).nonzero(as_tuple=True)[0]
                 if teacher is None or idx.numel() == 0:
                     continue
-                value = teacher(x[idx])[field].float()
-                full = value.new_zeros((x.shape[0],) + tuple(value.shape[1:]))
-                full[idx] = value
-                outputs[key] = full
+                result = teacher(x[idx])
+                for key, field in fields.items():
+                    value = result[field].float()
+                    full = value.new_zeros((x.shape[0],) + tuple(value.shape[1:]))
+                    full[idx] = value
+                    outputs[key] = full
         return outputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -110,6 +113,9 @@ class WSOLModule(L.LightningModule):
         k = self.cfg.trainer.diag_every_n_steps
         if k > 0 and self.global_step % k == 0 and torch.is_grad_enabled():
             self._log_gradient_shares(terms, y.shape[0])
+        if self.is_student and self.cfg.kd.cam_grad_share is not None and torch.is_grad_enabled() \
+                and self.global_step % self.cfg.kd.cam_share_every == 0 and "cam" in terms:
+            self._adapt_cam_weight(terms)
         if self.cfg.trainer.fail_on_nonfinite_loss and not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, batch "
@@ -135,6 +141,20 @@ class WSOLModule(L.LightningModule):
         for name, share in gradient_shares(norms).items():
             self.log(f"train/grad_norm_{name}", norms[name], on_step=False, on_epoch=True, batch_size=batch_size)
             self.log(f"train/grad_share_{name}", share, on_step=False, on_epoch=True, batch_size=batch_size)
+
+    def _adapt_cam_weight(self, terms: dict[str, torch.Tensor]) -> None:
+        """Move route 2's weight towards kd.cam_grad_share of the summed gradient norms (the share measured by
+        the diagnostics); the weight is saved in every checkpoint, so a resumed run goes on from it."""
+        from ..diagnostics import gradient_norms, gradient_shares
+        from ..models.distill import adapted_weight
+
+        objective = self.model.objective
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norms = gradient_norms(terms, params)
+        if norms.get("cam", 0.0) <= 0.0:
+            return  # no route-2 sample in this batch
+        objective.cam_weight = adapted_weight(objective.cam_weight, gradient_shares(norms)["cam"],
+                                              float(self.cfg.kd.cam_grad_share))
 
     def on_train_epoch_end(self) -> None:
         pool = getattr(self.model, "pool", None)
@@ -238,6 +258,8 @@ class WSOLModule(L.LightningModule):
                                  "num_classes": self.num_classes,
                                  "class_names": self.class_names, "method": self.cfg.method,
                                  "torch_rng_state": torch.get_rng_state()}
+        if self.is_student:
+            checkpoint["kdcicam"]["cam_weight"] = float(self.model.objective.cam_weight)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("kdcicam", {})
@@ -245,6 +267,8 @@ class WSOLModule(L.LightningModule):
         self.val_has_boxes = extra.get("val_has_boxes")
         if extra.get("torch_rng_state") is not None:
             torch.set_rng_state(extra["torch_rng_state"])
+        if self.is_student and extra.get("cam_weight") is not None:
+            self.model.objective.cam_weight = float(extra["cam_weight"])
 
 
 def load_module(path: str, load_teachers: bool = False) -> WSOLModule:

@@ -201,8 +201,10 @@ def effective_monitor(monitor: str, mode: str, val_has_boxes: bool, val_has_mask
 
 
 def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_checkpoints: dict[str, str] | None = None,
-                routes: list[int] | None = None, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
-    """Train one model into ``out``; returns the stage summary (also written to done.json)."""
+                routes: list[int] | None = None, extra_callbacks: list[Callback] | None = None,
+                init_checkpoint: str | None = None) -> dict[str, Any]:
+    """Train one model into ``out``; returns the stage summary (also written to done.json). ``init_checkpoint``:
+    start from that model's weights (those of the same name and shape) instead of the backbone's ImageNet ones."""
     out = Path(out)
     done = out / "done.json"
     if done.is_file():
@@ -236,6 +238,11 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
     info = datamodule.info
     module = WSOLModule(config_to_dict(cfg), num_classes=info.num_classes, class_names=info.class_names,
                         teacher_checkpoints=teacher_checkpoints)
+    if init_checkpoint and not last.is_file():
+        from ..checkpoints import copy_matching_weights
+
+        n = copy_matching_weights(module.model, init_checkpoint)
+        log.info("%s: %d tensors initialised from %s", out, n, init_checkpoint)
     if cfg.model.pretrained is False:
         log.warning("model.pretrained=false: the %s backbone starts from random weights (WSOL methods assume an "
                     "ImageNet-pretrained backbone; pass model.pretrained=PATH to a state_dict)", cfg.model.backbone)
@@ -400,15 +407,29 @@ def train(config: RunConfig, out: str | os.PathLike, resume: bool = False) -> di
     summaries: dict[str, Any] = {}
     teacher_ckpts: dict[str, str] = {}
     for stage in needed_teachers(config.kd.teachers):
+        role = stage.split("_")[0]
+        given = getattr(config.kd, f"{stage}_checkpoint")
+        if given:  # a finished model taken as this teacher (e.g. a CAM run's best_loc.ckpt): nothing to train
+            from ..checkpoints import resolve_checkpoint
+
+            teacher_ckpts[role] = str(resolve_checkpoint(given))
+            summaries[stage] = {"given": teacher_ckpts[role], "best": teacher_ckpts[role]}
+            continue
         stage_dir = out / stage
         summaries[stage] = train_stage(stages[stage], stage_dir, resume=resume or (stage_dir / "checkpoints").is_dir())
-        teacher_ckpts[stage.split("_")[0]] = summaries[stage]["best"]
+        teacher_ckpts[role] = summaries[stage]["best"]
     if "loc" in teacher_ckpts:
         stages["student"] = _resolve_cam_temperature(stages["student"], teacher_ckpts["loc"], out / "student")
     elif stages["student"].kd.cam_temperature == "auto":
         stages["student"] = with_overrides(stages["student"], "kd", {"cam_temperature": None}, "kd.cam_temperature")
+    init = config.kd.student_init
+    if init == "loc_teacher":
+        if "loc" not in teacher_ckpts:
+            raise KdcicamError("kd.student_init=loc_teacher needs a localization teacher (kd.teachers both or loc)")
+        init = teacher_ckpts["loc"]
     summaries["student"] = train_stage(stages["student"], out / "student",
                                        resume=resume or (out / "student" / "checkpoints").is_dir(),
-                                       teacher_checkpoints=teacher_ckpts, routes=allowed_routes(config.kd.teachers))
+                                       teacher_checkpoints=teacher_ckpts, routes=allowed_routes(config.kd.teachers),
+                                       init_checkpoint=init)
     atomic_write_text(out / "done.json", json.dumps(summaries, indent=2))
     return summaries
