@@ -26,8 +26,8 @@ def test_scored_map_loss_is_scale_free_and_uses_the_teachers_ranking():
     # the student's own logits play no part: the map is ranked by the teacher's
     objective = StudentObjective(alpha=0.5, teachers="loc", cam_loss="at", cam_weight=2.0)
     out = {"logits": torch.randn(4, 5, generator=g), "cams": other}
-    terms, logs = objective.terms(out, torch.tensor([0, 1, 2, 3]), torch.full((4,), 2), loc_teacher_cams=t_cams,
-                                  loc_teacher_logits=t_logits)
+    terms, _ = objective.terms(out, torch.tensor([0, 1, 2, 3]), torch.full((4,), 2), loc_teacher_cams=t_cams,
+                               loc_teacher_logits=t_logits)
     assert terms["cam"].item() == pytest.approx(0.5 * 2.0 * expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="loc_teacher_logits"):
         objective.terms(out, torch.tensor([0, 1, 2, 3]), torch.full((4,), 2), loc_teacher_cams=t_cams)
