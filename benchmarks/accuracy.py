@@ -103,14 +103,14 @@ def stage_configs(run_dir: Path) -> dict:
 
 
 def score_by_monitor(run_dir: Path, method: str, splits: list[str]) -> dict:
-    """Test metrics of the checkpoint kept by each val monitor (best_cls, best_loc), each with its own box
-    threshold chosen on val: the dilemma measured on test, test touched once per checkpoint."""
+    """Test metrics of the checkpoint kept by each val monitor (best_cls, best_loc) and of the last epoch's, each
+    with its own box threshold chosen on val: the dilemma measured on test, test touched once per checkpoint."""
     from kdcicam.diagnostics import run_stages
     from kdcicam.training.evaluate import evaluate
 
     folder = run_stages(run_dir).get("student" if training_recipe(method)[0] == "kd-ci-cam" else "model")
     out = {}
-    for name in ("best_cls", "best_loc"):
+    for name in ("best_cls", "best_loc", "last"):  # the last epoch too: a checkpoint no val split chose
         ckpt = folder / "checkpoints" / f"{name}.ckpt" if folder else None
         if ckpt is None or not ckpt.is_file():
             continue
