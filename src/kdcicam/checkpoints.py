@@ -197,5 +197,45 @@ def copy_matching_weights(model: nn.Module, run_or_ckpt: str | os.PathLike, skip
     return len(copied)
 
 
-__all__ = ["LoadedCheckpoint", "build_model", "copy_matching_weights", "load_checkpoint", "load_model", "model_options", "read_checkpoint",
+def average_checkpoints(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """The uniform weight average of checkpoints of one run (e.g. its ``epoch<k>.ckpt``), written atomically as a
+    checkpoint of the same kind (the first one's config and metadata; floating tensors averaged, integer buffers
+    such as BatchNorm's step count taken from the last). Its box threshold is cleared: choose one on val."""
+    import tempfile
+
+    import torch
+
+    if not paths:
+        raise ConfigError("average_checkpoints: no checkpoint given")
+    ckpts = [read_checkpoint(resolve_checkpoint(p)) for p in paths]
+    first, last = ckpts[0], ckpts[-1]
+    keys = set(first["state_dict"])
+    for p, c in zip(paths, ckpts):
+        if set(c["state_dict"]) != keys:
+            raise KdcicamError(f"{p}: its weights do not match those of {paths[0]}; average checkpoints of one run")
+    state = {}
+    for k in first["state_dict"]:
+        if first["state_dict"][k].is_floating_point():
+            state[k] = sum(c["state_dict"][k].double() for c in ckpts).div(len(ckpts)).to(first["state_dict"][k].dtype)
+        else:
+            state[k] = last["state_dict"][k]
+    averaged = {key: first[key] for key in ("hyper_parameters", "pytorch-lightning_version") if key in first}
+    averaged["state_dict"] = state
+    averaged["kdcicam"] = {**first.get("kdcicam", {}), "box_threshold": None,
+                           "averaged_from": [str(p) for p in paths]}
+    averaged["kdcicam"].pop("torch_rng_state", None)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(averaged, f)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+__all__ = ["LoadedCheckpoint", "average_checkpoints", "build_model", "copy_matching_weights", "load_checkpoint", "load_model", "model_options", "read_checkpoint",
            "resolve_checkpoint", "run_config", "stage_folder", "threshold_from_run"]

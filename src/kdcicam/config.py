@@ -118,6 +118,7 @@ class TrainerConfig:
     seed: int = 0
     channels_last: bool = True
     checkpoint_every_n_steps: int = 0  # besides every epoch; 0 = epoch ends only
+    keep_epoch_checkpoints: bool = False  # checkpoints/epoch<k>.ckpt (weights only) for every epoch, kept
     log_every_n_steps: int = 10
     num_threads: int = 0  # torch CPU threads, 0 = library default
     progress_bar: bool = True

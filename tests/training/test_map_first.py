@@ -44,11 +44,17 @@ def test_adapted_weight_moves_the_share_towards_its_target(share, target):
 
 
 def test_teachers_from_a_finished_run_and_a_student_started_from_one(fast_config, tmp_path: Path):
-    from kdcicam.checkpoints import load_model
+    from kdcicam.checkpoints import average_checkpoints, load_model
+    from kdcicam.training.evaluate import evaluate
     from kdcicam.training.pipeline import train
 
-    cam = train(fast_config("cam", "optim.epochs=1"), tmp_path / "cam")
+    cam = train(fast_config("cam", "optim.epochs=2", "trainer.keep_epoch_checkpoints=true"), tmp_path / "cam")
     best_loc = cam["by_monitor"]["best_loc"]["path"]
+    epochs = [tmp_path / "cam" / "checkpoints" / f"epoch{k}.ckpt" for k in (0, 1)]
+    averaged = average_checkpoints(epochs, tmp_path / "avg.ckpt")
+    w = [load_model(p).head.fc.weight for p in (*epochs, averaged)]
+    assert torch.allclose(w[2], (w[0] + w[1]) / 2, atol=1e-6) and not torch.allclose(w[0], w[1])
+    assert evaluate(averaged, ["val"], progress=False, write=False)["box_threshold_chosen_on"] == "val"
     cfg = fast_config("kd-ci-cam", "optim.epochs=1", f"kd.loc_teacher_checkpoint={best_loc}",
                       f"kd.cls_teacher_checkpoint={cam['last']}", "kd.student_init=loc_teacher", "kd.cam_loss=at",
                       "kd.cam_grad_share=0.35", "kd.cam_share_every=1", "kd.kd_mode=official")

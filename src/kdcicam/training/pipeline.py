@@ -255,6 +255,8 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
     dilemma = {name: effective_monitor(m, "max", val.has_boxes, val.has_masks)[0] for name, m in DILEMMA_MONITORS.items()}
     by_monitor = {name: _best_checkpoint(out, name, m, "max") for name, m in dilemma.items()}
     callbacks: list[Callback] = [best, *by_monitor.values(), LastCheckpoint(last, cfg.trainer.checkpoint_every_n_steps)]
+    if cfg.trainer.keep_epoch_checkpoints:
+        callbacks.append(EpochCheckpoints(last.parent))
     callbacks += list(extra_callbacks or [])
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
@@ -295,6 +297,17 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
                 shutil.copyfile(last, path)
         atomic_write_text(done, json.dumps(summary, indent=2))
     return summary
+
+
+class EpochCheckpoints(Checkpoint):
+    """``epoch<k>.ckpt`` (weights only) at every epoch end, kept: the material of a weight average over epochs
+    (:func:`kdcicam.checkpoints.average_checkpoints`), the control a distilled student must beat."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.folder / f"epoch{trainer.current_epoch}.ckpt", weights_only=True)
 
 
 class NamedBestCheckpoint(ModelCheckpoint):
