@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from provenance import stamp
 
@@ -40,7 +39,7 @@ def box_masks(metadata, image_ids: list[str], size: int, grid: tuple[int, int]) 
         for box in metadata.boxes.get(image_id, []):
             x0, y0, x1, y1 = (float(v) for v in box[:4])
             sx, sy = size / w0, size / h0
-            full[int(round(y0 * sy)):int(round(y1 * sy)) + 1, int(round(x0 * sx)):int(round(x1 * sx)) + 1] = 1.0
+            full[round(y0 * sy):round(y1 * sy) + 1, round(x0 * sx):round(x1 * sx) + 1] = 1.0
         out[i] = torch.nn.functional.adaptive_avg_pool2d(full[None, None], grid)[0, 0]
     return out
 
