@@ -271,6 +271,21 @@ def _finish(cfg: DictConfig, where: str) -> RunConfig:
     return run
 
 
+def _check_index(cfg: DictConfig, key: str, item: str) -> None:
+    """A list element named by index must exist: ``kd.route_augment.7.kind`` names no route."""
+    node: Any = cfg
+    for part in key.split("."):
+        if part.isdigit():
+            if not OmegaConf.is_list(node) or int(part) >= len(node):
+                size = len(node) if OmegaConf.is_list(node) else 0
+                raise ConfigError(f"override {item!r}: index {part} is out of range (the list has {size} entries)")
+            node = node[int(part)]
+        elif OmegaConf.is_dict(node) and part in node:
+            node = node[part]
+        else:
+            return  # an unknown key: OmegaConf names it, with the valid keys
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
                 method: str | None = None) -> RunConfig:
     """Defaults ← YAML file ← ``method`` ← ``key.sub=value`` overrides (each layer checked)."""
@@ -295,8 +310,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
+        key, value = item.split("=", 1)
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            if any(part.strip().isdigit() for part in key.split(".")):  # a list element (kd.route_augment.2.kind)
+                _check_index(cfg, key.strip(), item)
+                parsed = OmegaConf.from_dotlist([f"value={value}"])["value"]
+                OmegaConf.update(cfg, key.strip(), parsed, merge=True)
+            else:
+                cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as e:
             raise _explain(e, f"override {item!r}") from None
     return _finish(cfg, where)
@@ -382,6 +403,10 @@ def validate(config: RunConfig, where: str = "config") -> None:
     if len(config.kd.route_augment) != 3:
         raise ConfigError(f"{where}: kd.route_augment needs 3 entries (routes 0, 1, 2), got "
                           f"{len(config.kd.route_augment)}")
+    for i, aug in enumerate(config.kd.route_augment):
+        if aug.kind not in _CHOICES["data.augment.kind"]:
+            raise ConfigError(f"{where}: kd.route_augment.{i}.kind={aug.kind!r} is not one of: "
+                              f"{', '.join(_CHOICES['data.augment.kind'])}")
     if not 0 < config.eval.cam_curve_interval < 1:
         raise ConfigError(f"{where}: eval.cam_curve_interval must be in (0, 1)")
 

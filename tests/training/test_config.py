@@ -125,3 +125,16 @@ def test_mechanism_settings_accept_their_valid_forms(tmp_path: Path) -> None:
         assert cfg.kd.cam_temperature == expected and cfg.model.pool_rate_target == 0
         save_config(cfg, tmp_path / "c.yaml")
         assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_list_elements_are_overridden_by_index():
+    """``kd.route_augment.2.kind=resize_crop``: route 2 in the localization teacher's own crop (docs/method.md §9)."""
+    cfg = load_config(REPO / "configs" / "synthetic_v2.yaml", ["kd.route_augment.2.kind=resize_crop"])
+    assert cfg.kd.route_augment[2].kind == "resize_crop" and cfg.kd.route_augment[0].kind == "rrc"
+    for bad, words in (("kd.route_augment.7.kind=rrc", "index 7 is out of range"),
+                       ("kd.route_augment.2.kind=foo", "kd.route_augment.2.kind='foo' is not one of"),
+                       ("kd.route_augment.2.kindd=rrc", "unknown key"),
+                       ("kd.cam_grad_share=1.5", "kd.cam_grad_share must be in"),
+                       ("kd.cam_loss=l1", "kd.cam_loss='l1' is not one of")):
+        with pytest.raises(ConfigError, match=words):
+            load_config(REPO / "configs" / "synthetic_v2.yaml", [bad])
