@@ -162,6 +162,10 @@ class KDConfig:
     # the student's starting weights: null = ImageNet backbone (as the papers); "loc_teacher" or a checkpoint path:
     # every student parameter of the same name and shape is copied from that model (its pool starts empty)
     student_init: Optional[str] = None
+    # E4, a counterfactual loss in the student on route-2 samples: with m the loc teacher's fg mask on the same view
+    # (its scored map > counterfactual_mask * max), rho * [CE(z(x*m) - z(x*(1-m))) + CE((diff + z) / 2)]; 0 = off
+    counterfactual: float = 0.0
+    counterfactual_mask: float = 0.25
     teachers: str = "both"  # both | cls | loc | none
     route_augment: list[AugmentSettings] = field(default_factory=lambda: [
         AugmentSettings(kind="rrc", scale_min=0.2, randaugment=True),
@@ -391,6 +395,9 @@ def validate(config: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: kd.cam_grad_share must be in (0, 1) or null, got {share}")
     if not config.kd.cam_weight > 0:
         raise ConfigError(f"{where}: kd.cam_weight must be positive, got {config.kd.cam_weight}")
+    if config.kd.counterfactual < 0 or not 0 <= config.kd.counterfactual_mask < 1:
+        raise ConfigError(f"{where}: kd.counterfactual must be >= 0 and kd.counterfactual_mask in [0, 1), got "
+                          f"{config.kd.counterfactual}, {config.kd.counterfactual_mask}")
     if config.kd.cam_share_every < 1:
         raise ConfigError(f"{where}: kd.cam_share_every must be >= 1, got {config.kd.cam_share_every}")
     if config.model.pool_rate_target is not None and config.model.pool_rate_target < 0:

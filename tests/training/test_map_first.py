@@ -70,3 +70,19 @@ def test_teachers_from_a_finished_run_and_a_student_started_from_one(fast_config
     fresh = load_model(out / "student" / "checkpoints" / "last.ckpt")
     assert (student_head - teacher_head).norm() < (teacher_head.norm() * 0.5)
     assert fresh.pool.maps.abs().sum() > 0  # its own pool, filled during training
+
+
+def test_counterfactual_loss_uses_the_loc_teachers_mask(fast_config):
+    from kdcicam.config import config_to_dict
+    from kdcicam.training.module import WSOLModule
+
+    cfg = fast_config("kd-ci-cam", "kd.counterfactual=0.5")
+    module = WSOLModule(config_to_dict(cfg), num_classes=4)
+    x, y = torch.rand(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    out = module(x)
+    g = torch.Generator().manual_seed(0)
+    teacher = {"loc_teacher_cams": torch.randn(4, 4, 4, 4, generator=g), "loc_teacher_logits": torch.randn(4, 4, generator=g)}
+    loss = module._counterfactual(x, y, out, torch.tensor([2, 0, 2, 1]), teacher)
+    assert torch.isfinite(loss) and loss.item() > 0 and loss.requires_grad
+    none = module._counterfactual(x, y, out, torch.tensor([0, 0, 1, 1]), teacher)
+    assert none.item() == 0.0

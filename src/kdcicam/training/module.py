@@ -107,6 +107,8 @@ class WSOLModule(L.LightningModule):
         if self.is_student:
             teacher = self._teacher_outputs(x, batch["route"])
             terms, logs = self.model.objective.terms(out, y, batch["route"], **teacher)
+            if self.cfg.kd.counterfactual > 0 and teacher["loc_teacher_cams"] is not None:
+                terms["counterfactual"] = self._counterfactual(x, y, out, batch["route"], teacher)
         else:
             terms, logs = self.model.loss_terms(x, y, out)
         loss = sum(terms.values())
@@ -130,6 +132,32 @@ class WSOLModule(L.LightningModule):
             elif key != "loss":
                 self.log(f"train/{key}", value, batch_size=bs)
         return loss
+
+    def _counterfactual(self, x: torch.Tensor, y: torch.Tensor, out: dict[str, torch.Tensor], routes: torch.Tensor,
+                        teacher: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """ρ·[CE(z(x⊙m) − z(x⊙(1−m))) + CE((diff + z)/2)] on the route-2 rows, m the loc teacher's foreground on the
+        same view: the student must classify from the object and not from what surrounds it (the loc teacher's own
+        diff_aux loss, with the teacher's mask)."""
+        import torch.nn.functional as F
+
+        from ..models.cam import combinational_cam
+
+        idx = (routes.to(x.device) == 2).nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            return out["logits"].sum() * 0.0
+        model = self.model
+        with torch.no_grad():
+            s = combinational_cam(teacher["loc_teacher_logits"][idx], teacher["loc_teacher_cams"][idx],
+                                  model.combination, model.combination_m)
+            s = F.interpolate(s[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            fg = (s > self.cfg.kd.counterfactual_mask * s.flatten(1).amax(1).view(-1, 1, 1, 1)).to(x.dtype)
+        xn = model.backbone.normalize(x[idx])
+        z_fg = model.head(model.backbone.forward_features(xn * fg))
+        z_bg = model.head(model.backbone.forward_features(xn * (1.0 - fg)))
+        diff = z_fg - z_bg
+        yi = y[idx]
+        loss = F.cross_entropy(diff, yi) + F.cross_entropy((diff + out["logits"][idx]) / 2.0, yi)
+        return self.cfg.kd.counterfactual * loss
 
     def _log_gradient_shares(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         """Each loss term's gradient norm at the trainable parameters and its share of their sum, averaged
