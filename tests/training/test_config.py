@@ -138,3 +138,14 @@ def test_list_elements_are_overridden_by_index():
                        ("kd.cam_loss=l1", "kd.cam_loss='l1' is not one of")):
         with pytest.raises(ConfigError, match=words):
             load_config(REPO / "configs" / "synthetic_v2.yaml", [bad])
+
+
+def test_paper_student_is_one_switch_away():
+    """The shipped map-first student and the authors' student differ by one key (docs/method.md §9)."""
+    from kdcicam.config import PAPER_STUDENT
+
+    cfg = load_config(REPO / "configs" / "synthetic_v2.yaml", ["kd.paper_student=true"])
+    assert {k: getattr(cfg.kd, k) for k in PAPER_STUDENT} == PAPER_STUDENT
+    assert (cfg.kd.route_augment[2].kind, cfg.kd.route_augment[2].scale_min) == ("rrc", 0.1)
+    again = load_config(REPO / "configs" / "synthetic_v2.yaml", ["kd.paper_student=true", "kd.cam_loss=at"])
+    assert again.kd.cam_loss == "mse"  # the switch wins over the student keys
