@@ -204,6 +204,22 @@ def reuse_teachers(source: Path, run_dir: Path, cfg) -> list[str]:
     return reused
 
 
+def train_teachers(suite: str, seed: int, tag: str, overrides: list[str]) -> None:
+    """Only the KD teachers of a (suite, kd-ci-cam, seed) run, into its run folder, no results file: the teachers
+    do not depend on the student's recipe, so they can train while that recipe is still being chosen on val; the
+    full run then finds them finished (done.json) and trains the student only."""
+    from kdcicam.config import kd_stage_configs, load_config
+    from kdcicam.training.pipeline import needed_teachers, train_stage
+
+    data = ensure_data(suite)
+    cfg = load_config(REPO / SUITES[suite]["config"], [f"data.root={data}", f"trainer.seed={seed}",
+                                                       "trainer.progress_bar=false", *overrides], method="kd-ci-cam")
+    folder = run_dir(suite, "kd-ci-cam", seed, tag)
+    stages = kd_stage_configs(cfg)
+    for stage in needed_teachers(cfg.kd.teachers):
+        train_stage(stages[stage], folder / stage, resume=(folder / stage / "checkpoints").is_dir())
+
+
 def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
             eval_splits: list[str] | None = None, teachers_from: Path | None = None) -> dict:
     """Train + evaluate one (suite, method, seed) in this process; write its results file."""
@@ -273,6 +289,9 @@ def main() -> int:
     p.add_argument("--rescore", action="store_true",
                    help="re-evaluate the finished runs whose results files exist (no training), keeping their "
                         "training record")
+    p.add_argument("--teachers-only", action="store_true",
+                   help="kd-ci-cam: train only the teachers of each seed into its run folder (no results file); the "
+                        "full run later trains the student only")
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--rescore-one", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (ablations; use with --tag; after "
@@ -280,6 +299,11 @@ def main() -> int:
     args = p.parse_args()
     if args.rescore_one:
         rescore(args.rescore_one)
+        return 0
+    if args.teachers_only:
+        for seed in args.seeds:
+            print(f"[teachers] {args.suite} kd-ci-cam seed {seed}", flush=True)
+            train_teachers(args.suite, seed, args.tag, args.overrides)
         return 0
     if args.single:
         run_one(args.suite, args.methods[0], args.seeds[0], args.tag, args.overrides, args.eval_splits,
