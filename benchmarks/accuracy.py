@@ -183,6 +183,8 @@ def reuse_teachers(source: Path, run_dir: Path, cfg) -> list[str]:
         d = config_to_dict(c)
         d["data"].pop("root", None)
         d.pop("kd", None)
+        if d["model"].get("pool_rate_target") is not None:  # the saved rate was derived from the target
+            d["model"].pop("pool_rate", None)
         return d
 
     reused = []
