@@ -149,3 +149,19 @@ def test_paper_student_is_one_switch_away():
     assert (cfg.kd.route_augment[2].kind, cfg.kd.route_augment[2].scale_min) == ("rrc", 0.1)
     again = load_config(REPO / "configs" / "synthetic_v2.yaml", ["kd.paper_student=true", "kd.cam_loss=at"])
     assert again.kd.cam_loss == "mse"  # the switch wins over the student keys
+
+
+def test_the_gpu_suite_is_the_cpu_recipe_at_paper_scale():
+    """configs/cub50_gpu.yaml differs from configs/cub50.yaml only where its header says why (scale, GPU)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    cpu = flat(config_to_dict(load_config(REPO / "configs" / "cub50.yaml", method="kd-ci-cam")))
+    gpu = flat(config_to_dict(load_config(REPO / "configs" / "cub50_gpu.yaml", method="kd-ci-cam")))
+    differ = {k for k in cpu if cpu[k] != gpu.get(k)} | (set(gpu) - set(cpu))
+    assert differ == {"name", "data.batch_size", "data.eval_batch_size", "data.num_workers", "data.cache_images",
+                      "model.freeze_stages", "optim.epochs", "optim.step", "trainer.precision",
+                      "trainer.log_every_n_steps", "trainer.val_every_n_epochs", "kd.student.optim.step"}
