@@ -3,6 +3,7 @@ calibration table and the real-photo conflict probe, generated from their result
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -70,12 +71,15 @@ def probe_section(label: dict[str, str], order: tuple[str, ...], folder: Path = 
                 "(settings differ); remove them and run `benchmarks/conflict_probe.py` again."), ""]
     any_run = next(iter(runs.values()))[0]
     n = any_run["metrics"]["test_conflict"]["num_images"]
+    checkpoints = sorted({f"`{r.get('checkpoint', 'checkpoints/best.ckpt')}`" for rs in runs.values() for r in rs})
     lines = ["## cub50: the real-photo conflict probe", "",
              ("`benchmarks/conflict_probe.py` (commit " + ", ".join(sorted({f"`{r['commit'][:12]}`" for rs in runs.values()
                                                                           for r in rs})) +
               f"): every cub50 benchmark run on the paired probe splits of `kdcicam data conflict data/cub50 --control` "
               f"(seed {settings[0].get('seed', '?')}, {n} of the test split's objects, the same in every split; "
-              "docs/confounding.md), with the box threshold each run chose on its own val. `same`: the bird's box "
+              "docs/confounding.md), with the box threshold each run chose on its own val. Each run is scored at "
+              f"{', '.join(checkpoints)} (kept by val MaxBoxAccV2, the `best_loc` checkpoint; the probe files score no "
+              "other checkpoint). `same`: the bird's box "
               "on a background of its own class; `conflict`: on another class's. **same − conflict** is what the "
               "foreign habitat costs, the pasting being equal."), "",
              ("| method | seeds | Cls original | Cls same | Cls conflict | same − conflict | Leakage original | "
@@ -135,12 +139,18 @@ def calibration_section(folder: Path = CALIBRATION) -> list[str]:
         return []
     rs = [json.loads(p.read_text()) for p in paths]
     commits = sorted({f"`{r['commit'][:12]}`" for r in rs})
+    sizes = sorted({m.get("num_images") for r in rs for m in r["metrics"].values() if m.get("num_images")})
+    noise = (f" Each point's CAM is its run's `best.ckpt` (kept by val MaxBoxAccV2; these files score no other "
+             f"checkpoint), read on the val split that chose it. val and val_conflict have "
+             f"{' / '.join(map(str, sizes))} images: the binomial SE of one reading, sqrt(p(1 − p)/n), is at most "
+             f"{50 / math.sqrt(min(sizes)):.2f} points, and a drop (the difference of two readings) carries about "
+             "√2 times that." if sizes else "")
     lines = ["## synthetic v2: calibration (val / val_conflict only)", "",
              (f"`benchmarks/synthetic_calibration.py` (commit {', '.join(commits)}): per knob point, a plain CAM "
               "(configs/synthetic_v2.yaml) trained on that point's data and scored on val (habitat = the class's own "
               f"with probability rho) and val_conflict (never). Targets: Cls drop ≥ {rs[0]['criteria']['target']:g} "
               "points and CAM leakage − the oracle's (same grid) ≥ the same, on val. *follow*: how often the prediction "
-              "on val_conflict is the habitat's class. Each point is a change of the starting point (192 px, 12×12 CAMs); the rule that picked the preset (`grid8`) is in docs/confounding.md."), "",
+              "on val_conflict is the habitat's class. Each point is a change of the starting point (192 px, 12×12 CAMs); the rule that picked the preset (`grid8`) is in docs/confounding.md." + noise), "",
              ("| point | knobs | seed | grid | Cls val | Cls val_conflict | drop | follow | Leakage val | oracle | gap val "
              "| gap val_conflict | MaxBoxAccV2 val | floor | passes | min |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

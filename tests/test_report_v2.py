@@ -35,13 +35,19 @@ def test_gap_closure_and_gain_per_seed(tmp_path, monkeypatch):
     runs = {"cam": [_run("cam", 0, 70.0, 60.0), _run("cam", 1, 70.0, 60.0)],
             "ci-cam": [_run("ci-cam", 0, 67.0, 66.0), _run("ci-cam", 1, 63.0, 64.0)],  # closes 15 % and 35 %
             "kd-ci-cam": [_run("kd-ci-cam", 0, 72.0, 55.0), _run("kd-ci-cam", 1, 72.0, 55.0)]}
-    text = "\n".join(report.targets("synthetic-v2", runs))
+    issue16 = {"closure": 30.0, "gain": 5.0, "cls": None}  # the targets the spent v2 draw was run for
+    text = "\n".join(report.targets("synthetic-v2", runs, v2_goals=issue16))
     assert "CAM's Top-1 Cls on test minus test_conflict: +50.00 ± 0.00 points (seeds 0,1" in text
     ci, kd = text.split("\n")[1:3]
     assert ci.startswith("- CI-CAM on test_conflict (seeds 0,1): closes +25.00 ± 14.14 % of CAM's leakage gap to "
                          "the oracle (coverage, leakage 50.00; target ≥ 30 %: **not met**)")
-    assert "MaxBoxAccV2 +5.00 ± 1.41 over CAM (target ≥ +5: **met**)" in ci
+    assert "MaxBoxAccV2 +5.00 ± 1.41 over CAM (target ≥ +5: **met**)." in ci and "Top-1 Cls" not in ci
     assert "closes -10.00 ± 0.00 %" in kd and kd.count("not met") == 2
+    # today's targets: closure ≥ 15 %, MaxBoxAccV2 ≥ +5, test Top-1 Cls ≥ CAM − 0.5
+    runs["kd-ci-cam"][1]["metrics"]["test"]["top1_cls"] = 88.0  # seed 1 loses 2 points of Cls: mean −1
+    ci, kd = report.targets("synthetic-v2", runs)[1:3]
+    assert "target ≥ 15 %: **met**" in ci and "test Top-1 Cls +0.00 ± 0.00 over CAM (target ≥ -0.5: **met**)" in ci
+    assert "test Top-1 Cls -1.00 ± 1.41 over CAM (target ≥ -0.5: **not met**)" in kd and kd.count("not met") == 3
 
 
 def test_no_gap_no_division_and_runs_without_the_split(tmp_path, monkeypatch):
