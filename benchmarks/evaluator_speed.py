@@ -343,7 +343,7 @@ def profile_score(split: Path, cams: Path, maps: np.ndarray, interval: float, en
     def output() -> None:  # what the command does after scoring: the metrics, the table, the JSON file
         evaluators[0].compute()
         format_table(scored[0])
-        atomic_write_text(tmp / "profile.json", json.dumps(scored[0], indent=2, allow_nan=False) + "\n")
+        atomic_write_text(tmp / "profile_output.json", json.dumps(scored[0], indent=2, allow_nan=False) + "\n")
 
     parts["output"] = _best(output, repeat)
     out: dict[str, Any] = {"interval": interval, "images": len(ids), "interpreter_s": round(interpreter, 4),
