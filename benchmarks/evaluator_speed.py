@@ -24,6 +24,14 @@ equal. ``first_run_s`` is our command's first run with an empty numba cache (wha
 ``pip install`` pays), ``ours_s`` the mean of ``--repeat`` runs after it; the reference runs once per
 case (a minute or more at 0.001, so its run-to-run spread is small beside it).
 
+``end_to_end.profile`` (at interval 0.01): where ``kdcicam score``'s time goes, each part timed on its
+own: the interpreter (``python -c pass``), the imports of the command (``python -c "import ..."`` of the
+modules ``kdcicam score`` loads, minus the interpreter), and in this process on the same files: reading the
+metadata, the check for stray files, reading the ``.npy`` maps (one thread), the evaluator on the maps in
+memory (both modes and context leakage, every core, as the command runs it) and the output (metrics, table,
+JSON file); ``score_saved_cams`` is the whole scoring call (reads overlapped with the kernel). Wall seconds,
+best of ``--repeat``, and CPU seconds of this process for the in-process parts.
+
 ``parallel_from``: one batch of N maps (N = 4 .. 64) scored with one thread and with every core, the
 smallest N from which every core is faster is where ``kdcicam score`` should start using them
 (``PARALLEL_FROM`` in ``kdcicam.evaluation.saved_cams``).
@@ -276,6 +284,78 @@ def end_to_end(split: Path, ids: list[str], maps: np.ndarray, intervals: list[fl
     return out
 
 
+#: the modules ``kdcicam score`` imports (its own, the metadata reader, the evaluator and its kernels)
+SCORE_IMPORTS = ("kdcicam.cli", "kdcicam.cli.score", "kdcicam.data.metadata", "kdcicam.evaluation.saved_cams",
+                 "kdcicam.evaluation.cam_batches", "kdcicam.evaluation.metrics", "kdcicam.evaluation._compiled")
+
+
+def _best(fn, repeat: int) -> tuple[float, float]:
+    """Best wall and CPU seconds (this process, every thread) of ``repeat`` calls."""
+    wall, cpu = np.inf, np.inf
+    for _ in range(repeat):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall, cpu = min(wall, time.perf_counter() - w0), min(cpu, time.process_time() - c0)
+    return wall, cpu
+
+
+def profile_score(split: Path, cams: Path, maps: np.ndarray, interval: float, env: dict[str, str], repeat: int,
+                  tmp: Path) -> dict[str, Any]:
+    """Where ``kdcicam score CAMS --metadata SPLIT`` spends its time, part by part (see the module's doc)."""
+    from kdcicam.cli.score import format_table
+    from kdcicam.evaluation.cam_batches import _Headers, read_batch
+    from kdcicam.evaluation.saved_cams import check_no_strays, score_saved_cams
+
+    def child(code: str) -> float:
+        return min(_run([sys.executable, "-c", code], env) for _ in range(max(repeat, 3)))
+
+    interpreter = child("pass")
+    imports = child("import " + ", ".join(SCORE_IMPORTS)) - interpreter
+    md = read_metadata(split, check_images=False)
+    ids = md.image_ids
+    shape = maps.shape[1:]
+    buffer = np.empty((BATCH, *shape), dtype=np.float64)
+    headers = _Headers(shape)
+    size = (shape[1], shape[0])
+    parts: dict[str, tuple[float, float]] = {
+        "metadata": _best(lambda: read_metadata(split, check_images=False), repeat),
+        "stray_check": _best(lambda: check_no_strays(cams, ids), repeat),
+        "reads": _best(lambda: [read_batch(cams, ids[i:i + BATCH], shape, False, headers, buffer)
+                                for i in range(0, len(ids), BATCH)], repeat),
+    }
+    evaluators: list[WSOLEvaluator] = []
+
+    def kernel() -> None:
+        ev = WSOLEvaluator(md, size, [30, 50, 70], interval)
+        for i in range(0, len(ids), BATCH):
+            ev.accumulate(maps[i:i + BATCH], ids[i:i + BATCH])
+        evaluators[:] = [ev]
+
+    parts["kernel"] = _best(kernel, repeat)
+
+    scored: list[dict[str, Any]] = []
+
+    def whole() -> None:
+        scored[:] = [score_saved_cams(cams, split, False, [30, 50, 70], interval)]
+
+    parts["score_saved_cams"] = _best(whole, repeat)
+
+    def output() -> None:  # what the command does after scoring: the metrics, the table, the JSON file
+        evaluators[0].compute()
+        format_table(scored[0])
+        atomic_write_text(tmp / "profile_output.json", json.dumps(scored[0], indent=2, allow_nan=False) + "\n")
+
+    parts["output"] = _best(output, repeat)
+    out: dict[str, Any] = {"interval": interval, "images": len(ids), "interpreter_s": round(interpreter, 4),
+                           "imports_s": round(imports, 4)}
+    for name, (wall, cpu) in parts.items():
+        out[f"{name}_s"] = round(wall, 4)
+        out[f"{name}_cpu_s"] = round(cpu, 4)
+    print("  profile: " + ", ".join(f"{k[:-2]} {v:.3f} s" for k, v in out.items() if k.endswith("_s")
+                                    and not k.endswith("cpu_s")), flush=True)
+    return out
+
+
 def machine() -> dict[str, Any]:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "cores_usable": default_workers(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
@@ -328,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"end_to_end ({e2e_name}):", flush=True)
             results["end_to_end"] = {"maps": e2e_name, **end_to_end(e2e_split, e2e_md.image_ids, e2e_maps,
                                                                      args.intervals, args.repeat, Path(tmp))}
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+            results["end_to_end"]["profile"] = profile_score(e2e_split, Path(tmp) / "cams", e2e_maps, 0.01, env,
+                                                             args.repeat, Path(tmp))
 
     record = {
         "benchmark": "evaluator_speed",

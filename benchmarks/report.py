@@ -860,6 +860,26 @@ def _end_to_end_lines(e2e: dict) -> list[str]:
                      f"{c['first_run_s']:.3f} | {c['ratio']:.1f}× | "
                      + (f"≥ {target:g}×: {'met' if c['ratio'] >= target else '**not met**'}" if target else "–")
                      + f" | {c['equal_to_reference']} |")
+    if e2e.get("profile"):
+        lines += _profile_lines(e2e["profile"])
+    return lines
+
+
+def _profile_lines(p: dict) -> list[str]:
+    """Where `kdcicam score`'s time goes (evaluator_speed.py's ``end_to_end.profile``), part by part."""
+    parts = [("interpreter start", "interpreter_s", None), ("imports", "imports_s", None),
+             ("metadata", "metadata_s", "metadata_cpu_s"), ("stray-file check", "stray_check_s", "stray_check_cpu_s"),
+             (".npy reads (one thread)", "reads_s", "reads_cpu_s"),
+             ("evaluator (both modes + leakage, every core)", "kernel_s", "kernel_cpu_s"),
+             ("output (metrics, table, JSON)", "output_s", "output_cpu_s"),
+             ("`score_saved_cams` whole (reads overlapped)", "score_saved_cams_s", "score_saved_cams_cpu_s")]
+    lines = ["", (f"Profile of `kdcicam score` at interval {p.get('interval', 0.01):g} ({p.get('images', '?')} maps), each "
+                  "part timed on its own, best of the repeats: interpreter and imports as separate processes "
+                  "(`python -c pass`, `python -c \"import …\"` of the command's modules), the rest in process on the "
+                  "same files."), "", "| part | wall s | CPU s |", "|---|---|---|"]
+    for name, wall, cpu in parts:
+        if wall in p:
+            lines.append(f"| {name} | {p[wall]:.3f} | " + (f"{p[cpu]:.3f}" if cpu and cpu in p else "–") + " |")
     return lines
 
 

@@ -112,3 +112,26 @@ def test_leaving_early_stops_the_reader(tmp_path: Path):
     reader = cam_batches.batches(tmp_path, ids, (4, 4), False, 2, prefetch=1)
     next(reader)
     reader.close()  # joins the thread; it must not hang on a full queue
+
+
+def test_reused_buffers_hold_each_batch_until_the_next_is_asked_for(tmp_path: Path):
+    """``reuse=True`` (what ``kdcicam score`` uses): the reader fills a small ring of buffers ahead of
+    the consumer; a batch must stay intact while the consumer works on it, however far ahead the
+    reader gets."""
+    import time
+
+    rng = np.random.default_rng(4)
+    ids = [f"{k:03d}.png" for k in range(37)]
+    maps = {i: smooth_map(rng, size=8) for i in ids}
+    for i, m in maps.items():
+        _save(tmp_path, i, m)
+    for prefetch in (1, 2, 3):
+        seen = []
+        buffers = set()
+        for batch, read, _ in cam_batches.batches(tmp_path, ids, (8, 8), False, 4, prefetch=prefetch, reuse=True):
+            time.sleep(0.01)  # the reader runs ahead meanwhile
+            assert np.array_equal(read, np.stack([maps[i] for i in batch]))
+            buffers.add(read.__array_interface__["data"][0])
+            seen += batch
+        assert seen == ids
+        assert len(buffers) <= prefetch + 2

@@ -168,6 +168,19 @@ def test_map_for_unknown_image(scored, capsys):
     _fails(capsys, ["score", str(cams), "--metadata", str(split)], "001.a/extra.jpg", "not in the metadata")
 
 
+def test_a_link_to_an_images_map_is_not_a_stray(scored, capsys):
+    """Only paths that are not literally ``<id>.npy`` are resolved; a link to an image's own map
+    resolves to it and passes, as it always did; a link to a map outside CAM_DIR is a stray."""
+    split, cams, maps = scored
+    (cams / "001.a" / "alias.jpg.npy").symlink_to(cams / "001.a" / "x.jpg.npy")
+    assert main(["score", str(cams), "--metadata", str(split)]) == 0
+    capsys.readouterr()
+    outside = cams.parent / "elsewhere.npy"
+    np.save(outside, maps["001.a/x.jpg"])
+    (cams / "001.a" / "other.jpg.npy").symlink_to(outside)
+    _fails(capsys, ["score", str(cams), "--metadata", str(split)], "001.a/other.jpg", "not in the metadata")
+
+
 def test_out_of_range_needs_normalize(scored, capsys):
     split, cams, maps = scored
     np.save(cams / "001.a" / "x.jpg.npy", maps["001.a/x.jpg"] * 7 - 2)

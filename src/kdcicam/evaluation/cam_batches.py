@@ -100,12 +100,16 @@ def value_error(cam_dir: Path, image_ids: Sequence[str], maps: np.ndarray) -> Ca
 
 
 def read_batch(cam_dir: Path, image_ids: Sequence[str], shape: tuple[int, int], normalize: bool,
-               headers: _Headers | None = None) -> np.ndarray:
-    """Maps ``[B, H, W]`` of ``image_ids``, in order. A file that cannot be read raises its
+               headers: _Headers | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Maps ``[B, H, W]`` of ``image_ids``, in order (into the first ``B`` rows of ``out``, a float64
+    C-order buffer of at least ``B`` maps, when given). A file that cannot be read raises its
     :class:`~.saved_cams.CamFileError`, unless an earlier map of the batch has invalid values: that one's
     error comes first, as if the files had been checked one by one."""
     headers = headers or _Headers(shape)
-    maps = np.empty((len(image_ids), *shape), dtype=np.float64)
+    if out is None:
+        maps = np.empty((len(image_ids), *shape), dtype=np.float64)
+    else:
+        maps = out[:len(image_ids)]
     for k, image_id in enumerate(image_ids):
         try:
             read_into(cam_dir, image_id, maps[k], headers, normalize)
@@ -118,15 +122,26 @@ def read_batch(cam_dir: Path, image_ids: Sequence[str], shape: tuple[int, int], 
 
 
 def batches(cam_dir: Path, image_ids: Sequence[str], shape: tuple[int, int], normalize: bool, size: int,
-            extra: Callable[[list[str]], Any] | None = None, prefetch: int = 2) -> Iterator[tuple[list[str], np.ndarray, Any]]:
+            extra: Callable[[list[str]], Any] | None = None, prefetch: int = 2,
+            reuse: bool = False) -> Iterator[tuple[list[str], np.ndarray, Any]]:
     """``(ids, maps, extra(ids))`` per batch of ``size`` images, read ``prefetch`` batches ahead on a
     thread (file reads and ``extra``, e.g. reading masks, release the GIL). An error is raised where
-    its batch would be yielded, so batches before it are scored first, as when reading in turn."""
+    its batch would be yielded, so batches before it are scored first, as when reading in turn.
+
+    ``reuse``: the maps of a batch are valid only until the next one is asked for (its buffer is
+    then refilled): ``prefetch + 2`` buffers are allocated once and written over, rather than fresh
+    memory per batch, whose page faults cost as much as the copy from the page cache."""
     groups = [list(image_ids[i:i + size]) for i in range(0, len(image_ids), size)]
     headers = _Headers(shape)
+    ring: list[np.ndarray] = []
+    if reuse and groups:  # the consumer's batch, ``prefetch`` queued ones and the one being read
+        ring = [np.empty((min(size, len(image_ids)), *shape), dtype=np.float64)
+                for _ in range(min(len(groups), prefetch + 2))]
+    position = iter(range(len(groups)))
 
     def one(ids: list[str]) -> tuple[list[str], np.ndarray, Any]:
-        return ids, read_batch(cam_dir, ids, shape, normalize, headers), extra(ids) if extra else None
+        out = ring[next(position) % len(ring)] if ring else None
+        return ids, read_batch(cam_dir, ids, shape, normalize, headers, out), extra(ids) if extra else None
 
     if len(groups) <= 1:
         yield from (one(ids) for ids in groups)

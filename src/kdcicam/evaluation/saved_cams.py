@@ -78,12 +78,19 @@ def load_cam(cam_dir: Path, image_id: str, shape: tuple[int, int] | None, normal
 
 def check_no_strays(cam_dir: Path, image_ids: list[str]) -> None:
     """A .npy under CAM_DIR that belongs to no image id is an error: scoring a different split or
-    a renamed dataset must not pass silently."""
-    expected = {cam_path(cam_dir, i).resolve() for i in image_ids}
+    a renamed dataset must not pass silently. A file whose path under CAM_DIR is literally an id's
+    ``<id>.npy`` is that id's map; only the others are compared after resolving links and ``..``
+    (resolving every path cost a tenth of a second on 1,389 maps, more than reading the metadata)."""
+    names = {image_id + ".npy" for image_id in image_ids}
+    expected: set[Path] | None = None
     for path in sorted(cam_dir.rglob("*.npy")):
+        relative = path.relative_to(cam_dir).as_posix()
+        if relative in names:
+            continue
+        if expected is None:
+            expected = {cam_path(cam_dir, i).resolve() for i in image_ids}
         if path.resolve() not in expected:
-            stray = path.relative_to(cam_dir).as_posix()[: -len(".npy")]
-            raise CamFileError(stray, path, "a score map for an image id that is not in the metadata")
+            raise CamFileError(relative[: -len(".npy")], path, "a score map for an image id that is not in the metadata")
 
 
 def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: list[int] | None = None,
@@ -118,7 +125,7 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
     check_no_strays(cam_dir, ids)
     w, h = as_size(cam_size)
     # the next batch's files (and masks) are read on a thread while this one is scored
-    for batch, maps, masks in batches(cam_dir, ids, (h, w), normalize, BATCH, evaluator.metadata_masks):
+    for batch, maps, masks in batches(cam_dir, ids, (h, w), normalize, BATCH, evaluator.metadata_masks, reuse=True):
         try:
             evaluator.accumulate(maps, batch, loaded_masks=masks)
         except ScoremapError:
