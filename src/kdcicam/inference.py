@@ -277,7 +277,7 @@ class Localizer:
         return {"checkpoint": None if self.checkpoint is None else str(self.checkpoint), "method": self.method,
                 "image_size": self.image_size, "threshold": self.threshold, "threshold_source": self.threshold_source,
                 "multi_contour": self.multi_contour, "topk": self.topk, "map_kind": self.map_kind,
-                "device": str(self.device), "class_names": list(self.class_names)}
+                "device": str(self.device), "backend": "torch", "class_names": list(self.class_names)}
 
 
 __all__ = ["ImageInputError", "LocalizationResult", "Localizer", "resolve_device", "to_image_tensor"]

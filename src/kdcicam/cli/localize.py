@@ -142,19 +142,25 @@ def make_localizer(args: argparse.Namespace) -> Any:
                                      topk=args.topk, multi_contour=args.all_contours, batch_size=args.batch_size)
 
 
+def coco_root(root: str | None, files: list[str]) -> tuple[Path, list[str]]:
+    """The folder COCO paths are relative to (``--coco-root``, else the images' common folder) and each
+    file's path relative to it; an error when the root is missing or does not hold every file."""
+    from ..coco import common_root, relative_name
+    from ..errors import KdcicamError
+
+    if root is not None and not Path(root).is_dir():
+        raise KdcicamError(f"--coco-root {root}: no such folder")
+    base = Path(root) if root is not None else common_root(files)
+    return base, [relative_name(f, base) for f in files]
+
+
 def write_coco(target: str, records: list[dict[str, Any]], results: list[Any], root: str | None,
                localizer: Any) -> tuple[Path, Path]:
     """The COCO annotations file at ``target`` and the detections beside it (both atomically)."""
-    from ..coco import common_root, detections_path, items_from_results, pseudo_labels, relative_name
+    from ..coco import detections_path, items_from_results, pseudo_labels
     from ..viz import atomic_write_bytes
 
-    files = [rec["file"] for rec in records]
-    base = Path(root) if root is not None else common_root(files)
-    if root is not None and not base.is_dir():
-        from ..errors import KdcicamError
-
-        raise KdcicamError(f"--coco-root {root}: no such folder")
-    names = [relative_name(f, base) for f in files]
+    base, names = coco_root(root, [rec["file"] for rec in records])
     info = {"description": "kdcicam localize pseudo-labels", "root": str(base.resolve()),
             **{k: v for k, v in localizer.describe().items() if k != "class_names"}}
     document, detections = pseudo_labels(items_from_results(results, names), localizer.class_names, info)
@@ -184,9 +190,11 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise KdcicamError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    if args.coco is not None:
+        if Path(args.coco).is_dir():
+            raise KdcicamError(f"--coco {args.coco}: is a folder; give a file name such as {Path(args.coco) / 'coco.json'}")
+        coco_root(args.coco_root, [str(f) for f, _ in images])  # a root that misses an image fails before any work
     localizer = make_localizer(args)
-    if args.coco is not None and Path(args.coco).is_dir():
-        raise KdcicamError(f"--coco {args.coco}: is a folder; give a file name such as {Path(args.coco) / 'coco.json'}")
     names = overlay_names([name for _, name in images])
     records: list[dict[str, Any]] = []
     results: list[Any] = []
@@ -231,5 +239,5 @@ def run(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-__all__ = ["IMAGE_EXTENSIONS", "add_arguments", "backend_of", "csv_text", "find_images", "make_localizer",
+__all__ = ["IMAGE_EXTENSIONS", "add_arguments", "backend_of", "coco_root", "csv_text", "find_images", "make_localizer",
            "overlay_names", "run", "write_coco"]
