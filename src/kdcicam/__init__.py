@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Localizer", "__version__", "create_model", "evaluation", "list_models"]
+__all__ = ["Localizer", "OnnxLocalizer", "__version__", "create_model", "evaluation", "list_models"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from .inference import Localizer
 
         return Localizer
+    if name == "OnnxLocalizer":  # the ONNX backend: numpy and onnxruntime, never torch
+        from .onnx_backend import OnnxLocalizer
+
+        return OnnxLocalizer
     if name == "evaluation":
         import importlib
 

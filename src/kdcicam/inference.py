@@ -23,14 +23,11 @@ bottom border ends one grid cell short of the image edge.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -38,83 +35,13 @@ from torch import nn
 from torchvision import tv_tensors
 
 from .errors import KdcicamError, NoBoxThresholdError
+from .localization import ImageInputError, LocalizationResult, build_result, grid_boxes
+from .localization import check_threshold as _check_threshold
 
 log = logging.getLogger(__name__)
 
 #: one image: a file path, a PIL image, an HxW / HxWxC numpy array or a CxHxW tensor
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
-
-
-class ImageInputError(KdcicamError, ValueError):
-    """An input that is not an image the Localizer understands; the message names which input."""
-
-
-# ------------------------------------------------------------------------------------------ result
-@dataclass
-class LocalizationResult:
-    """What the model says about one image.
-
-    ``class_ids`` / ``class_names`` / ``scores``: the top-k classes, best first, with softmax
-    probabilities. ``boxes``: float ``[n, 4]`` in the original image's pixels (``n`` = 1 in
-    largest-contour mode, 0 when the map has no foreground at the threshold). ``cam``: float32
-    ``[S, S]`` in [0, 1], the score map the boxes were extracted from (the model-input grid);
-    :meth:`cam_resized` gives it at the original image size. ``grid_boxes``: the same boxes on the
-    ``S × S`` grid, exactly as the evaluator computes them.
-    """
-
-    width: int
-    height: int
-    class_ids: list[int]
-    class_names: list[str]
-    scores: list[float]
-    boxes: np.ndarray
-    cam: np.ndarray = field(repr=False)
-    threshold: float
-    grid_boxes: np.ndarray
-    multi_contour: bool = False
-    source: str | None = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(width, height)`` of the image as given."""
-        return self.width, self.height
-
-    @property
-    def class_id(self) -> int:
-        return self.class_ids[0]
-
-    @property
-    def class_name(self) -> str:
-        return self.class_names[0]
-
-    @property
-    def score(self) -> float:
-        return self.scores[0]
-
-    def cam_resized(self, size: tuple[int, int] | None = None) -> np.ndarray:
-        """The CAM at ``size`` = ``(w, h)`` (default: the original image size), bicubic and clipped
-        to [0, 1], for display. Boxes are not recomputed at this size (they come from the grid)."""
-        w, h = size or self.size
-        cam = cv2.resize(self.cam, (int(w), int(h)), interpolation=cv2.INTER_CUBIC)
-        return np.clip(cam, 0.0, 1.0).astype(np.float32, copy=False)
-
-    def to_dict(self, decimals: int = 2) -> dict[str, Any]:
-        """JSON-friendly summary (no CAM): size, top-k, and boxes labelled with the top-1 class.
-
-        The protocol's box is class-agnostic (one box per image, shared by every top-k class), so
-        each box carries the top-1 class and its probability.
-        """
-        topk = [{"class_id": int(c), "class_name": n, "score": round(float(s), 6)}
-                for c, n, s in zip(self.class_ids, self.class_names, self.scores)]
-        boxes = [{"x0": round(float(b[0]), decimals), "y0": round(float(b[1]), decimals),
-                  "x1": round(float(b[2]), decimals), "y1": round(float(b[3]), decimals),
-                  "class_id": int(self.class_id), "class_name": self.class_name, "score": round(float(self.score), 6)}
-                 for b in self.boxes]
-        out: dict[str, Any] = {"width": self.width, "height": self.height, "topk": topk, "boxes": boxes,
-                               "threshold": self.threshold}
-        if self.source is not None:
-            out = {"file": self.source, **out}
-        return out
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -227,13 +154,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _check_threshold(threshold: float, where: str) -> float:
-    t = float(threshold)
-    if not (math.isfinite(t) and 0.0 <= t < 1.0):
-        raise KdcicamError(f"{where}: box threshold must be in [0, 1), got {threshold!r}")
-    return t
-
-
 class Localizer:
     """Batched inference: images → :class:`LocalizationResult` (top-k classes, CAM, boxes).
 
@@ -332,22 +252,11 @@ class Localizer:
 
     def boxes_on_grid(self, cam: np.ndarray) -> np.ndarray:
         """The evaluator's boxes for one score map at this threshold; no foreground → ``[0, 4]``."""
-        from .evaluation import scoremap_to_boxes
-
-        boxes = scoremap_to_boxes(cam, [self.threshold], multi_contour=self.multi_contour)[0]
-        return boxes[(boxes != 0).any(axis=1)]  # the protocol's "no contour" box is [0, 0, 0, 0]
+        return grid_boxes(cam, self.threshold, self.multi_contour)
 
     def _result(self, probs: np.ndarray, cam: np.ndarray, size: tuple[int, int], source: str | None) -> LocalizationResult:
-        k = min(self.topk, probs.shape[0])
-        order = np.argsort(-probs, kind="stable")[:k]
-        grid = self.boxes_on_grid(cam)
-        w, h = size
-        scale = np.array([w / self.image_size, h / self.image_size] * 2, dtype=np.float64)
-        names = [self.class_names[i] if i < len(self.class_names) else str(i) for i in order]
-        return LocalizationResult(width=w, height=h, class_ids=[int(i) for i in order], class_names=names,
-                                  scores=[float(probs[i]) for i in order], boxes=grid.astype(np.float64) * scale,
-                                  cam=cam, threshold=self.threshold, grid_boxes=grid,
-                                  multi_contour=self.multi_contour, source=source)
+        return build_result(probs, cam, size, source, image_size=self.image_size, threshold=self.threshold,
+                            topk=self.topk, multi_contour=self.multi_contour, class_names=self.class_names)
 
     def predict(self, images: ImageInput | Iterable[ImageInput]) -> list[LocalizationResult]:
         """Localize one image or a sequence of images (paths, PIL images, HxWxC / HxW numpy arrays,
@@ -368,7 +277,7 @@ class Localizer:
         return {"checkpoint": None if self.checkpoint is None else str(self.checkpoint), "method": self.method,
                 "image_size": self.image_size, "threshold": self.threshold, "threshold_source": self.threshold_source,
                 "multi_contour": self.multi_contour, "topk": self.topk, "map_kind": self.map_kind,
-                "device": str(self.device), "class_names": list(self.class_names)}
+                "device": str(self.device), "backend": "torch", "class_names": list(self.class_names)}
 
 
 __all__ = ["ImageInputError", "LocalizationResult", "Localizer", "resolve_device", "to_image_tensor"]

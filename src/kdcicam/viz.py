@@ -42,7 +42,7 @@ CONFOUNDER_SPLITS = ("test_conflict",)
 # ------------------------------------------------------------------------------------------ overlays
 def _rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(image, Image.Image):
-        from .data.dataset import _to_rgb
+        from .data.decode import _to_rgb
 
         return np.asarray(_to_rgb(image))
     arr = np.asarray(image)

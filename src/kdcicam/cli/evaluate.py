@@ -1,7 +1,11 @@
 """`kdcicam evaluate RUN_OR_CKPT --split test [test_conflict ...] [--save-cams DIR] [--json OUT] [--box-threshold T]`
 
 Top-1 / Top-5 / GT-known Loc are read at the box threshold chosen on the run's val split (its boxes), or at
-``--box-threshold T`` when given — the only way when val has no boxes (docs/method.md §5)."""
+``--box-threshold T`` when given — the only way when val has no boxes (docs/method.md §5).
+
+``--coco`` also scores the pseudo-labels ``kdcicam localize --coco`` would write for each split with boxes,
+with pycocotools' COCOeval against the split's boxes: AP, AP50, AP75 (percent), class-aware (the box
+under its predicted top-1 class) and class-agnostic, at the same box threshold (kdcicam.coco)."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the metrics to this file")
     p.add_argument("--protocol", choices=["wsol", "official"], default="wsol",
                    help="wsol: clovaai/wsolevaluation (default); official: the papers' box protocol (docs/method.md §5)")
+    p.add_argument("--coco", action="store_true",
+                   help="also measure the pseudo-labels (`localize --coco`) with pycocotools COCOeval against each "
+                   "split's boxes: AP, AP50, AP75, class-aware and class-agnostic, at the same box threshold")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.split:
         raise ConfigError("--split: give at least one split")
     splits = args.split
+    if args.coco and args.protocol == "official":
+        raise ConfigError("--coco scores the wsol protocol's boxes; drop --protocol official")
     if args.protocol == "official":
         from ..training.evaluate import evaluate_official_protocol
 
@@ -53,6 +62,38 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint: {results['checkpoint']}  ({how})")
     print(format_table({s: results[s] for s in splits}))
     print(f"metrics written to {results['metrics_file']}")
+    if args.coco:
+        results["coco"] = coco_results(args, splits, threshold)
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=2))
     return 0
+
+
+def coco_results(args: argparse.Namespace, splits: list[str], threshold: float | None) -> dict:
+    """COCO AP of the pseudo-labels on every split with boxes (printed; returned for --json)."""
+    from pathlib import Path
+
+    from ..checkpoints import resolve_checkpoint, run_config
+    from ..coco import AP_KEYS, evaluate_split
+    from ..data.metadata import read_metadata
+    from ..errors import ConfigError
+    from ..inference import Localizer
+
+    if threshold is None:
+        raise ConfigError("--coco: no box threshold (no split asked for has boxes); nothing to score")
+    root = Path(args.data_root or run_config(resolve_checkpoint(args.run)).data.root)
+    localizer = Localizer.from_checkpoint(args.run, device=args.device, threshold=threshold, topk=1)
+    out: dict = {}
+    for split in splits:
+        metadata = read_metadata(root / split)
+        if not metadata.has_boxes:
+            continue
+        out[split] = evaluate_split(localizer, metadata)
+        row = "  ".join(f"{mode} " + ", ".join(f"{k} {_fmt(out[split][mode][k])}" for k in AP_KEYS)
+                        for mode in ("class_aware", "class_agnostic"))
+        print(f"COCO {split} (threshold {threshold:.2f}): {row}")
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

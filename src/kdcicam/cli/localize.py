@@ -4,6 +4,13 @@ Folders are searched recursively for image files (jpg, jpeg, png, bmp, webp, tif
 case); files named explicitly are used whatever their extension. Writes ``DIR/boxes.json`` (or
 ``boxes.csv``, one row per box) and one overlay PNG per image under ``DIR/overlays/``.
 
+``--coco FILE`` also writes COCO pseudo-labels: the annotations document (images, categories,
+annotations; a detector's training set) at FILE and the detections list (image_id, category_id, bbox,
+score) beside it as ``<stem>_detections.json`` (conventions: :mod:`kdcicam.coco`).
+
+``--backend onnx`` runs a ``kdcicam export`` file with onnxruntime and never imports torch (the
+default, ``auto``, picks it for a ``.onnx`` CKPT).
+
 Exit codes: 0 when every image was processed; 1 when some could not be read (each is named on
 stderr and skipped, the rest are written); 2 for usage errors (no images found, a path that does
 not exist, a bad checkpoint).
@@ -38,6 +45,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="torch: a run folder or .ckpt with PyTorch; onnx: a `kdcicam export` .onnx file with "
+                   "onnxruntime, without importing torch; auto (default): onnx for a .onnx CKPT, else torch")
+    p.add_argument("--coco", metavar="FILE.json", default=None,
+                   help="also write COCO pseudo-labels: the annotations file (images, categories, annotations) at "
+                   "FILE.json and the detections (image_id, category_id, bbox, score) at FILE_detections.json; "
+                   "category id = class index + 1, image id = position in the sorted relative paths (from 1)")
+    p.add_argument("--coco-root", metavar="DIR", default=None,
+                   help="the folder COCO file_name paths are relative to (default: the deepest folder holding "
+                   "every image)")
 
 
 def find_images(inputs: list[str]) -> list[tuple[Path, str]]:
@@ -96,12 +113,68 @@ def csv_text(records: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def backend_of(checkpoint: str, backend: str) -> str:
+    """``auto`` → onnx for a ``.onnx`` file, else torch."""
+    if backend != "auto":
+        return backend
+    return "onnx" if Path(checkpoint).suffix.lower() == ".onnx" else "torch"
+
+
+def make_localizer(args: argparse.Namespace) -> Any:
+    """The PyTorch Localizer, or the OnnxLocalizer (whose path never imports torch)."""
+    from ..errors import KdcicamError
+
+    if backend_of(args.checkpoint, args.backend) == "onnx":
+        from ..onnx_backend import OnnxLocalizer
+
+        if Path(args.checkpoint).is_dir():
+            raise KdcicamError(f"{args.checkpoint}: --backend onnx needs the .onnx file `kdcicam export` wrote, "
+                               "not a run folder")
+        if args.device not in ("auto", "cpu"):
+            raise KdcicamError(f"--device {args.device}: the onnx backend runs on the CPU (use --backend torch)")
+        return OnnxLocalizer(args.checkpoint, threshold=args.threshold, topk=args.topk,
+                             multi_contour=args.all_contours, batch_size=args.batch_size)
+    if Path(args.checkpoint).suffix.lower() == ".onnx":
+        raise KdcicamError(f"{args.checkpoint}: an ONNX file; use --backend onnx (or auto)")
+    from ..inference import Localizer
+
+    return Localizer.from_checkpoint(args.checkpoint, device=args.device, threshold=args.threshold,
+                                     topk=args.topk, multi_contour=args.all_contours, batch_size=args.batch_size)
+
+
+def coco_root(root: str | None, files: list[str]) -> tuple[Path, list[str]]:
+    """The folder COCO paths are relative to (``--coco-root``, else the images' common folder) and each
+    file's path relative to it; an error when the root is missing or does not hold every file."""
+    from ..coco import common_root, relative_name
+    from ..errors import KdcicamError
+
+    if root is not None and not Path(root).is_dir():
+        raise KdcicamError(f"--coco-root {root}: no such folder")
+    base = Path(root) if root is not None else common_root(files)
+    return base, [relative_name(f, base) for f in files]
+
+
+def write_coco(target: str, records: list[dict[str, Any]], results: list[Any], root: str | None,
+               localizer: Any) -> tuple[Path, Path]:
+    """The COCO annotations file at ``target`` and the detections beside it (both atomically)."""
+    from ..coco import detections_path, items_from_results, pseudo_labels
+    from ..viz import atomic_write_bytes
+
+    base, names = coco_root(root, [rec["file"] for rec in records])
+    info = {"description": "kdcicam localize pseudo-labels", "root": str(base.resolve()),
+            **{k: v for k, v in localizer.describe().items() if k != "class_names"}}
+    document, detections = pseudo_labels(items_from_results(results, names), localizer.class_names, info)
+    ann_path, det_path = Path(target), detections_path(target)
+    atomic_write_bytes(ann_path, (json.dumps(document, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(det_path, (json.dumps(detections) + "\n").encode("utf-8"))
+    return ann_path, det_path
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..data.dataset import load_image_rgb
+    from ..data.decode import load_image_rgb
     from ..errors import ImageReadError, KdcicamError
-    from ..inference import Localizer
     from ..viz import atomic_write_bytes, save_overlay
 
     if args.topk < 1:
@@ -117,10 +190,14 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise KdcicamError(f"--out {out}: cannot create the folder ({e.strerror})") from None
-    localizer = Localizer.from_checkpoint(args.checkpoint, device=args.device, threshold=args.threshold,
-                                          topk=args.topk, multi_contour=args.all_contours, batch_size=args.batch_size)
+    if args.coco is not None:
+        if Path(args.coco).is_dir():
+            raise KdcicamError(f"--coco {args.coco}: is a folder; give a file name such as {Path(args.coco) / 'coco.json'}")
+        coco_root(args.coco_root, [str(f) for f, _ in images])  # a root that misses an image fails before any work
+    localizer = make_localizer(args)
     names = overlay_names([name for _, name in images])
     records: list[dict[str, Any]] = []
+    results: list[Any] = []
     skipped: list[dict[str, str]] = []
     bar = tqdm(total=len(images), unit="img", desc="localize", file=sys.stderr, disable=None)
     for start in range(0, len(images), args.batch_size):
@@ -141,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
                 save_overlay(out / "overlays" / overlay, image, result)
                 record["overlay"] = f"overlays/{overlay}"
             records.append(record)
+            if args.coco is not None:
+                results.append(result)
             bar.update(1)
     bar.close()
     if args.format == "json":
@@ -151,10 +230,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         target = out / "boxes.csv"
         atomic_write_bytes(target, csv_text(records).encode("utf-8"))
+    if args.coco is not None:
+        coco_files = write_coco(args.coco, records, results, args.coco_root, localizer)
+        print(f"kdcicam localize: COCO annotations → {coco_files[0]}, detections → {coco_files[1]}")
     print(f"kdcicam localize: {len(records)} image(s) → {target}"
           + ("" if args.no_overlays else f", overlays in {out / 'overlays'}")
           + (f"; {len(skipped)} skipped (unreadable)" if skipped else ""))
     return 1 if skipped else 0
 
 
-__all__ = ["IMAGE_EXTENSIONS", "add_arguments", "csv_text", "find_images", "overlay_names", "run"]
+__all__ = ["IMAGE_EXTENSIONS", "add_arguments", "backend_of", "coco_root", "csv_text", "find_images", "make_localizer",
+           "overlay_names", "run", "write_coco"]
