@@ -255,14 +255,42 @@ def _finish(cfg: DictConfig, where: str) -> RunConfig:
     return run
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship inside the package (``kdcicam/configs/NAME.yaml``), by name. They are package
+    data, so an installed kdcicam finds them without a checkout (a checkout's top-level ``configs/`` is a link
+    to the same folder)."""
+    folder = Path(__file__).resolve().parent / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def resolve_config(name_or_path: str | os.PathLike) -> Path:
+    """A config given as a path (used when that file exists) or as the name of a shipped config
+    (``synthetic_v2`` or ``synthetic_v2.yaml``). Anything else is a :class:`ConfigError` naming the
+    shipped configs, so a typo does not silently fall back to another file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    text = str(name_or_path)
+    if "/" not in text and os.sep not in text:
+        name = text.removesuffix(".yaml")
+        if name in shipped:
+            return shipped[name]
+    if path.exists():
+        raise ConfigError(f"{path}: not a config file")
+    raise ConfigError(f"config {text!r}: no such file, and not the name of a shipped config "
+                      f"({', '.join(shipped) or 'none found'})")
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
                 method: str | None = None) -> RunConfig:
-    """Defaults ← YAML file ← ``method`` ← ``key.sub=value`` overrides (each layer checked)."""
+    """Defaults ← YAML file ← ``method`` ← ``key.sub=value`` overrides (each layer checked). ``path`` is
+    a file or the name of a shipped config (:func:`resolve_config`)."""
     cfg = OmegaConf.structured(RunConfig)
     where = "config"
     required: list[str] = []
     if path is not None:
-        path = Path(path)
+        path = resolve_config(path)
         where = str(path)
         data = _safe_load_yaml(path)
         required = _required_keys(data)
