@@ -24,7 +24,6 @@ from omegaconf.errors import (
 
 from .errors import ConfigError
 
-METHODS = ("cam", "ci-cam", "kd-ci-cam")
 KD_STAGES = ("cls_teacher", "loc_teacher", "student")
 
 
@@ -255,6 +254,20 @@ def _finish(cfg: DictConfig, where: str) -> RunConfig:
     return run
 
 
+def method_names() -> list[str]:
+    """The methods a config may name: those registered with ``@register_model`` (the model registry is the
+    one list; importing it loads the model modules, hence torch)."""
+    from .models.registry import list_models
+
+    return list_models()
+
+
+def _check_method(method: str, where: str) -> None:
+    names = method_names()
+    if method not in names:
+        raise ConfigError(f"{where}: method {method!r} is not a registered method; valid: {', '.join(names)}")
+
+
 def shipped_configs() -> dict[str, Path]:
     """The configs that ship inside the package (``kdcicam/configs/NAME.yaml``), by name. They are package
     data, so an installed kdcicam finds them without a checkout (a checkout's top-level ``configs/`` is a link
@@ -299,6 +312,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         except OmegaConfBaseException as e:
             raise _explain(e, where) from None
     if method is not None:
+        _check_method(method, "--method")
         cfg.method = method
     given = {item.split("=", 1)[0].strip() for item in overrides}
     for key in required:
@@ -341,7 +355,6 @@ def with_overrides(config: RunConfig, section: str, values: dict, where: str) ->
 
 
 _CHOICES = {
-    "method": METHODS,
     "model.combination": ("quadratic", "sum_1"),
     "model.localization_map": ("combinational", "top1"),
     "model.recipe": ("mm21", "kd"),
@@ -356,6 +369,7 @@ _CHOICES = {
 
 def validate(config: RunConfig, where: str = "config") -> None:
     """Check values OmegaConf's types cannot: choices and ranges."""
+    _check_method(config.method, where)
     for dotted, choices in _CHOICES.items():
         value: Any = config
         for part in dotted.split("."):

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .data.atomic import atomic_write_bytes  # re-exported: callers (kdcicam localize) write through it
 from .errors import KdcicamError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,27 +121,6 @@ def png_bytes(image: Image.Image, optimize: bool = True) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=optimize)
     return buf.getvalue()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write through a temp file in the same folder and rename: a reader never sees half a file."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_overlay(path: str | os.PathLike, image: Image.Image | np.ndarray, result: LocalizationResult,

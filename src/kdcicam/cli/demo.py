@@ -13,7 +13,6 @@ import json
 import time
 from pathlib import Path
 
-METHODS = ("cam", "ci-cam", "kd-ci-cam")
 #: variant -> (default config: a shipped config's name, default data folder under the working folder)
 VARIANTS = {"v1": ("synthetic", "data/synth"), "v2": ("synthetic_v2", "data/synth_v2")}
 
@@ -26,21 +25,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "variant's, synthetic_v2 or synthetic)")
     p.add_argument("--data", default=None, help="where the synthetic data is generated (default: data/synth_v2 "
                    "or data/synth)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="methods to train (default: every registered method, kdcicam.list_models())")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config, resolve_config
+    from ..config import load_config, method_names, resolve_config
     from ..data.metadata import atomic_write_text
     from ..data.synthetic import SyntheticConfig, ensure_synthetic
     from ..data.synthetic_v2 import v2_config
+    from ..errors import ConfigError
     from ..evaluation.table import format_table
     from ..training.evaluate import evaluate
     from ..training.pipeline import train
 
     start = time.time()
     config_path = resolve_config(args.config or VARIANTS[args.variant][0])
+    methods = method_names()
+    for method in args.methods or ():
+        if method not in methods:
+            raise ConfigError(f"--methods {method}: not a registered method; valid: {', '.join(methods)}")
+    args.methods = list(args.methods or methods)
     data = Path(args.data or VARIANTS[args.variant][1])
     if not (data / "dataset.yaml").is_file():
         print(f"[demo] generating the synthetic confounded-objects dataset ({args.variant}) into {data} ...",
