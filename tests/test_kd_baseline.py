@@ -3,13 +3,11 @@ KD-CI-CAM student pipeline with no teacher, and the report shows it beside the t
 the teachers add over it, seed by seed."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from kdcicam.config import kd_stage_configs, load_config
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def test_the_baseline_is_the_student_without_teachers():

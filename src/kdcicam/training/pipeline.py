@@ -42,6 +42,7 @@ from .datamodule import WSOLDataModule
 from .module import WSOLModule
 
 log = logging.getLogger(__name__)
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in str(r.msg))  # no ads
 MIN_FREE_BYTES = 200 * 1024 * 1024
 #: besides best.ckpt (by eval.monitor), every run keeps its best epoch by each of these val metrics
 DILEMMA_MONITORS = {"best_cls": "val/top1_cls", "best_loc": "val/max_box_acc_v2"}
