@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from provenance import cpu_model, git_commit
+from provenance import commit, cpu_model, machine
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -49,14 +48,6 @@ def training_recipe(method: str) -> tuple[str, list[str]]:
     return BASELINES.get(method, (method, []))
 
 
-def machine() -> dict:
-    import torch
-
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "cuda": torch.cuda.is_available(),
-            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
-
-
 def device_name(cfg) -> str:
     """What trained the run: the GPU's name, or the CPU's."""
     import torch
@@ -64,12 +55,6 @@ def device_name(cfg) -> str:
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
         return f"{torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
     return f"CPU: {cpu_model()}"
-
-
-def commit() -> str:
-    """HEAD; in a copied tree without .git (a GPU machine), what KDCICAM_COMMIT says."""
-    head = git_commit(REPO)
-    return os.environ.get("KDCICAM_COMMIT", head) if head == "unknown" else head
 
 
 def suite_config(suite: str, overrides: list[str] = (), method: str | None = None):

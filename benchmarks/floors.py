@@ -14,50 +14,22 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from provenance import stamp
+
+# the floor is kdcicam's own (`kdcicam baseline --kind centre-gaussian`); this script runs it per suite and
+# keeps the names other scripts import from here
+from kdcicam.evaluation.baselines import FLOOR_KEEP as KEEP  # noqa: F401
+from kdcicam.evaluation.baselines import centre_gaussian_floor as floor
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-SIGMAS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6)
-KEEP = ("max_box_acc", "max_box_acc_v2", "max_box_acc_v2_per_iou", "gt_known_loc", "gt_known_loc_oracle", "pxap", "context_leakage")
 
 
-def centre_gaussian(size: int, sigma: float) -> np.ndarray:
-    """An isotropic Gaussian of std ``sigma·size`` centred on a size×size grid, min-max normalised."""
-    c = (np.arange(size) + 0.5) / size - 0.5
-    g = np.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * sigma * sigma))
-    return (g - g.min()) / (g.max() - g.min())
+def score(metadata, size: int, sigma: float, threshold: float | None = None) -> dict:
+    """The centre Gaussian's metrics on one split (kdcicam.evaluation.baselines.score_centre_gaussian)."""
+    from kdcicam.evaluation.baselines import score_centre_gaussian
 
-
-def score(metadata, size: int, sigma: float, threshold: float | None = None, batch: int = 256) -> dict:
-    from kdcicam.evaluation import WSOLEvaluator
-
-    ev = WSOLEvaluator(metadata, cam_size=size)
-    g = centre_gaussian(size, sigma)
-    ids = list(metadata.image_ids)
-    for i in range(0, len(ids), batch):
-        part = ids[i:i + batch]
-        ev.accumulate(np.broadcast_to(g, (len(part), size, size)).copy(), part)
-    m = ev.compute(threshold=threshold) if threshold is not None else ev.compute()
-    return m
-
-
-def floor(data_root: Path, splits: list[str], val_split: str = "val", size: int = 224) -> dict:
-    """σ chosen on ``val_split`` by MaxBoxAccV2; the box threshold for GT-known Loc chosen there too."""
-    from kdcicam.data.metadata import read_metadata
-
-    val_md = read_metadata(data_root / val_split, check_images=False)
-    search = {s: score(val_md, size, s) for s in SIGMAS}
-    sigma = max(SIGMAS, key=lambda s: (search[s]["max_box_acc_v2"], -s))
-    threshold = float(search[sigma]["best_threshold"]["50"])
-    out = {"sigma": sigma, "chosen_on": val_split, "box_threshold": threshold, "grid": size,
-           "search": {str(s): round(float(search[s]["max_box_acc_v2"]), 4) for s in SIGMAS}, "splits": {}}
-    for split in [val_split, *[s for s in splits if s != val_split]]:
-        md = val_md if split == val_split else read_metadata(data_root / split, check_images=False)
-        m = score(md, size, sigma, threshold)
-        out["splits"][split] = {k: m[k] for k in KEEP if k in m and m[k] is not None}
-    return out
+    return score_centre_gaussian(metadata, size, sigma, threshold)
 
 
 def result_path(suite: str) -> Path:

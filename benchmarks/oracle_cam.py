@@ -20,9 +20,10 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 from provenance import stamp
+
+# the oracle is kdcicam's own (`kdcicam baseline --kind oracle`); this script runs it per suite, every mode
+from kdcicam.evaluation.baselines import ORACLE_MODES as MODES
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -31,48 +32,15 @@ CONFIGS = {"synthetic": "configs/synthetic.yaml", "synthetic-v2": "configs/synth
 DATA = {"synthetic": "data/synth", "synthetic-v2": "data/synth_v2", "cub50": "data/cub50"}
 
 
-#: how the object region becomes a map on the CAM grid: each cell's object coverage ("coverage"), the
-#: coverage sharpened by a power (peaked on the object's inner cells), or only the cells of largest coverage
-MODES = ("coverage", "coverage^2", "coverage^4", "inner")
 
 
-def oracle_maps(regions: np.ndarray, grid: tuple[int, int], size: int, mode: str = "coverage") -> np.ndarray:
-    """Object regions ``[B, S, S]`` (bool) → a map on ``grid`` (h, w) → evaluated score maps."""
-    from kdcicam.evaluation import prepare_scoremap
+def score_split(root: Path, split: str, size: int, grid: tuple[int, int], mode: str) -> dict:
+    """The oracle CAM's metrics on one split, the keys the results files keep."""
+    from kdcicam.evaluation.baselines import score_oracle
 
-    h, w = grid
-    out = []
-    for r in regions:
-        cover = cv2.resize(r.astype(np.float64), (w, h), interpolation=cv2.INTER_AREA)
-        if mode == "inner":
-            cover = (cover >= cover.max() - 1e-9).astype(np.float64) if cover.max() > 0 else cover
-        elif mode.startswith("coverage^"):
-            cover = cover ** float(mode.split("^")[1])
-        out.append(prepare_scoremap(cover, size))
-    return np.stack(out)
-
-
-def score_split(root: Path, split: str, size: int, grid: tuple[int, int], mode: str, batch: int = 64) -> dict:
-    from kdcicam.data.metadata import read_metadata
-    from kdcicam.evaluation import WSOLEvaluator
-    from kdcicam.evaluation.masks import boxes_mask
-    from kdcicam.evaluation.metrics import MaskEvaluator, _GTBoxes
-
-    md = read_metadata(root / split, check_images=False)
-    evaluator = WSOLEvaluator(md, cam_size=size)
-    if md.has_masks:
-        reader = MaskEvaluator(md, size)
-        region = lambda i: reader.mask(i) == 1
-    else:
-        gt = _GTBoxes(evaluator.grid)
-        region = lambda i: boxes_mask(gt(i), (size, size))
-    ids = md.image_ids
-    for first in range(0, len(ids), batch):
-        chunk = ids[first:first + batch]
-        evaluator.accumulate(oracle_maps(np.stack([region(i) for i in chunk]), grid, size, mode), chunk)
-    m = evaluator.compute()
-    keep = ("max_box_acc_v2", "max_box_acc_v2_per_iou", "context_leakage", "pxap", "num_images")
-    return {k: m[k] for k in keep if k in m} | {"object_region": "mask" if md.has_masks else "boxes"}
+    m = score_oracle(root, split, size, grid, mode)
+    keep = ("max_box_acc_v2", "max_box_acc_v2_per_iou", "context_leakage", "pxap", "num_images", "object_region")
+    return {k: m[k] for k in keep if k in m}
 
 
 def main() -> int:

@@ -1,11 +1,15 @@
-"""Where a benchmark number came from: the CPU and the commit. Shared by every script in benchmarks/."""
+"""Where a benchmark number came from: the CPU, the machine and the commit. Shared by every script in
+benchmarks/ (one place: a results file's ``machine`` and ``commit`` mean the same in every suite)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cpu_model() -> str:
@@ -39,3 +43,19 @@ def stamp(root: Path, script: str) -> dict:
     """Where a results file came from: the commit, the UTC time and the command that wrote it."""
     return {"commit": git_commit(root), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["python", script, *sys.argv[1:]])}
+
+
+def machine() -> dict:
+    """The training machine of a results file: CPU, cores, torch, Python, platform, CUDA, the malloc setting."""
+    import torch
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "cuda": torch.cuda.is_available(),
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
+
+
+def commit(root: Path = REPO) -> str:
+    """HEAD (``-dirty`` as :func:`git_commit`); in a copied tree without .git (a GPU machine), what
+    KDCICAM_COMMIT says."""
+    head = git_commit(root)
+    return os.environ.get("KDCICAM_COMMIT", head) if head == "unknown" else head

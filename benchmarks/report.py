@@ -19,7 +19,7 @@ from kdcicam.diagnostics import SUMMARY_KEYS as DIAG_COLUMNS
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 OUT = REPO / "docs" / "benchmarks.md"
-METHODS = ("cam", "ci-cam", "kd-ci-cam")
+METHODS = tuple(__import__("kdcicam").list_models())  # the model registry is the one method list
 #: the methods' rows in the tables: the three, then the KD paper's own baseline (accuracy.py --methods kd-baseline),
 #: which a seed's budget and "every method has this seed" leave out
 SHOWN = (*METHODS, "kd-baseline")

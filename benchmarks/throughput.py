@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from provenance import cpu_model, git_commit
 
 from kdcicam import Localizer, create_model
+from kdcicam.data.atomic import atomic_write_text
 
 MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
@@ -295,10 +296,7 @@ def main(argv: list[str] | None = None) -> int:
               "(goal <= 1.15)", flush=True)
     elif "train_step" in previous:
         result["train_step"] = previous["train_step"]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out_path)
+    atomic_write_text(out_path, json.dumps(result, indent=2) + "\n")
     print(f"written {out_path}")
     return 0
 

@@ -20,10 +20,9 @@ from kdcicam.checkpoints import (
 )
 from kdcicam.config import save_config
 from kdcicam.errors import ConfigError, KdcicamError
-from test_inference import synth_data, trained_run  # noqa: F401  (session fixtures)
 
 
-def test_resolve_run_stage_and_file(trained_run: Path, tmp_path: Path):  # noqa: F811
+def test_resolve_run_stage_and_file(trained_run: Path, tmp_path: Path):
     best = trained_run / "checkpoints" / "best.ckpt"
     assert resolve_checkpoint(trained_run) == best
     assert resolve_checkpoint(best) == best
@@ -37,7 +36,7 @@ def test_resolve_run_stage_and_file(trained_run: Path, tmp_path: Path):  # noqa:
         assert str(bad) in str(e.value)
 
 
-def test_bare_model_equals_the_training_modules(trained_run: Path):  # noqa: F811
+def test_bare_model_equals_the_training_modules(trained_run: Path):
     from kdcicam.training.module import load_module
 
     loaded = load_checkpoint(trained_run)
@@ -52,7 +51,7 @@ def test_bare_model_equals_the_training_modules(trained_run: Path):  # noqa: F81
         torch.testing.assert_close(loaded.model(x)["logits"], module(x)["logits"])
 
 
-def test_weights_that_do_not_fit_are_named(trained_run: Path, tmp_path: Path):  # noqa: F811
+def test_weights_that_do_not_fit_are_named(trained_run: Path, tmp_path: Path):
     ckpt = torch.load(trained_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     ckpt["hyper_parameters"]["num_classes"] = 5  # 4 stored
     bad = tmp_path / "bad.ckpt"
@@ -65,7 +64,7 @@ def test_weights_that_do_not_fit_are_named(trained_run: Path, tmp_path: Path):  
         read_checkpoint(tmp_path / "junk.ckpt")
 
 
-def test_run_config_and_threshold_fall_back(trained_run: Path, tmp_path: Path):  # noqa: F811
+def test_run_config_and_threshold_fall_back(trained_run: Path, tmp_path: Path):
     run = tmp_path / "run"
     shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
     ckpt = run / "checkpoints" / "best.ckpt"
@@ -80,7 +79,7 @@ def test_run_config_and_threshold_fall_back(trained_run: Path, tmp_path: Path): 
     assert threshold_from_run(ckpt, None)[0] == 0.4
 
 
-def test_the_practitioner_path_does_not_import_training(trained_run: Path):  # noqa: F811
+def test_the_practitioner_path_does_not_import_training(trained_run: Path):
     code = ("import sys, kdcicam, kdcicam.viz\n"
             f"loc = kdcicam.Localizer.from_checkpoint({str(trained_run)!r}, device='cpu')\n"
             "loc.predict([__import__('numpy').zeros((40, 50, 3), 'uint8')])\n"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from kdcicam.config import kd_stage_configs, load_config
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "cub50_gpu.yaml"
 CUB50 = REPO / ".." / "shared" / "data" / "cub50"
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 @pytest.mark.parametrize("method", ["cam", "ci-cam", "kd-ci-cam"])

@@ -1,8 +1,7 @@
 """`kdcicam.Localizer`: boxes in the original image's pixels, the evaluator's conventions, batching
 that changes nothing, and every input kind giving the same answer.
 
-The session fixtures here (a tiny synthetic set and a one-epoch CAM run) are imported by
-test_localize_cli.py and test_report.py; a finished run folder is reused, not retrained.
+The tiny synthetic set and the one-epoch CAM run are the shared session fixtures of tests/conftest.py.
 """
 from __future__ import annotations
 
@@ -16,36 +15,6 @@ from torch import nn
 
 from kdcicam.errors import ImageReadError, KdcicamError
 
-FAST = [
-    "model.backbone=efficientnet_lite0", "model.pretrained=true", "model.freeze_stages=12",
-    "data.image_size=64", "data.batch_size=16", "data.eval_batch_size=32", "data.augment.resize=72",
-    "optim.epochs=1", "optim.lr=0.003", "trainer.progress_bar=false", "trainer.seed=0",
-    "data.test_splits=[test,test_conflict]",
-]
-
-
-@pytest.fixture(scope="session")
-def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kdcicam.data.synthetic import SyntheticConfig, generate_synthetic
-
-    root = tmp_path_factory.getbasetemp() / "localize_synth"
-    if not (root / "dataset.yaml").is_file():
-        generate_synthetic(root, SyntheticConfig(seed=1, size=64, num_classes=4, n_train=64, n_val=32, n_test=32,
-                                                 n_test_conflict=32, workers=1))
-    return root
-
-
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> Path:
-    """A CAM run trained for one epoch (about 15 s); never modified by the tests (copy it first)."""
-    from kdcicam.config import load_config
-    from kdcicam.training.pipeline import train
-
-    run = tmp_path_factory.getbasetemp() / "localize_run_cam"
-    if not (run / "done.json").is_file():
-        train(load_config(None, [f"data.root={synth_data}", *FAST], method="cam"), run)
-    return run
-
 
 @pytest.fixture(scope="session")
 def localizer(trained_run: Path):
@@ -54,8 +23,8 @@ def localizer(trained_run: Path):
     return Localizer.from_checkpoint(trained_run, device="cpu")
 
 
-def _test_images(synth_data: Path, n: int = 6) -> list[Path]:
-    return sorted((synth_data / "images" / "test").rglob("*.png"))[::5][:n]
+def _test_images(tiny_data: Path, n: int = 6) -> list[Path]:
+    return sorted((tiny_data / "images" / "test").rglob("*.png"))[::5][:n]
 
 
 # ------------------------------------------------------------------------ a model with a known CAM
@@ -124,7 +93,7 @@ def test_from_checkpoint_reads_threshold_names_and_config(localizer, trained_run
     assert localizer.image_size == 64 and localizer.method == "cam"
 
 
-def test_boxes_scale_back_exactly_from_the_model_input(localizer, synth_data: Path):
+def test_boxes_scale_back_exactly_from_the_model_input(localizer, tiny_data: Path):
     """The model sees Resize((S, S)) of any image; feeding that resized copy itself (S x S) must give
     the same grid boxes, and the original's boxes are those times (w / S, h / S)."""
     from torchvision.transforms.v2 import functional as TF
@@ -133,7 +102,7 @@ def test_boxes_scale_back_exactly_from_the_model_input(localizer, synth_data: Pa
 
     loc = Localizer(localizer.model, image_size=64, threshold=0.4, class_names=localizer.class_names,
                     device="cpu", multi_contour=True)
-    src = Image.open(_test_images(synth_data)[1]).convert("RGB")
+    src = Image.open(_test_images(tiny_data)[1]).convert("RGB")
     for w, h in [(128, 128), (200, 120), (48, 90)]:
         big = src.resize((w, h), Image.Resampling.BICUBIC)
         small = TF.resize(TF.pil_to_tensor(big), [64, 64], antialias=True)  # exactly what the model gets
@@ -145,7 +114,7 @@ def test_boxes_scale_back_exactly_from_the_model_input(localizer, synth_data: Pa
         assert r_big.class_ids == r_small.class_ids
 
 
-def test_boxes_and_cams_are_the_evaluators(localizer, synth_data: Path):
+def test_boxes_and_cams_are_the_evaluators(localizer, tiny_data: Path):
     """Same preprocessing, map and box rule as `kdcicam evaluate`: the CAM equals the evaluation
     pipeline's score map, and the boxes equal scoremap_to_boxes at the threshold."""
     from kdcicam.evaluation import scoremap_to_boxes
@@ -169,10 +138,10 @@ def test_boxes_and_cams_are_the_evaluators(localizer, synth_data: Path):
         np.testing.assert_array_equal(r.grid_boxes, expected)
 
 
-def test_batched_equals_one_by_one(localizer, synth_data: Path):
+def test_batched_equals_one_by_one(localizer, tiny_data: Path):
     from kdcicam import Localizer
 
-    paths = _test_images(synth_data, 5)
+    paths = _test_images(tiny_data, 5)
     images = [Image.open(p).convert("RGB").resize(s) for p, s in zip(paths, [(64, 64), (100, 80), (37, 61),
                                                                             (64, 64), (150, 150)])]
     loc = Localizer(localizer.model, image_size=64, threshold=0.3, class_names=localizer.class_names,
@@ -187,8 +156,8 @@ def test_batched_equals_one_by_one(localizer, synth_data: Path):
         np.testing.assert_allclose(a.cam, b.cam, atol=1e-4)  # batched convolutions sum in another order
 
 
-def test_input_kinds_agree(localizer, synth_data: Path):
-    path = _test_images(synth_data)[2]
+def test_input_kinds_agree(localizer, tiny_data: Path):
+    path = _test_images(tiny_data)[2]
     pil = Image.open(path)
     arr = np.asarray(pil.convert("RGB"))
     chw = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
@@ -209,10 +178,10 @@ def test_input_kinds_agree(localizer, synth_data: Path):
     assert grey.size == r_path.size and len(grey.class_ids) == 4
 
 
-def test_topk_override_and_all_contours(trained_run: Path, synth_data: Path):
+def test_topk_override_and_all_contours(trained_run: Path, tiny_data: Path):
     from kdcicam import Localizer
 
-    path = _test_images(synth_data)[3]
+    path = _test_images(tiny_data)[3]
     top2 = Localizer.from_checkpoint(trained_run, device="cpu", topk=2, threshold=0.6)
     [r] = top2.predict(path)
     assert len(r.class_ids) == 2 and r.scores[0] >= r.scores[1] and r.threshold == 0.6

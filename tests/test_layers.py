@@ -15,7 +15,7 @@ ALLOWED = {
     "errors": set(),
     "data": {"errors"},
     "models": {"errors"},
-    "config": {"errors", "data"},
+    "config": {"errors", "data", "models"},  # the method list is the model registry's
     "config_template": {"errors", "data"},
     "evaluation": {"errors", "data"},
     "scoremaps": {"evaluation"},

@@ -12,15 +12,14 @@ import pytest
 from PIL import Image
 
 from kdcicam.cli import main
-from test_inference import synth_data, trained_run  # noqa: F401  (session fixtures)
 
 
 @pytest.fixture()
-def image_folder(synth_data: Path, tmp_path: Path) -> Path:  # noqa: F811
+def image_folder(tiny_data: Path, tmp_path: Path) -> Path:
     """Five readable images (png, jpg, grey, a 16-bit png, nested), a corrupt jpg and a text file."""
     folder = tmp_path / "photos"
     (folder / "nested" / "deeper").mkdir(parents=True)
-    sources = sorted((synth_data / "images" / "test").rglob("*.png"))
+    sources = sorted((tiny_data / "images" / "test").rglob("*.png"))
     sources = [p for p in sources if not p.stem.endswith("_mask")]
     shutil.copy(sources[0], folder / "a.png")
     Image.open(sources[9]).convert("RGB").resize((96, 80)).save(folder / "b.JPG", quality=95)
@@ -33,7 +32,7 @@ def image_folder(synth_data: Path, tmp_path: Path) -> Path:  # noqa: F811
     return folder
 
 
-def test_folder_with_a_corrupt_file(trained_run: Path, image_folder: Path, tmp_path: Path, capsys):  # noqa: F811
+def test_folder_with_a_corrupt_file(trained_run: Path, image_folder: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
     code = main(["localize", str(trained_run), str(image_folder), "--out", str(out), "--topk", "3"])
     captured = capsys.readouterr()
@@ -67,7 +66,7 @@ def test_folder_with_a_corrupt_file(trained_run: Path, image_folder: Path, tmp_p
                                r.boxes.reshape(-1, 4), atol=0.01)
 
 
-def test_csv_all_contours_and_no_overlays(trained_run: Path, image_folder: Path, tmp_path: Path, capsys):  # noqa: F811
+def test_csv_all_contours_and_no_overlays(trained_run: Path, image_folder: Path, tmp_path: Path, capsys):
     out = tmp_path / "csv_out"
     files = [str(image_folder / "a.png"), str(image_folder / "nested")]
     code = main(["localize", str(trained_run), *files, "--out", str(out), "--format", "csv", "--all-contours",
@@ -86,14 +85,14 @@ def test_csv_all_contours_and_no_overlays(trained_run: Path, image_folder: Path,
             assert float(row["score"]) > 0
 
 
-def test_all_readable_exits_zero(trained_run: Path, image_folder: Path, tmp_path: Path):  # noqa: F811
+def test_all_readable_exits_zero(trained_run: Path, image_folder: Path, tmp_path: Path):
     out = tmp_path / "ok"
     assert main(["localize", str(trained_run), str(image_folder / "a.png"), "--out", str(out)]) == 0
     doc = json.loads((out / "boxes.json").read_text())
     assert doc["num_images"] == 1 and doc["skipped"] == []
 
 
-def test_usage_errors_exit_two(trained_run: Path, tmp_path: Path, capsys):  # noqa: F811
+def test_usage_errors_exit_two(trained_run: Path, tmp_path: Path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.md").write_text("no images here")

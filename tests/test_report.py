@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from kdcicam.cli import main
-from test_inference import synth_data, trained_run  # noqa: F401  (session fixtures)
 
 VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "source", "wbr"}
 
@@ -51,7 +50,7 @@ def _copy_run(src: Path, dst: Path, kd_layout: bool = False) -> Path:
 
 
 @pytest.fixture()
-def runs(trained_run: Path, tmp_path: Path):  # noqa: F811
+def runs(trained_run: Path, tmp_path: Path):
     plain = _copy_run(trained_run, tmp_path / "cam <&> run")  # a name that must be escaped
     kd = _copy_run(trained_run, tmp_path / "kd-ci-cam", kd_layout=True)
     return plain, kd
@@ -123,10 +122,10 @@ def test_report_command(runs, tmp_path: Path, capsys):
     assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "x.html")]) == 2
 
 
-def test_doc_overlays_are_small_pngs(trained_run: Path, synth_data: Path, tmp_path: Path):  # noqa: F811
+def test_doc_overlays_are_small_pngs(trained_run: Path, tiny_data: Path, tmp_path: Path):
     from kdcicam.viz import save_doc_overlays
 
-    images = sorted((synth_data / "images" / "test_conflict").rglob("*.png"))[:3]
+    images = sorted((tiny_data / "images" / "test_conflict").rglob("*.png"))[:3]
     paths = save_doc_overlays(trained_run, images, tmp_path / "docs" / "images", max_side=256, max_bytes=300_000)
     assert [p.name for p in paths] == ["overlay_0.png", "overlay_1.png", "overlay_2.png"]
     for p in paths:

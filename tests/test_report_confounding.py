@@ -3,13 +3,11 @@ the sections render from partial results (one seed, an old file without the past
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 import report_confounding as rc
 

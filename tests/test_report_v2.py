@@ -4,13 +4,11 @@ an older preset made."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def _run(method: str, seed: int, leak: float, v2: float, cls: float = 90.0, cls_conflict: float = 40.0) -> dict:

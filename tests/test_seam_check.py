@@ -1,14 +1,12 @@
 """benchmarks/seam_check.py: where a CAM's mass lies, against where the pasted region is."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 import seam_check
 

@@ -3,13 +3,11 @@ path is checked with `--tiny`, a minute of CPU; see docs/confounding.md.)"""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 import synthetic_calibration as cal
 

@@ -24,7 +24,6 @@ from omegaconf.errors import (
 
 from .errors import ConfigError
 
-METHODS = ("cam", "ci-cam", "kd-ci-cam")
 KD_STAGES = ("cls_teacher", "loc_teacher", "student")
 
 
@@ -304,14 +303,56 @@ def _check_index(cfg: DictConfig, key: str, item: str) -> None:
             return  # an unknown key: OmegaConf names it, with the valid keys
 
 
+def method_names() -> list[str]:
+    """The methods a config may name: those registered with ``@register_model`` (the model registry is the
+    one list; importing it loads the model modules, hence torch)."""
+    from .models.registry import list_models
+
+    return list_models()
+
+
+def _check_method(method: str, where: str) -> None:
+    names = method_names()
+    if method not in names:
+        raise ConfigError(f"{where}: method {method!r} is not a registered method; valid: {', '.join(names)}")
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship inside the package (``kdcicam/configs/NAME.yaml``), by name. They are package
+    data, so an installed kdcicam finds them without a checkout (a checkout's top-level ``configs/`` is a link
+    to the same folder)."""
+    folder = Path(__file__).resolve().parent / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def resolve_config(name_or_path: str | os.PathLike) -> Path:
+    """A config given as a path (used when that file exists) or as the name of a shipped config
+    (``synthetic_v2`` or ``synthetic_v2.yaml``). Anything else is a :class:`ConfigError` naming the
+    shipped configs, so a typo does not silently fall back to another file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    text = str(name_or_path)
+    if "/" not in text and os.sep not in text:
+        name = text.removesuffix(".yaml")
+        if name in shipped:
+            return shipped[name]
+    if path.exists():
+        raise ConfigError(f"{path}: not a config file")
+    raise ConfigError(f"config {text!r}: no such file, and not the name of a shipped config "
+                      f"({', '.join(shipped) or 'none found'})")
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
                 method: str | None = None) -> RunConfig:
-    """Defaults ← YAML file ← ``method`` ← ``key.sub=value`` overrides (each layer checked)."""
+    """Defaults ← YAML file ← ``method`` ← ``key.sub=value`` overrides (each layer checked). ``path`` is
+    a file or the name of a shipped config (:func:`resolve_config`)."""
     cfg = OmegaConf.structured(RunConfig)
     where = "config"
     required: list[str] = []
     if path is not None:
-        path = Path(path)
+        path = resolve_config(path)
         where = str(path)
         data = _safe_load_yaml(path)
         required = _required_keys(data)
@@ -320,6 +361,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         except OmegaConfBaseException as e:
             raise _explain(e, where) from None
     if method is not None:
+        _check_method(method, "--method")
         cfg.method = method
     given = {item.split("=", 1)[0].strip() for item in overrides}
     for key in required:
@@ -368,7 +410,6 @@ def with_overrides(config: RunConfig, section: str, values: dict, where: str) ->
 
 
 _CHOICES = {
-    "method": METHODS,
     "model.combination": ("quadratic", "sum_1"),
     "model.localization_map": ("combinational", "top1"),
     "model.recipe": ("mm21", "kd"),
@@ -384,6 +425,7 @@ _CHOICES = {
 
 def validate(config: RunConfig, where: str = "config") -> None:
     """Check values OmegaConf's types cannot: choices and ranges."""
+    _check_method(config.method, where)
     for dotted, choices in _CHOICES.items():
         value: Any = config
         for part in dotted.split("."):

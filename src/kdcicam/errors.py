@@ -10,6 +10,17 @@ class ConfigError(KdcicamError, ValueError):
     """A bad configuration file or override."""
 
 
+class MetadataError(KdcicamError, ValueError):
+    """A problem in a metadata file, located by file and (1-based) line."""
+
+    def __init__(self, file: object, line: int | None, problem: str):
+        self.file = str(file)
+        self.line = line
+        self.problem = problem
+        where = f"{self.file}:{line}" if line is not None else self.file
+        super().__init__(f"{where}: {problem}")
+
+
 class ImageReadError(KdcicamError, OSError):
     """An image that cannot be decoded; the message names the file."""
 

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .data.atomic import atomic_write_bytes  # re-exported: callers (kdcicam localize) write through it
 from .errors import KdcicamError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,27 +121,6 @@ def png_bytes(image: Image.Image, optimize: bool = True) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=optimize)
     return buf.getvalue()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write through a temp file in the same folder and rename: a reader never sees half a file."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_overlay(path: str | os.PathLike, image: Image.Image | np.ndarray, result: LocalizationResult,
@@ -487,34 +467,58 @@ img{display:block;margin:auto}
 _LOWER_IS_BETTER = {"context_leakage"}
 
 
+def _floors(runs: list[RunInfo], splits: list[str]) -> dict[str, dict[str, Any]]:
+    """The centre-Gaussian floor of each split, where ``kdcicam baseline`` computed it for the first run's data
+    (same metadata, val split and evaluation grid); nothing is computed here."""
+    from .evaluation.baselines import cached_floor
+
+    data = runs[0].config.data
+    floors = {s: cached_floor(data.root, s, data.val_split, data.image_size) for s in splits}
+    return {s: f for s, f in floors.items() if f is not None}
+
+
 def _metrics_table_html(runs: list[RunInfo], splits: list[str]) -> str:
     from .evaluation.table import TABLE_ROWS, metric_value
 
-    columns = [(run, split) for split in splits for run in runs]
-    head = "".join(f"<th>{html.escape(run.label)}<br><span class='sub'>{html.escape(split)}</span></th>"
-                   for run, split in columns)
+    floors = _floors(runs, splits)
+    # (label, split, metrics, is a run); the floor of a split comes after that split's runs
+    columns = [(run.label, split, run.metrics.get(split) or {}, True) for split in splits for run in runs]
+    columns = [c for split in splits for c in
+               [*(c for c in columns if c[1] == split),
+                *([("floor: centre Gaussian", split, floors[split]["metrics"], False)] if split in floors else [])]]
+    head = "".join(f"<th>{html.escape(label)}<br><span class='sub'>{html.escape(split)}</span></th>"
+                   for label, split, _, _ in columns)
     rows = [f"<table class='metrics'><thead><tr><th>metric</th>{head}</tr></thead><tbody>"]
     for label, key in TABLE_ROWS:
-        values = [metric_value(run.metrics.get(split) or {}, key) for run, split in columns]
+        values = [metric_value(metrics, key) for _, _, metrics, _ in columns]
         if all(v is None for v in values):
             continue
         name = key if isinstance(key, str) else key[0]
         cells = []
-        for (run, split), v in zip(columns, values):
-            same_split = [w for (r, s), w in zip(columns, values) if s == split and w is not None]
+        for (_, split, _, is_run), v in zip(columns, values):
+            same_split = [w for (_, s, _, r), w in zip(columns, values) if s == split and r and w is not None]
             best = None
             if len(same_split) > 1:
                 best = min(same_split) if name in _LOWER_IS_BETTER else max(same_split)
-            css = " class='best'" if v is not None and best is not None and v == best else ""
+            css = " class='best'" if is_run and v is not None and best is not None and v == best else ""
             cells.append(f"<td{css}>{'-' if v is None else f'{v:.2f}'}</td>")
         rows.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}</tr>")
     thresholds = []
-    for run, split in columns:
+    runs_by_label = {run.label: run for run in runs}
+    for label, split, _, is_run in columns:
+        if not is_run:
+            thresholds.append(f"{floors[split]['box_threshold']:.2f}")
+            continue
+        run = runs_by_label[label]
         t = run.metrics.get("box_threshold")
         given = " (given)" if run.metrics.get("box_threshold_chosen_on") == "given" else ""
         thresholds.append("-" if t is None else f"{float(t):.2f}{given}")
     rows.append("<tr><td>Box threshold (chosen on val)</td>" + "".join(f"<td>{t}</td>" for t in thresholds) + "</tr>")
     rows.append("</tbody></table>")
+    if floors:
+        sigma = next(iter(floors.values()))["sigma"]
+        rows.append(f"<p class='note'>floor: the same centred Gaussian for every image (σ {sigma} of the grid, "
+                    "chosen on val by <code>kdcicam baseline</code>): what a map that ignores the image scores.</p>")
     return "".join(rows)
 
 

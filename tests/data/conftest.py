@@ -7,9 +7,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-CUB50 = REPO / ".." / "shared" / "data" / "cub50"
-
 
 @dataclass
 class TinyCub:
@@ -57,9 +54,3 @@ def make_tiny_cub(root: Path) -> TinyCub:
 def tiny_cub(tmp_path: Path) -> TinyCub:
     return make_tiny_cub(tmp_path / "CUB_tiny")
 
-
-@pytest.fixture
-def cub50() -> Path:
-    if not (CUB50 / "images.txt").is_file():
-        pytest.skip("../shared/data/cub50 is not present")
-    return CUB50.resolve()

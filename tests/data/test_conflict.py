@@ -5,6 +5,8 @@ The source is a tiny CUB tree made here: flat background colour per class, flat 
 so any pixel tells which image it came from."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +193,14 @@ def test_too_small_backgrounds_are_skipped_and_counted(tmp_path):
 
 
 def test_cli_and_its_errors(tree, tmp_path, capsys):
-    assert main(["data", "conflict", str(tree[0]), "--out", str(tmp_path / "p"), "--control", "--limit", "8"]) == 0
+    umask = os.umask(0o022)
+    try:
+        assert main(["data", "conflict", str(tree[0]), "--out", str(tmp_path / "p"), "--control", "--limit", "8"]) == 0
+    finally:
+        os.umask(umask)
+    # every file written (images, masks, metadata) has open()'s permissions, not a temp file's 0600
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "p").rglob("*") if p.is_file()}
+    assert modes == {0o644}
     printed = capsys.readouterr().out
     assert "test_conflict: 8 images" in printed and "test_seam: 8 images" in printed
     assert main(["data", "conflict", str(tree[0]), "--out", str(tree[0] / "inside")]) == 2

@@ -3,6 +3,7 @@ writes, anything else goes through load_cam (same maps or same errors), and the 
 hands batches over in order with each error at its own batch."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +111,12 @@ def test_leaving_early_stops_the_reader(tmp_path: Path):
     for i in ids:
         _save(tmp_path, i, np.zeros((4, 4)))
     reader = cam_batches.batches(tmp_path, ids, (4, 4), False, 2, prefetch=1)
-    next(reader)
-    reader.close()  # joins the thread; it must not hang on a full queue
+    assert next(reader)[0] == ids[:2]
+    closing = threading.Thread(target=reader.close, daemon=True)  # joins the reader: must not hang on a full queue
+    closing.start()
+    closing.join(timeout=30)
+    assert not closing.is_alive(), "leaving the loop early hangs on the reader thread"
+    assert not [t for t in threading.enumerate() if t.name == "kdcicam-cam-reader" and t.is_alive()]
 
 
 def test_reused_buffers_hold_each_batch_until_the_next_is_asked_for(tmp_path: Path):

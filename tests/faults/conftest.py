@@ -3,8 +3,8 @@
 Every fault test asks for the ``fault`` fixture, describes the fault it injects and what should
 happen, and notes what it observed. The test's own outcome decides ``handled``: a test that passes
 handled the fault; one that fails, or is a strict ``xfail`` (a known, reported gap), did not. At
-the end of the session the records go to ``build/faults/results.json`` (gitignored; override with
-``KDCICAM_FAULTS_RESULTS``), from which ``tests/faults/report.py`` writes docs/reliability.md.
+the end of the session the records go to the file ``KDCICAM_FAULTS_RESULTS`` names (when it is set: a plain
+test run writes nothing into the repository), from which ``tests/faults/report.py`` writes docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -22,9 +22,7 @@ import pytest
 
 from kdcicam.data.metadata import atomic_write_text
 
-REPO = Path(__file__).resolve().parents[2]
 RESULTS_ENV = "KDCICAM_FAULTS_RESULTS"
-DEFAULT_RESULTS = REPO / "build" / "faults" / "results.json"
 
 CATEGORIES = ("bad images", "bad metadata and CAM files", "hostile files", "crashes", "fuzzing", "wrong use")
 
@@ -51,8 +49,9 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def results_path() -> Path:
-    return Path(os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS)
+def results_path() -> Path | None:
+    """Where the session's fault records go: ``$KDCICAM_FAULTS_RESULTS``, or nowhere."""
+    return Path(os.environ[RESULTS_ENV]) if os.environ.get(RESULTS_ENV) else None
 
 
 # ------------------------------------------------------------------------------------------ recorder
@@ -96,7 +95,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _LOG.write(results_path(), [str(a) for a in session.config.invocation_params.args])
+    path = results_path()
+    if path is not None:
+        _LOG.write(path, [str(a) for a in session.config.invocation_params.args])
 
 
 def _first_line(text: str) -> str:

@@ -1,6 +1,6 @@
 """Write docs/reliability.md from the fault suite's results.
 
-    .venv/bin/pytest tests/faults            # writes build/faults/results.json
+    KDCICAM_FAULTS_RESULTS=build/faults/results.json .venv/bin/pytest tests/faults
     .venv/bin/python tests/faults/report.py  # writes docs/reliability.md
 
 The document is generated, never edited by hand: every number and row in it is a test outcome.
@@ -40,7 +40,8 @@ REPRODUCE = """\
 
 ```bash
 export MALLOC_MMAP_THRESHOLD_=10000000000 MALLOC_TRIM_THRESHOLD_=10000000000
-.venv/bin/pytest tests/faults                 # results: build/faults/results.json
+export KDCICAM_FAULTS_RESULTS=build/faults/results.json   # only then does the suite record its results
+.venv/bin/pytest tests/faults
 .venv/bin/python tests/faults/report.py       # this file
 ```
 

@@ -215,7 +215,7 @@ def test_nonlocal_block_matches_the_attention_formula():
 # --------------------------------------------------------------------------- freezing
 
 
-def test_frozen_stages_get_no_gradient_and_keep_bn_statistics():
+def test_freeze_stages_get_no_gradient_and_keep_bn_statistics():
     backbone = create_backbone("efficientnet_lite0")
     assert backbone.num_blocks == 16
     backbone.freeze(8)  # stem + blocks 0–7, as in the CPU recipes (configs/cub50.yaml)
@@ -235,10 +235,10 @@ def test_frozen_stages_get_no_gradient_and_keep_bn_statistics():
 
     backbone.freeze(-1)
     assert all(p.requires_grad for p in backbone.parameters()) and stem_bn.training
-    with pytest.raises(ConfigError, match="frozen_stages"):
+    with pytest.raises(ConfigError, match="freeze_stages"):
         backbone.freeze(17)
-    via_factory = create_backbone("efficientnet_lite0", frozen_stages=0)  # the stem only
-    assert via_factory.frozen_stages == 0 and not via_factory.net.conv_stem.weight.requires_grad
+    via_factory = create_backbone("efficientnet_lite0", freeze_stages=0)  # the stem only
+    assert via_factory.freeze_stages == 0 and not via_factory.net.conv_stem.weight.requires_grad
     assert via_factory.net.blocks[0][0].conv_dw.weight.requires_grad
 
 

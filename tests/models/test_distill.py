@@ -14,6 +14,7 @@ from kdcicam.models.distill import (
     draw_routes,
     freeze_teacher,
     kd_loss,
+    needed_teachers,
 )
 
 
@@ -68,6 +69,8 @@ def test_routes_are_uniform_and_respect_the_allowed_set():
                        draw_routes(50, torch.Generator().manual_seed(3)))
     assert allowed_routes("both") == (0, 1, 2) and allowed_routes("cls") == (0, 1)
     assert allowed_routes("none") == (0,)
+    assert needed_teachers("both") == ("cls_teacher", "loc_teacher") and needed_teachers("none") == ()
+    assert needed_teachers("cls") == ("cls_teacher",) and needed_teachers("loc") == ("loc_teacher",)
     with pytest.raises(ConfigError, match="both, cls, loc, none"):
         allowed_routes("all")
 

@@ -91,7 +91,7 @@ def test_param_groups_follow_method_section_4():
 def test_named_backbone_end_to_end():
     pytest.importorskip("kdcicam.models.backbones")
     model = create_model("ci-cam", "efficientnet_lite0", num_classes=3, freeze_stages=1, pool_rate=0.02)
-    assert model.backbone_name == "efficientnet_lite0" and model.backbone.frozen_stages == 1
+    assert model.backbone_name == "efficientnet_lite0" and model.backbone.freeze_stages == 1
     frozen = [p for p in model.backbone.parameters() if not p.requires_grad]
     assert frozen and not any(id(p) in {id(q) for g in model.param_groups(1.0, 0.1) for q in g["params"]}
                               for p in frozen)
@@ -103,3 +103,23 @@ def test_named_backbone_end_to_end():
     # an option neither the method nor the backbone knows is named
     with pytest.raises(ConfigError, match="pool_rate"):
         create_model("cam", "efficientnet_lite0", num_classes=3, pool_rate=0.1)
+
+
+def test_a_registered_method_is_a_method_for_configs_and_the_cli(monkeypatch: pytest.MonkeyPatch):
+    """The registry is the one method list: config validation and the CLI read it."""
+    from kdcicam.config import load_config, method_names
+    from kdcicam.models import registry
+    from kdcicam.models.cam import CAMModel
+
+    assert method_names() == list_models()
+    monkeypatch.setitem(registry._REGISTRY, "my-cam", CAMModel)
+    assert load_config(None, method="my-cam").method == "my-cam"
+    with pytest.raises(ConfigError, match=r"--method: method 'nope' is not a registered method; valid: cam, ci-cam, "
+                                          r"kd-ci-cam, my-cam"):
+        load_config(None, method="nope")
+
+
+def test_a_bad_freeze_stages_names_the_key_the_user_wrote():
+    with pytest.raises(ConfigError, match=r"^freeze_stages must be an integer from -1") as e:
+        create_model("cam", "efficientnet_lite0", num_classes=3, freeze_stages=99)
+    assert "frozen" not in str(e.value)

@@ -1,4 +1,4 @@
-"""A tiny synthetic dataset and a fast config shared by the training tests."""
+"""A fast config over the shared tiny dataset (tests/conftest.py), for the training tests."""
 from __future__ import annotations
 
 import os
@@ -14,16 +14,6 @@ FAST = [
     "optim.epochs=2", "optim.lr=0.003", "trainer.progress_bar=false", "trainer.seed=0",
     "trainer.log_every_n_steps=1", "data.test_splits=[test]",
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kdcicam.data.synthetic import SyntheticConfig, generate_synthetic
-
-    root = tmp_path_factory.mktemp("synth")
-    generate_synthetic(root, SyntheticConfig(seed=1, size=64, num_classes=4, n_train=64, n_val=32, n_test=32,
-                                             n_test_conflict=32, workers=1))
-    return root
 
 
 @pytest.fixture()

@@ -13,7 +13,6 @@ from _datasets import metadata_copy, reduce_localization
 from kdcicam.cli import main
 from kdcicam.errors import KdcicamError, NoBoxThresholdError
 from kdcicam.training.pipeline import effective_monitor
-from test_inference import synth_data, trained_run  # noqa: F401  (session fixtures)
 
 
 def dataset_variant(src: Path, dst: Path, val: str) -> Path:
@@ -31,10 +30,10 @@ def test_monitor_falls_back_to_what_val_can_compute():
 
 
 @pytest.mark.parametrize("val", ["masks", "none"])
-def test_evaluate_without_val_boxes(trained_run: Path, synth_data: Path, tmp_path: Path, val: str, capsys):  # noqa: F811
+def test_evaluate_without_val_boxes(trained_run: Path, tiny_data: Path, tmp_path: Path, val: str, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    data = dataset_variant(synth_data, tmp_path / "data", val)
+    data = dataset_variant(tiny_data, tmp_path / "data", val)
     from kdcicam.training.evaluate import evaluate
 
     with pytest.raises(NoBoxThresholdError, match="--box-threshold"):

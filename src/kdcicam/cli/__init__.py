@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("kdcicam.cli.train", "train CAM, CI-CAM or KD-CI-CAM (resumable)"),
     "evaluate": ("kdcicam.cli.evaluate", "evaluate a run or checkpoint on a split"),
     "score": ("kdcicam.cli.score", "score saved CAMs (.npy) with the wsolevaluation protocol"),
+    "baseline": ("kdcicam.cli.baseline", "score maps that need no model: the centre-Gaussian floor, the oracle CAM"),
     "localize": ("kdcicam.cli.localize", "boxes and heatmaps for your own images"),
     "export": ("kdcicam.cli.export", "export a trained run to ONNX (run it without PyTorch)"),
     "report": ("kdcicam.cli.report", "one self-contained HTML report comparing runs"),

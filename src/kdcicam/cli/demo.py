@@ -13,25 +13,25 @@ import json
 import time
 from pathlib import Path
 
-METHODS = ("cam", "ci-cam", "kd-ci-cam")
-#: variant -> (default config, default data folder)
-VARIANTS = {"v1": ("configs/synthetic.yaml", "data/synth"), "v2": ("configs/synthetic_v2.yaml", "data/synth_v2")}
+#: variant -> (default config: a shipped config's name, default data folder under the working folder)
+VARIANTS = {"v1": ("synthetic", "data/synth"), "v2": ("synthetic_v2", "data/synth_v2")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="folder for runs, metrics and the report (default demo_out)")
     p.add_argument("--variant", choices=sorted(VARIANTS), default="v2",
                    help="synthetic data: v2 (default; the habitat confounds) or v1 (the first benchmark's data)")
-    p.add_argument("--config", default=None, help="run config (default: the variant's, configs/synthetic_v2.yaml "
-                   "or configs/synthetic.yaml)")
+    p.add_argument("--config", default=None, help="run config, a file or a shipped config's name (default: the "
+                   "variant's, synthetic_v2 or synthetic)")
     p.add_argument("--data", default=None, help="where the synthetic data is generated (default: data/synth_v2 "
                    "or data/synth)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="methods to train (default: every registered method, kdcicam.list_models())")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..config import load_config, method_names, resolve_config
     from ..data.metadata import atomic_write_text
     from ..data.synthetic import SyntheticConfig, ensure_synthetic
     from ..data.synthetic_v2 import v2_config
@@ -41,9 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from ..training.pipeline import train
 
     start = time.time()
-    config_path = args.config or VARIANTS[args.variant][0]
-    if not Path(config_path).is_file():
-        raise ConfigError(f"--config {config_path}: not found (run from the repository root or pass --config)")
+    config_path = resolve_config(args.config or VARIANTS[args.variant][0])
+    methods = method_names()
+    for method in args.methods or ():
+        if method not in methods:
+            raise ConfigError(f"--methods {method}: not a registered method; valid: {', '.join(methods)}")
+    args.methods = list(args.methods or methods)
     data = Path(args.data or VARIANTS[args.variant][1])
     if not (data / "dataset.yaml").is_file():
         print(f"[demo] generating the synthetic confounded-objects dataset ({args.variant}) into {data} ...",

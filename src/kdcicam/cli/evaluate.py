@@ -60,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
            f"box threshold {threshold:.2f}, " + ("given (--box-threshold)" if chosen_on == "given"
                                                  else f"chosen on {chosen_on}"))
     print(f"checkpoint: {results['checkpoint']}  ({how})")
-    print(format_table({s: results[s] for s in splits}))
+    columns = {s: results[s] for s in splits}
+    floors = {s: results["floors"][s] for s in splits if s in results.get("floors", {})}
+    columns.update({f"floor/{s}": f["metrics"] for s, f in floors.items()})
+    print(format_table(columns))
+    if floors:
+        sigma, chosen = next(iter(floors.values()))["sigma"], next(iter(floors.values()))["chosen_on"]
+        print(f"floor: the centre Gaussian (σ {sigma}, chosen on {chosen}; `kdcicam baseline`), an image-blind map")
     print(f"metrics written to {results['metrics_file']}")
     if args.coco:
         results["coco"] = coco_results(args, splits, threshold)

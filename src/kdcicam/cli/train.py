@@ -7,8 +7,12 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config (e.g. configs/synthetic.yaml)")
-    p.add_argument("--method", choices=["cam", "ci-cam", "kd-ci-cam"], help="overrides the config's method")
+    from ..config import shipped_configs
+
+    p.add_argument("config", help="a YAML config file, or the name of a config that ships with kdcicam: "
+                   f"{', '.join(shipped_configs())}")
+    p.add_argument("--method", help="overrides the config's method: a registered method (kdcicam.list_models(): "
+                   "cam, ci-cam, kd-ci-cam built in)")
     p.add_argument("--out", help="run folder (default runs/<config name>-<method>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last.ckpt")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. optim.epochs=5")

@@ -47,6 +47,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..errors import ConfigError
+from .atomic import atomic_write_bytes
 from .metadata import (
     DATASET_YAML,
     DatasetInfo,
@@ -254,19 +255,6 @@ def compose(images: _Images, items: list[_Item], entry: tuple[int, int, IntBox, 
 
 
 # -------------------------------------------------------------------------------------------- writing
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _encode(array: np.ndarray, ext: str, quality: int) -> bytes:
     import cv2
 
@@ -350,7 +338,7 @@ def make_conflict(src: str | os.PathLike, out: str | os.PathLike, cfg: ConflictC
             mask_id = stem + "_mask.png"
             if plan is None:  # the object image itself, its bytes unchanged: the paired baseline
                 new_id, host, donor = f"{name}/{it.image_id}", -1, -1
-                _write_bytes(image_root / new_id, (md.image_root / it.image_id).read_bytes())
+                atomic_write_bytes(image_root / new_id, (md.image_root / it.image_id).read_bytes())
             else:
                 entry = plan[k]
                 assert entry is not None
@@ -361,10 +349,10 @@ def make_conflict(src: str | os.PathLike, out: str | os.PathLike, cfg: ConflictC
                     pixels = np.floor(_canvas(images(items[host]), entry[2], it.size) + 0.5).clip(0, 255).astype(np.uint8)
                 else:
                     pixels = compose(images, items, entry, cfg.feather)
-                _write_bytes(image_root / new_id, _encode(pixels, "." + cfg.image_format, cfg.jpeg_quality))
+                atomic_write_bytes(image_root / new_id, _encode(pixels, "." + cfg.image_format, cfg.jpeg_quality))
             mask = np.zeros((it.size[1], it.size[0]), dtype=np.uint8)
             mask[it.box[1]:it.box[3], it.box[0]:it.box[2]] = 255
-            _write_bytes(image_root / mask_id, _encode(mask, ".png", 0))
+            atomic_write_bytes(image_root / mask_id, _encode(mask, ".png", 0))
             new_ids.append(new_id)
             labels[new_id], sizes[new_id], boxes[new_id], masks[new_id] = it.label, it.size, [it.box], [mask_id]
             sources.append(f"{new_id},{it.image_id},{items[host].image_id if host >= 0 else ''},"

@@ -24,7 +24,6 @@ Decisions, so that results are reproducible and comparable:
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from .metadata import (
     write_dataset_info,
     write_metadata,
 )
+from .numbers import parse_number, round_half_up
 
 BOX_ROUNDING = "x0=int(x+0.5), y0=int(y+0.5), x1=int(x+w+0.5), y1=int(y+h+0.5) (round half-up), clipped to the image"
 
@@ -77,21 +77,6 @@ def _int(value: str, path: Path, line: int, what: str) -> int:
         return int(value)
     except ValueError:
         raise MetadataError(path, line, f"{what} {value!r} is not an integer") from None
-
-
-def _float(value: str, path: Path, line: int, what: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise MetadataError(path, line, f"{what} {value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise MetadataError(path, line, f"{what} {value!r} is not finite")
-    return number
-
-
-def round_half_up(v: float) -> int:
-    """``int(v + 0.5)`` for the non-negative values we use, i.e. floor(v + 0.5) (no banker's rounding)."""
-    return math.floor(v + 0.5)
 
 
 def cub_box_to_xyxy(x: float, y: float, w: float, h: float) -> tuple[int, int, int, int]:
@@ -176,7 +161,7 @@ def _read_tree(src: Path) -> tuple[dict[int, _Image], dict[int, str]]:
             raise MetadataError(path, line, f"is_training_image must be 0 or 1, got {flag!r}")
         im.is_train = flag == "1"
     for path, line, im, coords in per_image("bounding_boxes.txt", 5, "image_id x y width height"):
-        x, y, w, h = (_float(v, path, line, n) for v, n in zip(coords, ("x", "y", "width", "height")))
+        x, y, w, h = (parse_number(v, path, line, n) for v, n in zip(coords, ("x", "y", "width", "height")))
         if x < 0 or y < 0 or w <= 0 or h <= 0:
             raise MetadataError(path, line, f"invalid box x={x:g} y={y:g} width={w:g} height={h:g}")
         im.box_xywh, im.box_line = (x, y, w, h), line

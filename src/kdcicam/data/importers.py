@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -45,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from xml.parsers import expat
 
-from .cub import _header_size, exif_transpose_box, round_half_up, stratified_holdout
+from .cub import _header_size, exif_transpose_box, stratified_holdout
 from .metadata import (
     DATASET_YAML,
     DatasetInfo,
@@ -56,6 +55,7 @@ from .metadata import (
     write_dataset_info,
     write_metadata,
 )
+from .numbers import parse_number, round_half_up
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 _PATH_HEADERS = frozenset({"path", "image", "image_path", "image_id", "file", "filename", "file_name", "name"})
@@ -182,16 +182,6 @@ def read_labels(source: str | os.PathLike, image_root: str | os.PathLike | None 
 
 
 # ------------------------------------------------------------------------------------------ boxes
-def _coord(value: str, file: Path, line: int | None, what: str, entry: str = "") -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise MetadataError(file, line, f"{entry + ': ' if entry else ''}{what} {value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise MetadataError(file, line, f"{entry + ': ' if entry else ''}{what} {value!r} is not finite")
-    return number
-
-
 def read_boxes_csv(path: str | os.PathLike) -> list[BoxRecord]:
     """``path,x0,y0,x1,y1[,label]`` rows (header allowed)."""
     path = Path(path).resolve()
@@ -207,7 +197,7 @@ def read_boxes_csv(path: str | os.PathLike) -> list[BoxRecord]:
                                 f"got {len(fields)}")
         if not fields[0]:
             raise MetadataError(path, number, "empty image path")
-        x0, y0, x1, y1 = (_coord(v, path, number, n) for v, n in zip(fields[1:5], ("x0", "y0", "x1", "y1")))
+        x0, y0, x1, y1 = (parse_number(v, path, number, n) for v, n in zip(fields[1:5], ("x0", "y0", "x1", "y1")))
         label = fields[5] if len(fields) == 6 and fields[5] else None
         records.append(BoxRecord(key=fields[0], box=(x0, y0, x1, y1), label=label, file=path, line=number))
     if not records:
@@ -283,8 +273,8 @@ def read_voc_file(path: str | os.PathLike) -> list[BoxRecord]:
     size = None
     size_node = root.find("size")
     if size_node is not None and size_node.findtext("width") and size_node.findtext("height"):
-        w = _coord(size_node.findtext("width"), path, size_node.line, "width")
-        h = _coord(size_node.findtext("height"), path, size_node.line, "height")
+        w = parse_number(size_node.findtext("width"), path, size_node.line, "width")
+        h = parse_number(size_node.findtext("height"), path, size_node.line, "height")
         size = (int(w), int(h)) if w > 0 and h > 0 else None
     records = []
     for k, obj in enumerate(c for c in root.children if c.tag == "object"):
@@ -297,7 +287,7 @@ def read_voc_file(path: str | os.PathLike) -> list[BoxRecord]:
             v = bnd.findtext(tag)
             if v is None:
                 raise MetadataError(path, bnd.line, f"{entry}: missing <{tag}>")
-            values.append(_coord(v, path, bnd.line, tag, entry))
+            values.append(parse_number(v, path, bnd.line, tag, entry=entry))
         xmin, ymin, xmax, ymax = values
         label = obj.findtext("name") or None
         alt = (f"{folder}/{filename}",) if folder else ()
@@ -355,7 +345,7 @@ def read_coco(path: str | os.PathLike) -> list[BoxRecord]:
         bbox = ann["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise MetadataError(path, None, f"{entry}: bbox must be [x, y, width, height], got {bbox!r}")
-        x, y, w, h = (_coord(v, path, None, n, entry) for v, n in zip(bbox, ("x", "y", "width", "height")))
+        x, y, w, h = (parse_number(v, path, None, n, entry=entry) for v, n in zip(bbox, ("x", "y", "width", "height")))
         if w < 0 or h < 0:
             raise MetadataError(path, None, f"{entry}: negative width or height in bbox {bbox!r}")
         cat = ann.get("category_id")

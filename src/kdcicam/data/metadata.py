@@ -20,16 +20,16 @@ wrong, because a researcher debugging a 50,000-line file needs the line, not a t
 from __future__ import annotations
 
 import codecs
-import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import yaml
 
-from ..errors import KdcicamError
+from ..errors import MetadataError  # MetadataError re-exported: callers import it from here
+from .atomic import atomic_write_text  # re-exported: the writers below and many callers use it from here
+from .numbers import parse_number
 
 Box = tuple[float, float, float, float]
 
@@ -39,17 +39,6 @@ IMAGE_SIZES = "image_sizes.txt"
 LOCALIZATION = "localization.txt"
 MASKS = "masks.txt"
 DATASET_YAML = "dataset.yaml"
-
-
-class MetadataError(KdcicamError, ValueError):
-    """A problem in a metadata file, located by file and (1-based) line."""
-
-    def __init__(self, file: str | os.PathLike, line: int | None, problem: str):
-        self.file = str(file)
-        self.line = line
-        self.problem = problem
-        where = f"{self.file}:{line}" if line is not None else self.file
-        super().__init__(f"{where}: {problem}")
 
 
 @dataclass
@@ -145,18 +134,6 @@ def check_relative_path(value: str, file: Path, line: int | None, what: str = "p
     if ".." in parts:
         raise MetadataError(file, line, f"{what} {value!r} escapes the image root ('..' is not allowed)")
     return value
-
-
-def _number(value: str, file: Path, line: int, what: str, integer: bool = False) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise MetadataError(file, line, f"{what} {value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise MetadataError(file, line, f"{what} {value!r} is not finite")
-    if integer and number != int(number):
-        raise MetadataError(file, line, f"{what} {value!r} is not an integer")
-    return number
 
 
 def _require(path: Path) -> Path:
@@ -265,7 +242,7 @@ def read_metadata(
     class_labels: dict[str, int] = {}
     rows = list(keyed(labels_file, 2, "path,class"))
     for number, image_id, (value,) in rows:
-        class_labels[image_id] = int(_number(value, labels_file, number, "class", integer=True))
+        class_labels[image_id] = int(parse_number(value, labels_file, number, "class", integer=True))
     inferred = max(class_labels.values()) + 1
     num_classes = inferred if num_classes is None else int(num_classes)
     for number, image_id, _ in rows:
@@ -285,8 +262,8 @@ def read_metadata(
     image_sizes: dict[str, tuple[int, int]] = {}
     sizes = keyed(sizes_file, 3, "path,width,height") if sizes_file.is_file() else iter(())
     for number, image_id, (w, h) in sizes:
-        width = int(_number(w, sizes_file, number, "width", integer=True))
-        height = int(_number(h, sizes_file, number, "height", integer=True))
+        width = int(parse_number(w, sizes_file, number, "width", integer=True))
+        height = int(parse_number(h, sizes_file, number, "height", integer=True))
         if width <= 0 or height <= 0:
             raise MetadataError(sizes_file, number, f"image size {width}x{height} is not positive")
         image_sizes[image_id] = (width, height)
@@ -310,7 +287,7 @@ def read_metadata(
             read_masks(loc_file, keyed(loc_file, 3, "path,mask_path,ignore_path", repeat=True))
         else:
             for number, image_id, coords in keyed(loc_file, 5, "path,x0,y0,x1,y1", repeat=True):
-                x0, y0, x1, y1 = (_number(v, loc_file, number, n) for v, n in zip(coords, ("x0", "y0", "x1", "y1")))
+                x0, y0, x1, y1 = (parse_number(v, loc_file, number, n) for v, n in zip(coords, ("x0", "y0", "x1", "y1")))
                 if x1 < x0 or y1 < y0:  # wsolevaluation's check_box_convention: a zero-width box is allowed
                     raise MetadataError(loc_file, number, f"inverted box ({x0:g},{y0:g},{x1:g},{y1:g}): "
                                         "need x1 >= x0 and y1 >= y0")
@@ -337,24 +314,6 @@ def read_metadata(
 
 
 # ----------------------------------------------------------------------------------------- writing
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file via a temp file and rename, so a crash never leaves it half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 

@@ -58,6 +58,7 @@ from .metadata import (
     write_dataset_info,
     write_metadata,
 )
+from .numbers import round_half_up
 
 SHAPES = ("disc", "square", "triangle", "star", "cross", "ring", "ellipse", "hexagon", "crescent", "arrow")
 HABITATS = ("blobs", "grain", "stripes_0", "stripes_60", "stripes_120", "gradient", "checker", "ripples",
@@ -171,10 +172,6 @@ V2_DEFAULTS = {f.name: f.default for f in fields(SyntheticConfig) if f.name in (
 
 
 # -------------------------------------------------------------------------------------- allocation
-def _round_half_up(v: float) -> int:
-    return math.floor(v + 0.5)
-
-
 def class_counts(n: int, num_classes: int) -> list[int]:
     """Balanced class sizes: the first ``n % K`` classes get one more image."""
     return [n // num_classes + (1 if c < n % num_classes else 0) for c in range(num_classes)]
@@ -193,7 +190,7 @@ def plan_split(config: SyntheticConfig, split: str) -> list[tuple[int, int]]:
         others = [h for h in range(K) if h != c]
         offset = int(rng.integers(K))
         if split in ("train", "val"):
-            own = _round_half_up(config.rho * n_c)
+            own = round_half_up(config.rho * n_c)
             habitats = [c] * own + [others[(offset + j) % (K - 1)] for j in range(n_c - own)]
         elif split == "test":
             habitats = [(offset + j) % K for j in range(n_c)]

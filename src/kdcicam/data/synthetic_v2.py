@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ConfigError
+from .numbers import round_half_up
 
 if TYPE_CHECKING:
     from .synthetic import SyntheticConfig
@@ -87,7 +88,7 @@ def split_seed(config: SyntheticConfig, stream: int, split: str) -> list[int]:
 def plan_split_v2(config: SyntheticConfig, split: str) -> list[tuple[int, int]]:
     """``(label, habitat)`` per image, class-major: train/val/test own habitat for exactly
     ``round_half_up(rho * n_c)`` images of class ``c``; the ``*_conflict`` splits never."""
-    from .synthetic import _round_half_up, class_counts
+    from .synthetic import class_counts
 
     K = config.num_classes
     rng = np.random.default_rng(split_seed(config, _PLAN_STREAM, split))
@@ -95,7 +96,7 @@ def plan_split_v2(config: SyntheticConfig, split: str) -> list[tuple[int, int]]:
     for c, n_c in enumerate(class_counts(config.count(split), K)):
         others = [h for h in range(K) if h != c]
         offset = int(rng.integers(K))
-        own = 0 if split.endswith("_conflict") else _round_half_up(config.rho * n_c)
+        own = 0 if split.endswith("_conflict") else round_half_up(config.rho * n_c)
         habitats = [c] * own + [others[(offset + j) % (K - 1)] for j in range(n_c - own)]
         order = rng.permutation(n_c)
         plan.extend((c, habitats[i]) for i in order)

@@ -21,6 +21,8 @@ KD_MODES = ("official", "kl")
 CAM_LOSSES = ("mse", "at")
 TEACHERS = ("both", "cls", "loc", "none")
 _ALLOWED = {"both": (0, 1, 2), "cls": (0, 1), "loc": (0, 2), "none": (0,)}
+#: the teacher (its KD stage's name) that a distillation route needs
+ROUTE_TEACHER = {1: "cls_teacher", 2: "loc_teacher"}
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float, mode: str = "official",
@@ -107,6 +109,11 @@ def allowed_routes(teachers: str) -> tuple[int, ...]:
     if teachers not in _ALLOWED:
         raise ConfigError(f"unknown teachers setting {teachers!r}; valid: {', '.join(TEACHERS)}")
     return _ALLOWED[teachers]
+
+
+def needed_teachers(teachers: str) -> tuple[str, ...]:
+    """The KD stages to train before the student: the teachers of its allowed routes, in route order."""
+    return tuple(ROUTE_TEACHER[r] for r in allowed_routes(teachers) if r in ROUTE_TEACHER)
 
 
 def draw_routes(n: int, generator: torch.Generator | None = None,

