@@ -456,8 +456,11 @@ def against_default(tagged: dict[str, dict[str, list[dict]]], main_runs: dict[st
                         row = _best_loc_epoch(main) if main else None
                         if row is None:
                             continue
+                        mine = checkpoint_metrics(r, "best_loc", split)  # the curve row is the best_loc epoch's
+                        if mine is None:
+                            continue
                         from_curves = True
-                        pairs = [(name, _metric(m, k), row.get(ck)) for name, k, ck in ABLATION_DELTAS if ck]
+                        pairs = [(name, _metric(mine, k), row.get(ck)) for name, k, ck in ABLATION_DELTAS if ck]
                         notes.update(_config_difference(r, main))
                     else:
                         continue
