@@ -24,7 +24,9 @@ ALLOWED = {
     "training": {"errors", "data", "models", "config", "evaluation", "scoremaps", "checkpoints", "diagnostics"},
     "inference": {"errors", "data", "evaluation", "scoremaps", "checkpoints"},
     "viz": {"errors", "data", "config", "evaluation", "checkpoints", "inference", "diagnostics", "__version__"},
-    "cli": {"errors", "data", "config", "config_template", "evaluation", "training", "inference", "viz", "__version__"},
+    "app": {"errors", "data", "evaluation", "scoremaps", "inference", "__version__"},
+    "cli": {"errors", "data", "config", "config_template", "evaluation", "training", "inference", "viz", "app",
+            "__version__"},
     "__init__": {"models", "inference", "evaluation"},
     "__main__": {"cli"},
 }

@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("kdcicam.cli.evaluate", "evaluate a run or checkpoint on a split"),
     "score": ("kdcicam.cli.score", "score saved CAMs (.npy) with the wsolevaluation protocol"),
     "localize": ("kdcicam.cli.localize", "boxes and heatmaps for your own images"),
+    "app": ("kdcicam.cli.app", "a local page: upload photos, heatmaps, boxes, a threshold slider, downloads"),
     "report": ("kdcicam.cli.report", "one self-contained HTML report comparing runs"),
     "demo": ("kdcicam.cli.demo", "the whole pipeline on the embedded synthetic data"),
 }
