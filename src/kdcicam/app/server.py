@@ -140,7 +140,7 @@ class AppHandler(BaseHTTPRequestHandler):
     timeout = 60  # seconds a client may stall mid-request before its thread gives up
 
     # ------------------------------------------------------------------ plumbing
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)
 
     def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
@@ -201,7 +201,7 @@ class AppHandler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(e)})
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True  # the client went away; nothing to answer
-        except Exception as e:  # noqa: BLE001 - the page must stay up whatever one request does
+        except Exception as e:  # the page must stay up whatever one request does
             log.exception("internal error on %s %s", self.command, self.path)
             try:
                 self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(e).__name__}: {e}"})
@@ -209,12 +209,12 @@ class AppHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
 
     # ------------------------------------------------------------------ routes
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+    def do_GET(self) -> None:
         self._guarded(self._get)
 
     do_HEAD = do_GET
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._guarded(self._post)
 
     def _get(self) -> None:
