@@ -65,7 +65,7 @@ def decode_upload(data: bytes, name: str, limits: UploadLimits) -> Image.Image:
     except Image.DecompressionBombError as e:  # over Pillow's own hard limit (about 179 MP), whatever ours is
         raise UploadError(f"{name}: {e}", status=413) from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for a non-image (UnidentifiedImageError, ...)
-        raise UploadError(f"{name}: not an image Pillow can read ({type(e).__name__}: {e})") from None
+        raise UploadError(f"{name}: cannot read the image, it is not one Pillow knows ({type(e).__name__}: {e})") from None
     if width * height > limits.max_pixels:
         raise UploadError(f"{name}: {width} × {height} pixels ({width * height / 1e6:.1f} MP) is over the limit of "
                           f"{limits.max_pixels / 1e6:g} MP (kdcicam app --max-megapixels)", status=413)
