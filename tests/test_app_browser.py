@@ -217,7 +217,7 @@ def test_the_page_in_a_browser(browser, trained_run: Path, synth_data: Path, tmp
 
 
 # ------------------------------------------------------------------------ the README's screenshot
-def screenshot(run: str, images: Sequence[str], out: str, threshold_steps: int = 0) -> None:
+def screenshot(run: str, images: Sequence[str], out: str, threshold_steps: int = 0, height: int = 980) -> None:
     """Upload ``images`` to a page serving ``run`` and save the page (PNG) to ``out`` atomically."""
     import tempfile
 
@@ -226,7 +226,7 @@ def screenshot(run: str, images: Sequence[str], out: str, threshold_steps: int =
 
     server = serve(Localizer.from_checkpoint(run, device="cpu"))
     with tempfile.TemporaryDirectory() as tmp:
-        driver = start_browser(Path(tmp), width=1280, height=860)
+        driver = start_browser(Path(tmp), width=1280, height=height)
         try:
             driver.get(server.url)
             wait_for("the page", lambda: driver.find_element("tag name", "body").get_attribute("data-ready") == "1")
