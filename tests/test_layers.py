@@ -29,8 +29,9 @@ ALLOWED = {
     "inference": {"errors", "data", "evaluation", "scoremaps", "checkpoints", "localization"},
     "export": {"errors", "checkpoints", "models", "localization", "onnx_backend", "__version__"},
     "viz": {"errors", "data", "config", "evaluation", "checkpoints", "inference", "diagnostics", "__version__"},
+    "app": {"errors", "data", "evaluation", "scoremaps", "inference", "__version__"},
     "cli": {"errors", "data", "config", "config_template", "evaluation", "training", "inference", "viz", "__version__",
-            "checkpoints", "coco", "export", "onnx_backend"},
+            "checkpoints", "coco", "export", "onnx_backend", "app"},
     "__init__": {"models", "inference", "evaluation", "onnx_backend"},
     "__main__": {"cli"},
 }

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "baseline": ("kdcicam.cli.baseline", "score maps that need no model: the centre-Gaussian floor, the oracle CAM"),
     "localize": ("kdcicam.cli.localize", "boxes and heatmaps for your own images"),
     "export": ("kdcicam.cli.export", "export a trained run to ONNX (run it without PyTorch)"),
+    "app": ("kdcicam.cli.app", "a local page: upload photos, heatmaps, boxes, a threshold slider, downloads"),
     "report": ("kdcicam.cli.report", "one self-contained HTML report comparing runs"),
     "demo": ("kdcicam.cli.demo", "the whole pipeline on the embedded synthetic data"),
 }
