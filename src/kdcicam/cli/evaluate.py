@@ -21,17 +21,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the metrics to this file")
     p.add_argument("--protocol", choices=["wsol", "official"], default="wsol",
                    help="wsol: clovaai/wsolevaluation (default); official: the papers' box protocol (docs/method.md §5)")
+    add_cam_method_arguments(p)
+    p.add_argument("--score-batch-size", type=int, default=32, metavar="N",
+                   help="Score-CAM / SS-CAM / IS-CAM: masked images per forward pass (bounds their memory; default 32)")
+
+
+def add_cam_method_arguments(p: argparse.ArgumentParser) -> None:
+    """--cam-method and --target-layer (shared with `kdcicam localize`)."""
+    from ..posthoc import CAM_METHODS
+
+    p.add_argument("--cam-method", default="native", metavar="NAME",
+                   help="the map to score: native (the model's own, default) or a post-hoc method: "
+                   + ", ".join(CAM_METHODS[1:]) + " (docs/posthoc.md); its box threshold is chosen on val for it")
+    p.add_argument("--target-layer", default=None, metavar="NAME",
+                   help="post-hoc methods: the layer to explain, as in model.named_modules() (default: backbone)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.metadata import atomic_write_text
     from ..errors import ConfigError
     from ..evaluation.table import format_table
+    from ..posthoc import check_method
     from ..training.evaluate import evaluate
 
     if not args.split:
         raise ConfigError("--split: give at least one split")
     splits = args.split
+    cam_method = check_method(args.cam_method)
+    if args.score_batch_size < 1:
+        raise ConfigError(f"--score-batch-size must be >= 1, got {args.score_batch_size}")
+    if args.protocol == "official" and cam_method != "native":
+        raise ConfigError("--protocol official scores the native map only; drop --cam-method")
     if args.protocol == "official":
         from ..training.evaluate import evaluate_official_protocol
 
@@ -45,14 +65,18 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_text(args.json, json.dumps(results, indent=2))
         return 0
     results = evaluate(args.run, splits, save_cams=args.save_cams, device=args.device, data_root=args.data_root,
-                       box_threshold=args.box_threshold)
+                       box_threshold=args.box_threshold, cam_method=cam_method, target_layer=args.target_layer,
+                       score_batch_size=args.score_batch_size)
     threshold, chosen_on = results["box_threshold"], results["box_threshold_chosen_on"]
     how = ("no box threshold: no split asked for has boxes" if threshold is None else
            f"box threshold {threshold:.2f}, " + ("given (--box-threshold)" if chosen_on == "given"
                                                  else f"chosen on {chosen_on}"))
+    if cam_method != "native":
+        how = f"{cam_method} at layer {results['target_layer']}, {how}"
     print(f"checkpoint: {results['checkpoint']}  ({how})")
     print(format_table({s: results[s] for s in splits}))
-    print(f"metrics written to {results['metrics_file']}")
+    print(f"metrics written to {results['metrics_file']}"
+          + ("" if cam_method == "native" else f" (under cam_methods.{cam_method})"))
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=2))
     return 0

@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
+    from .evaluate import add_cam_method_arguments
+
+    add_cam_method_arguments(p)  # a post-hoc method's threshold: the one `kdcicam evaluate --cam-method` chose on val
 
 
 def find_images(inputs: list[str]) -> list[tuple[Path, str]]:
@@ -118,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise KdcicamError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     localizer = Localizer.from_checkpoint(args.checkpoint, device=args.device, threshold=args.threshold,
-                                          topk=args.topk, multi_contour=args.all_contours, batch_size=args.batch_size)
+                                          topk=args.topk, multi_contour=args.all_contours, batch_size=args.batch_size,
+                                          cam_method=args.cam_method, target_layer=args.target_layer)
     names = overlay_names([name for _, name in images])
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
