@@ -75,7 +75,7 @@ def test_gradcam_of_a_cam_model_is_its_relu_class_cam():
 
     model = _lite0("cam")
     x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
-    logits, maps = create_posthoc(model, "grad-cam", image_size=SIZE)(x)
+    _logits, maps = create_posthoc(model, "grad-cam", image_size=SIZE)(x)
     with torch.no_grad():
         out = model(x)
     top1 = out["cams"][torch.arange(2), out["logits"].argmax(1)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,11 @@ def _device(name: str | None) -> torch.device:
 @torch.inference_mode()
 def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device: torch.device,
               save_cams: Path | None = None, progress: bool = True, source: str = "the model",
-              posthoc: PosthocCAM | None = None):
+              posthoc: PosthocCAM | None = None, timing: dict[str, float] | None = None):
     """Score one split; returns the evaluator (so thresholds can be applied after). ``posthoc``: score its maps
-    (and its forward's logits) instead of the model's native map, through the same resize and evaluator."""
+    (and its forward's logits) instead of the model's native map, through the same resize and evaluator.
+    ``timing`` gets ``images`` and ``seconds`` of the map computation (forward, method, resize; not the data
+    loading nor the scoring)."""
     cfg = module.cfg
     evaluator = module._new_evaluator(datamodule.metadata(split))
     loader = datamodule.eval_dataloader(split)
@@ -51,6 +54,7 @@ def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device
     for batch in loader:
         if batch is None:  # only unreadable images, skipped (data.skip_bad_images)
             continue
+        start = time.perf_counter()
         if posthoc is not None:  # leaves inference mode itself: gradient methods need a graph
             logits, maps = posthoc(batch["image"].to(device))
             out = {"logits": logits}
@@ -62,6 +66,9 @@ def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device
         if posthoc is None:
             maps = module.model.localization_map(out, kind=cfg.model.localization_map)
         scoremaps = scoremaps_for_evaluation(maps, cfg.data.image_size)
+        if timing is not None:
+            timing["seconds"] = timing.get("seconds", 0.0) + time.perf_counter() - start
+            timing["images"] = timing.get("images", 0) + len(scoremaps)
         evaluator.accumulate(scoremaps, batch["image_id"], out["logits"].float().cpu().numpy())
         if save_cams is not None:
             for image_id, cam in zip(batch["image_id"], scoremaps):
@@ -113,7 +120,8 @@ def check_box_threshold(threshold: float, interval: float) -> float:
 def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str | os.PathLike | None = None,
              device: str | None = None, data_root: str | None = None, progress: bool = True,
              write: bool = True, box_threshold: float | None = None, cam_method: str = NATIVE,
-             target_layer: str | None = None, score_batch_size: int = 32) -> dict[str, Any]:
+             target_layer: str | None = None, score_batch_size: int = 32,
+             timings: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Evaluate on each split. The box threshold is ``box_threshold`` when given, else the one best on the
     val split (which needs boxes: :class:`NoBoxThresholdError` otherwise, when a split asked for has boxes).
     Writes metrics.json beside the run; ``save_cams`` gets ``<split>/<image_id>.npy`` for every split asked.
@@ -121,7 +129,8 @@ def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str |
     ``cam_method``: a post-hoc method (:mod:`kdcicam.posthoc`) scored instead of the native map, at
     ``target_layer``. Its box threshold is chosen on val *for its own maps* (the checkpoint's threshold was
     chosen for the native map and is never read here), and its results go under ``cam_methods[<method>]`` in
-    metrics.json, beside the native ones, which they never replace."""
+    metrics.json, beside the native ones, which they never replace. ``timings`` (benchmarks) gets, per split
+    scored, the images and seconds of the map computation (:func:`run_split`)."""
     cam_method = check_method(cam_method)
     if cam_method == NATIVE and target_layer is not None:
         raise ConfigError(f"--target-layer {target_layer}: only post-hoc methods take one (--cam-method)")
@@ -146,7 +155,8 @@ def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str |
     elif datamodule.metadata(val_split).has_boxes:
         evaluators[val_split] = run_split(module, datamodule, val_split, dev, progress=progress, source=str(ckpt),
                                           save_cams=cams_dir(val_split) if val_split in splits else None,
-                                          posthoc=posthoc)
+                                          posthoc=posthoc,
+                                          timing=None if timings is None else timings.setdefault(val_split, {}))
         threshold = float(evaluators[val_split].compute()["best_threshold"]["50"])
         chosen_on = val_split
     elif needs_threshold:
@@ -159,7 +169,8 @@ def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str |
         results.update(posthoc.describe())
     for split in splits:
         evaluator = evaluators.get(split) or run_split(module, datamodule, split, dev, save_cams=cams_dir(split),
-                                                       progress=progress, source=str(ckpt), posthoc=posthoc)
+                                                       progress=progress, source=str(ckpt), posthoc=posthoc,
+                                                       timing=None if timings is None else timings.setdefault(split, {}))
         results[split] = evaluator.compute(threshold=threshold)
     if posthoc is not None:
         posthoc.close()
