@@ -148,11 +148,11 @@ class PosthocCAM:
     @staticmethod
     def _choose_layer(model: nn.Module, name: str | None, shapes: dict[str, tuple[int, ...]],
                       spatial: list[str]) -> str:
-        if not spatial:
-            raise PosthocError(f"{type(model).__name__} has no layer with a spatial feature map [B, D, h, w] "
-                               "(h·w > 1): post-hoc CAMs need a convolutional layer to explain")
-        candidates = ", ".join(spatial[-3:][::-1])
+        candidates = ", ".join(spatial[-3:][::-1]) or "none in this model"
         if name is None:
+            if not spatial:
+                raise PosthocError(f"{type(model).__name__} has no layer with a spatial feature map [B, D, h, w] "
+                                   "(h·w > 1): post-hoc CAMs need a convolutional layer to explain")
             return spatial[-1]
         names = [n for n, _ in model.named_modules() if n]
         if name not in names:
