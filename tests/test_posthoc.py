@@ -108,15 +108,29 @@ def test_all_methods_on_a_timm_classifier_through_from_model():
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=4).eval()  # random weights
     image = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(3))
-    for name in METHODS:
+    for name in CHEAP + ["score-cam"]:
         loc = Localizer.from_model(model, cam_method=name, image_size=96, threshold=0.2, device="cpu",
-                                   score_batch_size=16)
+                                   score_batch_size=32)
         assert loc.posthoc.target_layer == "layer4"  # the last spatial map, found by itself
         [r] = loc.predict(image)
         assert r.cam.shape == (96, 96) and len(r.class_ids) == 4
         assert float(r.cam.max()) in (0.0, 1.0)
     named = Localizer.from_model(model, "layer3", threshold=0.2, image_size=96, device="cpu")
     assert named.posthoc.target_layer == "layer3" and named.posthoc.feature_shape[1:] == (6, 6)
+
+
+def test_noisy_score_cams_on_a_small_cnn():
+    """SS-CAM and IS-CAM (35 and 10 noisy Score-CAM passes) on a CNN with 8 channels, to stay cheap."""
+    from kdcicam import Localizer
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    for name in ("ss-cam", "is-cam"):
+        loc = Localizer.from_model(cnn, cam_method=name, image_size=32, threshold=0.2, device="cpu")
+        assert loc.posthoc.target_layer == "3" and loc.posthoc.feature_shape == (8, 8, 8)
+        [r] = loc.predict(torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(4)))
+        assert r.cam.shape == (32, 32) and float(r.cam.max()) in (0.0, 1.0)
 
 
 def test_score_cam_forwards_bounded_chunks():
