@@ -154,6 +154,33 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _posthoc_threshold(ckpt: Path, cam_method: str, target_layer: str | None) -> tuple[float, str]:
+    """The box threshold ``kdcicam evaluate --cam-method`` chose on val for this checkpoint and method (it is
+    recorded under ``cam_methods`` in the stage's metrics.json); an error naming the way to get one if none."""
+    import json
+
+    from .checkpoints import stage_folder
+
+    metrics = stage_folder(ckpt) / "metrics.json"
+    entry: Any = None
+    if metrics.is_file():
+        try:
+            entry = json.loads(metrics.read_text()).get("cam_methods", {}).get(cam_method)
+        except (OSError, ValueError, AttributeError):
+            entry = None
+    if isinstance(entry, dict) and entry.get("box_threshold") is not None:
+        same_ckpt = Path(str(entry.get("checkpoint"))).resolve() == Path(ckpt).resolve()
+        same_layer = target_layer is None or entry.get("target_layer") == target_layer
+        if same_ckpt and same_layer:
+            how = "given to kdcicam evaluate" if entry.get("box_threshold_chosen_on") == "given" else \
+                "chosen on the validation split"
+            return float(entry["box_threshold"]), f"{metrics} ({cam_method}, {how})"
+    raise KdcicamError(f"{ckpt}: no box threshold for --cam-method {cam_method} (the checkpoint's was chosen on val "
+                       f"for the native map, not for this one); run `kdcicam evaluate {ckpt} --split val "
+                       f"--cam-method {cam_method}` once (it chooses one on val and records it), or pass "
+                       "--threshold T")
+
+
 class Localizer:
     """Batched inference: images → :class:`LocalizationResult` (top-k classes, CAM, boxes).
 
@@ -165,8 +192,10 @@ class Localizer:
     def __init__(self, model: nn.Module, image_size: int, threshold: float, class_names: Sequence[str] | None = None,
                  topk: int = 5, multi_contour: bool = False, batch_size: int = 32,
                  device: str | torch.device | None = "auto", channels_last: bool = True,
-                 map_kind: str = "combinational"):
+                 map_kind: str = "combinational", cam_method: str = "native", target_layer: str | None = None,
+                 posthoc_options: dict[str, Any] | None = None):
         from .data.dataset import build_eval_transform
+        from .posthoc import NATIVE, check_method
 
         if int(image_size) < 1:
             raise KdcicamError(f"image_size must be >= 1, got {image_size}")
@@ -193,21 +222,39 @@ class Localizer:
         self.checkpoint: Path | None = None
         self.method: str | None = getattr(model, "method", None)
         self.threshold_source = "given"
+        # post-hoc maps (Grad-CAM & co., kdcicam.posthoc) instead of the model's own: same resize, same boxes
+        self.cam_method = check_method(cam_method)
+        self.posthoc = None
+        if self.cam_method != NATIVE:
+            from .posthoc import create_posthoc
+
+            self.posthoc = create_posthoc(self.model, self.cam_method, target_layer, image_size=self.image_size,
+                                          **(posthoc_options or {}))
+        elif target_layer is not None:
+            raise KdcicamError(f"target layer {target_layer!r}: only post-hoc CAM methods take one (cam_method), "
+                               "not the native map")
 
     # -------------------------------------------------------------------------------- construction
     @classmethod
     def from_checkpoint(cls, path_or_run_dir: str | os.PathLike, device: str | torch.device | None = "auto",
                         threshold: float | None = None, topk: int = 5, multi_contour: bool = False,
-                        batch_size: int = 32) -> Localizer:
+                        batch_size: int = 32, cam_method: str = "native",
+                        target_layer: str | None = None) -> Localizer:
         """Load a run (single-stage or KD: the student is used) or a checkpoint file.
 
-        ``threshold=None`` uses the box threshold chosen on the validation split during training.
+        ``threshold=None`` uses the box threshold chosen on the validation split during training (native
+        map), or, for a post-hoc ``cam_method``, the one ``kdcicam evaluate --cam-method`` chose on val for
+        that method (never the native map's: each map has its own scale of foreground).
         """
         from .checkpoints import load_checkpoint, threshold_from_run
+        from .posthoc import NATIVE, check_method
 
+        cam_method = check_method(cam_method)
         loaded = load_checkpoint(path_or_run_dir)
         ckpt, cfg = loaded.path, loaded.config
-        if threshold is None:
+        if threshold is None and cam_method != NATIVE:
+            threshold, source = _posthoc_threshold(ckpt, cam_method, target_layer)
+        elif threshold is None:
             threshold, source = threshold_from_run(ckpt, loaded.box_threshold)
             if threshold is None and loaded.val_has_boxes is False:
                 raise NoBoxThresholdError(ckpt, cfg.data.val_split, flag="a threshold (--threshold T)")
@@ -220,11 +267,41 @@ class Localizer:
         names = list(loaded.class_names) if loaded.class_names else [str(i) for i in range(num_classes)]
         loc = cls(loaded.model, image_size=cfg.data.image_size, threshold=threshold, class_names=names, topk=topk,
                   multi_contour=multi_contour, batch_size=batch_size, device=device,
-                  channels_last=cfg.trainer.channels_last, map_kind=cfg.model.localization_map)
+                  channels_last=cfg.trainer.channels_last, map_kind=cfg.model.localization_map,
+                  cam_method=cam_method, target_layer=target_layer)
         loc.checkpoint = ckpt
         loc.method = cfg.method
         loc.threshold_source = source
         return loc
+
+    @classmethod
+    def from_model(cls, model: nn.Module, target_layer: str | None = None, *, threshold: float,
+                   cam_method: str = "grad-cam", image_size: int = 224,
+                   mean: Sequence[float] | None = (0.485, 0.456, 0.406),
+                   std: Sequence[float] | None = (0.229, 0.224, 0.225), class_names: Sequence[str] | None = None,
+                   topk: int = 5, multi_contour: bool = False, batch_size: int = 32,
+                   device: str | torch.device | None = "auto", channels_last: bool = False,
+                   score_batch_size: int = 32) -> Localizer:
+        """Any torch classifier (a torchvision or timm CNN: ``model(x) -> logits [B, C]``) with a post-hoc CAM
+        method (:data:`kdcicam.posthoc.CAM_METHODS`) at ``target_layer`` (a name from ``model.named_modules()``;
+        default: the last layer with a spatial feature map).
+
+        The model is fed images resized to ``image_size`` and normalised with ``mean`` / ``std`` (ImageNet's by
+        default; ``None`` feeds [0, 1]). ``threshold`` is required: there is no validation split here to choose
+        it on (for a kdcicam run, ``kdcicam evaluate --cam-method`` chooses it on val). A kdcicam model is taken
+        as it is (its backbone normalises; ``mean`` / ``std`` are not used).
+        """
+        from .posthoc import NATIVE, check_method, is_kdcicam_model
+
+        if check_method(cam_method) == NATIVE:
+            raise KdcicamError("Localizer.from_model computes post-hoc maps; for the native map of a kdcicam model "
+                               "use Localizer(model, ...) or Localizer.from_checkpoint")
+        options: dict[str, Any] = {"score_batch_size": score_batch_size}
+        if not is_kdcicam_model(model):
+            options.update(mean=mean, std=std)
+        return cls(model, image_size=image_size, threshold=threshold, class_names=class_names, topk=topk,
+                  multi_contour=multi_contour, batch_size=batch_size, device=device, channels_last=channels_last,
+                   cam_method=cam_method, target_layer=target_layer, posthoc_options=options)
 
     # -------------------------------------------------------------------------------- inference
     def preprocess(self, image: ImageInput, name: str = "image") -> tuple[torch.Tensor, tuple[int, int], str | None]:
@@ -242,6 +319,11 @@ class Localizer:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.posthoc is not None:  # the post-hoc method's own forward (with gradients where it needs them)
+            logits, maps = self.posthoc(x)
+            if not torch.isfinite(logits).all():
+                raise KdcicamError(f"{self.checkpoint or 'the model'}: the model's outputs are NaN or inf")
+            return torch.softmax(logits, dim=1).cpu().numpy(), scoremaps_for_evaluation(maps, self.image_size)
         out = self.model(x)
         if not torch.isfinite(out["logits"]).all():  # never write NaN scores into boxes.json
             raise KdcicamError(f"{self.checkpoint or 'the model'}: the model's outputs are NaN or inf; "
@@ -277,7 +359,8 @@ class Localizer:
         return {"checkpoint": None if self.checkpoint is None else str(self.checkpoint), "method": self.method,
                 "image_size": self.image_size, "threshold": self.threshold, "threshold_source": self.threshold_source,
                 "multi_contour": self.multi_contour, "topk": self.topk, "map_kind": self.map_kind,
-                "device": str(self.device), "backend": "torch", "class_names": list(self.class_names)}
+                "device": str(self.device), "backend": "torch", "class_names": list(self.class_names),
+                **({"cam_method": "native"} if self.posthoc is None else self.posthoc.describe())}
 
 
 __all__ = ["ImageInputError", "LocalizationResult", "Localizer", "resolve_device", "to_image_tensor"]

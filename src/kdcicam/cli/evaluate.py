@@ -28,19 +28,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coco", action="store_true",
                    help="also measure the pseudo-labels (`localize --coco`) with pycocotools COCOeval against each "
                    "split's boxes: AP, AP50, AP75, class-aware and class-agnostic, at the same box threshold")
+    add_cam_method_arguments(p)
+    p.add_argument("--score-batch-size", type=int, default=32, metavar="N",
+                   help="Score-CAM / SS-CAM / IS-CAM: masked images per forward pass (bounds their memory; default 32)")
+
+
+def add_cam_method_arguments(p: argparse.ArgumentParser) -> None:
+    """--cam-method and --target-layer (shared with `kdcicam localize`)."""
+    from ..posthoc import CAM_METHODS
+
+    p.add_argument("--cam-method", default="native", metavar="NAME",
+                   help="the map to score: native (the model's own, default) or a post-hoc method: "
+                   + ", ".join(CAM_METHODS[1:]) + " (docs/posthoc.md); its box threshold is chosen on val for it")
+    p.add_argument("--target-layer", default=None, metavar="NAME",
+                   help="post-hoc methods: the layer to explain, as in model.named_modules() (default: backbone)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.metadata import atomic_write_text
     from ..errors import ConfigError
     from ..evaluation.table import format_table
+    from ..posthoc import check_method
     from ..training.evaluate import evaluate
 
     if not args.split:
         raise ConfigError("--split: give at least one split")
     splits = args.split
+    cam_method = check_method(args.cam_method)
+    if args.score_batch_size < 1:
+        raise ConfigError(f"--score-batch-size must be >= 1, got {args.score_batch_size}")
+    if args.protocol == "official" and cam_method != "native":
+        raise ConfigError("--protocol official scores the native map only; drop --cam-method")
     if args.coco and args.protocol == "official":
         raise ConfigError("--coco scores the wsol protocol's boxes; drop --protocol official")
+    if args.coco and cam_method != "native":
+        raise ConfigError("--coco scores the native map's pseudo-labels; drop --cam-method")
     if args.protocol == "official":
         from ..training.evaluate import evaluate_official_protocol
 
@@ -54,11 +76,14 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_text(args.json, json.dumps(results, indent=2))
         return 0
     results = evaluate(args.run, splits, save_cams=args.save_cams, device=args.device, data_root=args.data_root,
-                       box_threshold=args.box_threshold)
+                       box_threshold=args.box_threshold, cam_method=cam_method, target_layer=args.target_layer,
+                       score_batch_size=args.score_batch_size)
     threshold, chosen_on = results["box_threshold"], results["box_threshold_chosen_on"]
     how = ("no box threshold: no split asked for has boxes" if threshold is None else
            f"box threshold {threshold:.2f}, " + ("given (--box-threshold)" if chosen_on == "given"
                                                  else f"chosen on {chosen_on}"))
+    if cam_method != "native":
+        how = f"{cam_method} at layer {results['target_layer']}, {how}"
     print(f"checkpoint: {results['checkpoint']}  ({how})")
     columns = {s: results[s] for s in splits}
     floors = {s: results["floors"][s] for s in splits if s in results.get("floors", {})}
@@ -67,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if floors:
         sigma, chosen = next(iter(floors.values()))["sigma"], next(iter(floors.values()))["chosen_on"]
         print(f"floor: the centre Gaussian (σ {sigma}, chosen on {chosen}; `kdcicam baseline`), an image-blind map")
-    print(f"metrics written to {results['metrics_file']}")
+    print(f"metrics written to {results['metrics_file']}"
+          + ("" if cam_method == "native" else f" (under cam_methods.{cam_method})"))
     if args.coco:
         results["coco"] = coco_results(args, splits, threshold)
     if args.json:

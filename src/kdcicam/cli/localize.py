@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coco-root", metavar="DIR", default=None,
                    help="the folder COCO file_name paths are relative to (default: the deepest folder holding "
                    "every image)")
+    from .evaluate import add_cam_method_arguments
+
+    add_cam_method_arguments(p)  # a post-hoc method's threshold: the one `kdcicam evaluate --cam-method` chose on val
 
 
 def find_images(inputs: list[str]) -> list[tuple[Path, str]]:
@@ -132,6 +135,9 @@ def make_localizer(args: argparse.Namespace) -> Any:
                                "not a run folder")
         if args.device not in ("auto", "cpu"):
             raise KdcicamError(f"--device {args.device}: the onnx backend runs on the CPU (use --backend torch)")
+        if args.cam_method != "native":
+            raise KdcicamError(f"--cam-method {args.cam_method}: the onnx backend holds the native map only "
+                               "(use --backend torch)")
         return OnnxLocalizer(args.checkpoint, threshold=args.threshold, topk=args.topk,
                              multi_contour=args.all_contours, batch_size=args.batch_size)
     if Path(args.checkpoint).suffix.lower() == ".onnx":
@@ -139,7 +145,8 @@ def make_localizer(args: argparse.Namespace) -> Any:
     from ..inference import Localizer
 
     return Localizer.from_checkpoint(args.checkpoint, device=args.device, threshold=args.threshold,
-                                     topk=args.topk, multi_contour=args.all_contours, batch_size=args.batch_size)
+                                     topk=args.topk, multi_contour=args.all_contours, batch_size=args.batch_size,
+                                     cam_method=args.cam_method, target_layer=args.target_layer)
 
 
 def coco_root(root: str | None, files: list[str]) -> tuple[Path, list[str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ..checkpoints import resolve_checkpoint, stage_folder
 from ..data.metadata import atomic_write_text
 from ..errors import ConfigError, KdcicamError, NoBoxThresholdError
 from ..evaluation.baselines import cached_floor
+from ..posthoc import NATIVE, PosthocCAM, check_method, create_posthoc
 from ..scoremaps import scoremaps_for_evaluation
 from .datamodule import WSOLDataModule
 from .module import WSOLModule, load_module
@@ -37,8 +39,12 @@ def _device(name: str | None) -> torch.device:
 
 @torch.inference_mode()
 def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device: torch.device,
-              save_cams: Path | None = None, progress: bool = True, source: str = "the model"):
-    """Score one split; returns the evaluator (so thresholds can be applied after)."""
+              save_cams: Path | None = None, progress: bool = True, source: str = "the model",
+              posthoc: PosthocCAM | None = None, timing: dict[str, float] | None = None):
+    """Score one split; returns the evaluator (so thresholds can be applied after). ``posthoc``: score its maps
+    (and its forward's logits) instead of the model's native map, through the same resize and evaluator.
+    ``timing`` gets ``images`` and ``seconds`` of the map computation (forward, method, resize; not the data
+    loading nor the scoring)."""
     cfg = module.cfg
     evaluator = module._new_evaluator(datamodule.metadata(split))
     loader = datamodule.eval_dataloader(split)
@@ -49,12 +55,21 @@ def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device
     for batch in loader:
         if batch is None:  # only unreadable images, skipped (data.skip_bad_images)
             continue
-        out = module(batch["image"].to(device))
+        start = time.perf_counter()
+        if posthoc is not None:  # leaves inference mode itself: gradient methods need a graph
+            logits, maps = posthoc(batch["image"].to(device))
+            out = {"logits": logits}
+        else:
+            out = module(batch["image"].to(device))
         if not torch.isfinite(out["logits"]).all():
             raise KdcicamError(f"{source}: the model's outputs are NaN or inf on split {split!r} (first batch: "
                                f"{batch['image_id'][0]}); the checkpoint has diverged")
-        maps = module.model.localization_map(out, kind=cfg.model.localization_map)
+        if posthoc is None:
+            maps = module.model.localization_map(out, kind=cfg.model.localization_map)
         scoremaps = scoremaps_for_evaluation(maps, cfg.data.image_size)
+        if timing is not None:
+            timing["seconds"] = timing.get("seconds", 0.0) + time.perf_counter() - start
+            timing["images"] = timing.get("images", 0) + len(scoremaps)
         evaluator.accumulate(scoremaps, batch["image_id"], out["logits"].float().cpu().numpy())
         if save_cams is not None:
             for image_id, cam in zip(batch["image_id"], scoremaps):
@@ -105,11 +120,26 @@ def check_box_threshold(threshold: float, interval: float) -> float:
 
 def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str | os.PathLike | None = None,
              device: str | None = None, data_root: str | None = None, progress: bool = True,
-             write: bool = True, box_threshold: float | None = None) -> dict[str, Any]:
+             write: bool = True, box_threshold: float | None = None, cam_method: str = NATIVE,
+             target_layer: str | None = None, score_batch_size: int = 32,
+             timings: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Evaluate on each split. The box threshold is ``box_threshold`` when given, else the one best on the
     val split (which needs boxes: :class:`NoBoxThresholdError` otherwise, when a split asked for has boxes).
-    Writes metrics.json beside the run; ``save_cams`` gets ``<split>/<image_id>.npy`` for every split asked."""
+    Writes metrics.json beside the run; ``save_cams`` gets ``<split>/<image_id>.npy`` for every split asked.
+
+    ``cam_method``: a post-hoc method (:mod:`kdcicam.posthoc`) scored instead of the native map, at
+    ``target_layer``. Its box threshold is chosen on val *for its own maps* (the checkpoint's threshold was
+    chosen for the native map and is never read here), and its results go under ``cam_methods[<method>]`` in
+    metrics.json, beside the native ones, which they never replace. ``timings`` (benchmarks) gets, per split
+    scored, the images and seconds of the map computation (:func:`run_split`)."""
+    cam_method = check_method(cam_method)
+    if cam_method == NATIVE and target_layer is not None:
+        raise ConfigError(f"--target-layer {target_layer}: only post-hoc methods take one (--cam-method)")
     ckpt, module, dev, datamodule = _load_for_evaluation(run_or_ckpt, device, data_root)
+    posthoc = None
+    if cam_method != NATIVE:
+        posthoc = create_posthoc(module.model, cam_method, target_layer, image_size=module.cfg.data.image_size,
+                                 score_batch_size=score_batch_size)
     if datamodule.num_classes != module.num_classes:  # metrics against another label space would be meaningless
         raise ConfigError(f"{datamodule.root}: the dataset has {datamodule.num_classes} classes but {ckpt} was "
                           f"trained on {module.num_classes}")
@@ -125,7 +155,9 @@ def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str |
         chosen_on = "given"
     elif datamodule.metadata(val_split).has_boxes:
         evaluators[val_split] = run_split(module, datamodule, val_split, dev, progress=progress, source=str(ckpt),
-                                          save_cams=cams_dir(val_split) if val_split in splits else None)
+                                          save_cams=cams_dir(val_split) if val_split in splits else None,
+                                          posthoc=posthoc,
+                                          timing=None if timings is None else timings.setdefault(val_split, {}))
         threshold = float(evaluators[val_split].compute()["best_threshold"]["50"])
         chosen_on = val_split
     elif needs_threshold:
@@ -134,19 +166,27 @@ def evaluate(run_or_ckpt: str | os.PathLike, splits: list[str], save_cams: str |
         threshold, chosen_on = None, None
     results: dict[str, Any] = {"checkpoint": str(ckpt), "method": module.cfg.method,
                                "box_threshold": threshold, "box_threshold_chosen_on": chosen_on}
+    if posthoc is not None:
+        results.update(posthoc.describe())
     for split in splits:
         evaluator = evaluators.get(split) or run_split(module, datamodule, split, dev, save_cams=cams_dir(split),
-                                                       progress=progress, source=str(ckpt))
+                                                       progress=progress, source=str(ckpt), posthoc=posthoc,
+                                                       timing=None if timings is None else timings.setdefault(split, {}))
         results[split] = evaluator.compute(threshold=threshold)
     floors = {s: f for s in splits
               if (f := cached_floor(datamodule.root, s, val_split, module.cfg.data.image_size)) is not None}
     if floors:  # known from `kdcicam baseline`: printed beside the run, never written into its metrics
         results["floors"] = floors
+    if posthoc is not None:
+        posthoc.close()
     if write:
         run_dir = stage_folder(ckpt)
         path = run_dir / "metrics.json"
         previous = json.loads(path.read_text()) if path.is_file() else {}
-        previous.update({k: v for k, v in results.items() if k != "floors"})
+        if posthoc is None:
+            previous.update({k: v for k, v in results.items() if k != "floors"})
+        else:  # beside the native results, never over them (the report and the Localizer read those)
+            previous.setdefault("cam_methods", {})[cam_method] = {k: v for k, v in results.items() if k != "floors"}
         atomic_write_text(path, json.dumps(previous, indent=2))
         results["metrics_file"] = str(path)
     return results
