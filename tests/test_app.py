@@ -23,7 +23,6 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from kdcicam.cli import main
-from test_inference import synth_data, trained_run  # noqa: F401  (session fixtures)
 
 
 def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -32,13 +31,13 @@ def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
-def synth_image(synth_data: Path, i: int = 0, size: tuple[int, int] = (120, 96)) -> Image.Image:  # noqa: F811
-    sources = sorted(p for p in (synth_data / "images" / "test").rglob("*.png") if not p.stem.endswith("_mask"))
+def synth_image(tiny_data: Path, i: int = 0, size: tuple[int, int] = (120, 96)) -> Image.Image:
+    sources = sorted(p for p in (tiny_data / "images" / "test").rglob("*.png") if not p.stem.endswith("_mask"))
     return Image.open(sources[i]).convert("RGB").resize(size, Image.Resampling.BICUBIC)
 
 
 @pytest.fixture(scope="module")
-def localizer(trained_run: Path):  # noqa: F811
+def localizer(trained_run: Path):
     from kdcicam import Localizer
 
     return Localizer.from_checkpoint(trained_run, device="cpu")
@@ -76,13 +75,13 @@ def post_image(srv, data: bytes, name: str) -> tuple[int, dict]:
 
 
 # ------------------------------------------------------------------------ the slider's rule
-def test_slider_boxes_are_the_localizers_at_every_threshold(trained_run: Path, synth_data: Path):  # noqa: F811
+def test_slider_boxes_are_the_localizers_at_every_threshold(trained_run: Path, tiny_data: Path):
     """Every slider position gives exactly the boxes kdcicam localize --threshold T would write."""
     from kdcicam import Localizer
     from kdcicam.app import LocalizerApp
 
     app = LocalizerApp(Localizer.from_checkpoint(trained_run, device="cpu"))
-    image = synth_image(synth_data, 3, (150, 110))
+    image = synth_image(tiny_data, 3, (150, 110))
     res = app.localize(png_bytes(image), "x.png")
     top1 = res["classes"][0]
     assert len(top1["boxes"]) == len(app.thresholds) >= 100
@@ -142,7 +141,7 @@ def test_the_class_selector_shows_each_classs_own_map():
 
 
 # ------------------------------------------------------------------------ endpoints
-def test_pages_config_and_a_good_upload(server, localizer, synth_data: Path):  # noqa: F811
+def test_pages_config_and_a_good_upload(server, localizer, tiny_data: Path):
     status, headers, body = request(server, "GET", "/")
     assert status == 200 and b"/static/app.js" in body and "default-src 'self'" in headers["Content-Security-Policy"]
     for path in ("/static/app.js", "/static/app.css"):
@@ -151,7 +150,7 @@ def test_pages_config_and_a_good_upload(server, localizer, synth_data: Path):  #
     cfg = json.loads(body)
     assert cfg["thresholds"][cfg["default_index"]] == localizer.threshold and cfg["method"] == "cam"
     assert cfg["max_bytes"] == 300_000 and cfg["max_pixels"] == 1_000_000
-    status, res = post_image(server, png_bytes(synth_image(synth_data, 1)), "bird%20one.png")
+    status, res = post_image(server, png_bytes(synth_image(tiny_data, 1)), "bird%20one.png")
     assert status == 200 and res["name"] == "bird one.png"
     assert len(res["classes"]) == 4  # top-5 of a 4-class checkpoint
     assert res["preview"].startswith("data:image/jpeg;base64,")
@@ -160,7 +159,7 @@ def test_pages_config_and_a_good_upload(server, localizer, synth_data: Path):  #
     assert request(server, "GET", "/nope")[0] == 404
 
 
-def test_bad_uploads_get_a_message_and_the_server_stays_up(server, synth_data: Path):  # noqa: F811
+def test_bad_uploads_get_a_message_and_the_server_stays_up(server, tiny_data: Path):
     runs = server.app.model_runs
     # bytes over the limit: refused from the Content-Length, before the body is read
     status, res = post_image(server, os.urandom(300_001), "big.jpg")
@@ -169,7 +168,7 @@ def test_bad_uploads_get_a_message_and_the_server_stays_up(server, synth_data: P
     status, res = post_image(server, png_bytes(Image.new("L", (1200, 1000))), "huge.png")
     assert status == 413 and "1200 × 1000" in res["error"] and "MP" in res["error"]
     # corrupt: a truncated JPEG, and bytes that are no image at all
-    jpeg = png_bytes(synth_image(synth_data, 2), "JPEG")
+    jpeg = png_bytes(synth_image(tiny_data, 2), "JPEG")
     status, res = post_image(server, jpeg[: len(jpeg) // 2], "cut.jpg")
     assert status == 400 and "cut.jpg" in res["error"] and "cannot read" in res["error"]
     status, res = post_image(server, b"not an image at all", "notes.txt")
@@ -184,12 +183,12 @@ def test_bad_uploads_get_a_message_and_the_server_stays_up(server, synth_data: P
     conn.close()
     assert request(server, "GET", "/api/config", headers={"Host": "evil.example:80"})[0] == 403
     assert server.app.model_runs == runs  # nothing bad reached the model
-    status, res = post_image(server, png_bytes(synth_image(synth_data, 4)), "fine.png")
+    status, res = post_image(server, png_bytes(synth_image(tiny_data, 4)), "fine.png")
     assert status == 200 and server.app.model_runs == runs + 1
 
 
-def test_downloads(server, localizer, synth_data: Path):  # noqa: F811
-    _, res = post_image(server, png_bytes(synth_image(synth_data, 5, (90, 70))), "a.png")
+def test_downloads(server, localizer, tiny_data: Path):
+    _, res = post_image(server, png_bytes(synth_image(tiny_data, 5, (90, 70))), "a.png")
     idx = server.app.thresholds.index(0.3)
     second = res["classes"][1]
     boxes = second["boxes"][idx]
@@ -224,7 +223,7 @@ def test_downloads(server, localizer, synth_data: Path):  # noqa: F811
 
 
 # ------------------------------------------------------------------------ the command
-def test_cli_refuses_what_is_not_a_checkpoint(tmp_path: Path, capsys, trained_run: Path):  # noqa: F811
+def test_cli_refuses_what_is_not_a_checkpoint(tmp_path: Path, capsys, trained_run: Path):
     fake = tmp_path / "model.ckpt"
     fake.write_bytes(b"this is not a checkpoint")
     assert main(["app", str(fake)]) == 2
@@ -236,7 +235,7 @@ def test_cli_refuses_what_is_not_a_checkpoint(tmp_path: Path, capsys, trained_ru
     assert main(["app", str(trained_run), "--max-upload-mb", "0"]) == 2
 
 
-def test_cli_serves_until_interrupted(trained_run: Path):  # noqa: F811
+def test_cli_serves_until_interrupted(trained_run: Path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "kdcicam", "app", str(trained_run), "--port", "0",

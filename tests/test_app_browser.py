@@ -27,7 +27,6 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_inference import synth_data, trained_run  # noqa: F401  (session fixtures)
 
 WAIT_S = 30
 
@@ -106,7 +105,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Pat
     driver.quit()
 
 
-def test_the_page_in_a_browser(browser, trained_run: Path, synth_data: Path, tmp_path: Path):  # noqa: F811
+def test_the_page_in_a_browser(browser, trained_run: Path, tiny_data: Path, tmp_path: Path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
@@ -115,7 +114,7 @@ def test_the_page_in_a_browser(browser, trained_run: Path, synth_data: Path, tmp
     from kdcicam.app import UploadLimits
 
     driver, downloads = browser
-    sources = sorted(p for p in (synth_data / "images" / "test").rglob("*.png") if not p.stem.endswith("_mask"))
+    sources = sorted(p for p in (tiny_data / "images" / "test").rglob("*.png") if not p.stem.endswith("_mask"))
     photos = tmp_path / "photos"
     photos.mkdir()
     good = [photos / "first photo.png", photos / "second.jpg"]

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from kdcicam.cli import main
-from test_inference import synth_data, trained_run  # noqa: F401  (session fixtures)
 
 pytest.importorskip("pycocotools")
 
@@ -66,16 +65,16 @@ def test_ids_are_the_sorted_paths_whatever_the_order():
 
 
 @pytest.fixture()
-def photos(synth_data: Path, tmp_path: Path) -> Path:  # noqa: F811
+def photos(tiny_data: Path, tmp_path: Path) -> Path:
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
-    files = sorted(p for p in (synth_data / "images" / "test").rglob("*.png") if not p.stem.endswith("_mask"))
+    files = sorted(p for p in (tiny_data / "images" / "test").rglob("*.png") if not p.stem.endswith("_mask"))
     for i, f in enumerate(files[:6]):
         shutil.copy(f, folder / ("sub" if i % 2 else "") / f"img{i}.png")
     return folder
 
 
-def test_localize_coco_files_load_in_pycocotools(trained_run: Path, photos: Path, tmp_path: Path):  # noqa: F811
+def test_localize_coco_files_load_in_pycocotools(trained_run: Path, photos: Path, tmp_path: Path):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -113,7 +112,7 @@ def test_localize_coco_files_load_in_pycocotools(trained_run: Path, photos: Path
     assert doc2["images"] == doc["images"] and doc2["annotations"] == doc["annotations"]
 
 
-def test_coco_usage_errors(trained_run: Path, photos: Path, tmp_path: Path, capsys):  # noqa: F811
+def test_coco_usage_errors(trained_run: Path, photos: Path, tmp_path: Path, capsys):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     assert main(["localize", str(trained_run), str(photos), "--out", str(tmp_path / "o"), "--no-overlays",
@@ -125,7 +124,7 @@ def test_coco_usage_errors(trained_run: Path, photos: Path, tmp_path: Path, caps
     assert "is a folder" in capsys.readouterr().err
 
 
-def test_evaluate_coco_reports_ap(trained_run: Path, synth_data: Path, tmp_path: Path, capsys):  # noqa: F811
+def test_evaluate_coco_reports_ap(trained_run: Path, tiny_data: Path, tmp_path: Path, capsys):
     from kdcicam.checkpoints import resolve_checkpoint
     from kdcicam.coco import AP_KEYS
 

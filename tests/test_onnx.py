@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import RUN_RECIPE as FAST  # the shared one-epoch recipe (tests/conftest.py)
 from kdcicam.cli import main
-from test_inference import FAST, synth_data, trained_run  # noqa: F401  (session fixtures)
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -41,23 +41,23 @@ def _train(run: Path, data: Path, method: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cicam_run(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> Path:  # noqa: F811
-    return _train(tmp_path_factory.getbasetemp() / "onnx_run_ci-cam", synth_data, "ci-cam")
+def cicam_run(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    return _train(tmp_path_factory.getbasetemp() / "onnx_run_ci-cam", tiny_data, "ci-cam")
 
 
 @pytest.fixture(scope="session")
-def kd_run(tmp_path_factory: pytest.TempPathFactory, synth_data: Path, cicam_run: Path) -> Path:  # noqa: F811
+def kd_run(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, cicam_run: Path) -> Path:
     """A KD-CI-CAM run whose teacher stages are the CI-CAM run (marked done), so only the student trains."""
     run = tmp_path_factory.getbasetemp() / "onnx_run_kd-ci-cam"
     best = cicam_run / "checkpoints" / "best.ckpt"
     for stage in ("cls_teacher", "loc_teacher"):
         (run / stage).mkdir(parents=True, exist_ok=True)
         (run / stage / "done.json").write_text(json.dumps({"best": str(best), "stage_dir": str(run / stage)}))
-    return _train(run, synth_data, "kd-ci-cam")
+    return _train(run, tiny_data, "kd-ci-cam")
 
 
 @pytest.fixture(scope="session")
-def runs(trained_run: Path, cicam_run: Path, kd_run: Path) -> dict[str, Path]:  # noqa: F811
+def runs(trained_run: Path, cicam_run: Path, kd_run: Path) -> dict[str, Path]:
     return {"cam": trained_run, "ci-cam": cicam_run, "kd-ci-cam": kd_run}
 
 
@@ -73,8 +73,8 @@ def exports(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     return paths
 
 
-def _images(synth_data: Path, n: int = 8) -> list[Path]:  # noqa: F811
-    files = sorted(p for p in (synth_data / "images" / "test").rglob("*.png") if not p.stem.endswith("_mask"))
+def _images(tiny_data: Path, n: int = 8) -> list[Path]:
+    files = sorted(p for p in (tiny_data / "images" / "test").rglob("*.png") if not p.stem.endswith("_mask"))
     return files[::3][:n]
 
 
@@ -130,7 +130,7 @@ def test_rank_by_counting_is_the_stable_sort_rank():
 
 # ------------------------------------------------------------------------------------------ parity
 @pytest.mark.parametrize("method", ["cam", "ci-cam", "kd-ci-cam"])
-def test_export_reproduces_top1_maps_and_boxes(method: str, runs, exports, synth_data: Path):  # noqa: F811
+def test_export_reproduces_top1_maps_and_boxes(method: str, runs, exports, tiny_data: Path):
     import onnx
 
     from kdcicam import Localizer, OnnxLocalizer
@@ -142,7 +142,7 @@ def test_export_reproduces_top1_maps_and_boxes(method: str, runs, exports, synth
     onnx_loc = OnnxLocalizer(path)
     assert onnx_loc.class_names == torch_loc.class_names and onnx_loc.image_size == torch_loc.image_size
     assert onnx_loc.threshold == torch_loc.threshold and onnx_loc.method == method
-    files = _images(synth_data)
+    files = _images(tiny_data)
     # the graph itself: logits and the map on the CAM grid, on the same input
     x = np.stack([onnx_loc.preprocess(f)[0] for f in files])
     logits, maps = onnx_loc.run_graph(x)
@@ -195,11 +195,11 @@ NO_TORCH = ("import sys\n"
             "sys.exit(rc)\n")
 
 
-def test_localize_backend_onnx_runs_where_torch_cannot_be_imported(exports, runs, synth_data: Path,  # noqa: F811
+def test_localize_backend_onnx_runs_where_torch_cannot_be_imported(exports, runs, tiny_data: Path,
                                                                       tmp_path: Path):
     folder = tmp_path / "photos"
     folder.mkdir()
-    for f in _images(synth_data, 5):
+    for f in _images(tiny_data, 5):
         (folder / f.name).write_bytes(f.read_bytes())
     env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONWARNINGS": "ignore"}
     probe = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; import torch"],

@@ -12,13 +12,12 @@ import pytest
 import torch
 
 from kdcicam.cli import main
-from test_inference import synth_data, trained_run  # noqa: F401  (session fixtures)
 
 pytest.importorskip("torchcam")
 
 
 @pytest.fixture()
-def run_copy(trained_run: Path, tmp_path: Path) -> Path:  # noqa: F811
+def run_copy(trained_run: Path, tmp_path: Path) -> Path:
     """The one-epoch CAM run, copied, with the checkpoint's stored (native) threshold set to 0.93: a value val
     would hardly choose, so a post-hoc result that reused it would show."""
     run = tmp_path / "run"
@@ -70,8 +69,8 @@ def test_posthoc_evaluate_chooses_its_own_threshold_on_val(run_copy: Path, tmp_p
     np.testing.assert_allclose(r.cam, np.load(cams / "test" / f"{samples[1]['image_id']}.npy"), atol=1e-5)
 
 
-def test_localize_with_a_posthoc_method(trained_run: Path, synth_data: Path, tmp_path: Path, capsys):  # noqa: F811
-    images = sorted((synth_data / "images" / "test").rglob("*.png"))
+def test_localize_with_a_posthoc_method(trained_run: Path, tiny_data: Path, tmp_path: Path, capsys):
+    images = sorted((tiny_data / "images" / "test").rglob("*.png"))
     images = [str(p) for p in images if not p.stem.endswith("_mask")][:3]
     # no threshold chosen for layer-cam yet: one line naming the way to get one, exit 2
     code = main(["localize", str(trained_run), *images, "--out", str(tmp_path / "o1"), "--cam-method", "layer-cam"])
@@ -93,14 +92,14 @@ def test_localize_with_a_posthoc_method(trained_run: Path, synth_data: Path, tmp
                                                                  "spatial feature map")),
     (["--target-layer", "backbone"], "only post-hoc methods take one"),
 ])
-def test_evaluate_usage_errors_exit_two(trained_run: Path, args: list[str], message: str, capsys):  # noqa: F811
+def test_evaluate_usage_errors_exit_two(trained_run: Path, args: list[str], message: str, capsys):
     code = main(["evaluate", str(trained_run), "--split", "val", "--device", "cpu", *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1
 
 
-def test_benchmark_script_scores_resumes_and_records(trained_run: Path, tmp_path: Path, capsys):  # noqa: F811
+def test_benchmark_script_scores_resumes_and_records(trained_run: Path, tmp_path: Path, capsys):
     """benchmarks/posthoc.py on a tiny run laid out like a benchmark one (best_cls / best_loc)."""
     import sys
 
