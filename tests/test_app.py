@@ -254,7 +254,7 @@ def test_cli_serves_until_interrupted(trained_run: Path):
         resp = conn.getresponse()
         assert resp.status == 200 and b"kdcicam" in resp.read()  # the page ships with the package
         conn.close()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # as `kill` sends it; Ctrl-C takes the same path
         assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:

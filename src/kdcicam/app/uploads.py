@@ -72,7 +72,7 @@ def decode_upload(data: bytes, name: str, limits: UploadLimits) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return load_image_rgb(io.BytesIO(data))
+            return load_image_rgb(io.BytesIO(data))  # type: ignore[arg-type]  # Image.open reads file objects too
     except ImageReadError as e:
         raise UploadError(f"{name}: cannot read the image ({e.reason})") from None
 

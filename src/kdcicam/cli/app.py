@@ -1,12 +1,14 @@
 """`kdcicam app RUN`: serve a local page to upload photos and look at the heatmaps and boxes.
 
-The page binds 127.0.0.1 unless ``--host`` says otherwise; it runs until Ctrl-C. A path that is not a
-checkpoint (or a run folder without one) is refused before anything is served (exit 2).
+The page binds 127.0.0.1 unless ``--host`` says otherwise; it runs until Ctrl-C (or SIGTERM), then exits 0.
+A path that is not a checkpoint (or a run folder without one) is refused before anything is served (exit 2).
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest upload accepted, in MB of 2^20 bytes (default 32)")
     p.add_argument("--max-megapixels", type=float, default=50.0, metavar="MP",
                    help="largest image accepted, in millions of pixels (default 50)")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"kdcicam app: {localizer.method} from {localizer.checkpoint}, box threshold {localizer.threshold:g} "
           f"({localizer.threshold_source})", flush=True)
     print(f"kdcicam app: serving {server.url} (Ctrl-C to stop)", flush=True)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # `kill PID` stops it as Ctrl-C does
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
