@@ -9,17 +9,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from _datasets import RUN_RECIPE  # shared with the tests that train other methods the same way
 
 REPO = Path(__file__).resolve().parents[1]
 #: the reduced CUB-200-2011 tree (classes 1-50) beside the checkout; KDCICAM_CUB50 points elsewhere
 CUB50 = Path(os.environ.get("KDCICAM_CUB50") or REPO / ".." / "shared" / "data" / "cub50")
-#: a one-epoch CAM on the tiny set: 64 px, only the head trains (about 15 s)
-RUN_RECIPE = [
-    "model.backbone=efficientnet_lite0", "model.pretrained=true", "model.freeze_stages=12",
-    "data.image_size=64", "data.batch_size=16", "data.eval_batch_size=32", "data.augment.resize=72",
-    "optim.epochs=1", "optim.lr=0.003", "trainer.progress_bar=false", "trainer.seed=0",
-    "data.test_splits=[test,test_conflict]",
-]
 
 
 @pytest.fixture(autouse=True, scope="session")

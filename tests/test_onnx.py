@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import RUN_RECIPE as FAST  # the shared one-epoch recipe (tests/conftest.py)
+from _datasets import RUN_RECIPE as FAST  # the shared one-epoch recipe
 from kdcicam.cli import main
 
 pytest.importorskip("onnxruntime")
