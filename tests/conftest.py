@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+
 from _datasets import RUN_RECIPE  # shared with the tests that train other methods the same way
 
 REPO = Path(__file__).resolve().parents[1]
