@@ -40,7 +40,8 @@ def _fake_run(suite: str, method: str, device: str, cpu: str, v2: float) -> dict
     metrics = {"top1_cls": 60.0, "top1_loc": 40.0, "gt_known_loc": 60.0, "max_box_acc_v2": v2, "pxap": None,
                "max_box_acc_v2_per_iou": {"30": v2, "50": v2, "70": v2}}
     return {"suite": suite, "method": method, "seed": 0, "tag": "", "metrics": {"test": metrics},
-            "wall_seconds": {"train": 60.0, "total": 70.0}, "machine": {"cpu": cpu, "cores": 2}, "device": device}
+            "wall_seconds": {"train": 60.0, "total": 70.0}, "machine": {"cpu": cpu, "cores": 2}, "device": device,
+            "config": {"eval": {"monitor": "val/max_box_acc_v2"}}}  # best.ckpt = best_loc
 
 
 def test_the_report_shows_gpu_rows_beside_the_cpu_rows():
@@ -52,10 +53,10 @@ def test_the_report_shows_gpu_rows_beside_the_cpu_rows():
                                  for i, m in enumerate(("cam", "ci-cam", "kd-ci-cam"))}
     lines = report.device_comparison(groups)
     rows = [ln for ln in lines if ln.startswith("| cub50")]
-    assert len(rows) == 4
-    assert rows[0].startswith("| cub50 | AMD EPYC, 2 cores | CAM |")
-    assert rows[1].startswith("| cub50-gpu | NVIDIA H200 (x1) (host: Intel Xeon, 2 cores) | CAM |")
-    assert "62.00" in rows[3]
+    assert len(rows) == 12  # each run at best_cls, best_loc and last
+    assert rows[0].startswith("| cub50 | AMD EPYC, 2 cores | CAM | best_cls |")
+    assert rows[3].startswith("| cub50-gpu | NVIDIA H200 (x1) (host: Intel Xeon, 2 cores) | CAM | best_cls |")
+    assert "62.00" in rows[10] and rows[10].split(" | ")[3] == "best_loc"  # KD-CI-CAM's best.ckpt
 
 
 @pytest.mark.cub50

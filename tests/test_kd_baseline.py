@@ -31,7 +31,7 @@ def _run(method: str, seed: int, cls: float, loc: float, v2: float) -> dict:
     metrics = {"top1_cls": cls, "top1_loc": loc, "gt_known_loc": 70.0, "max_box_acc_v2": v2, "pxap": None,
                "context_leakage": None, "max_box_acc_v2_per_iou": {"30": v2, "50": v2, "70": v2}}
     return {"suite": "cub50", "method": method, "seed": seed, "tag": "", "metrics": {"test": metrics},
-            "wall_seconds": {"train": 60.0, "total": 70.0}}
+            "wall_seconds": {"train": 60.0, "total": 70.0}, "config": {"eval": {"monitor": "val/max_box_acc_v2"}}}
 
 
 def test_the_report_rows_and_the_teachers_contribution():
@@ -41,7 +41,8 @@ def test_the_report_rows_and_the_teachers_contribution():
     assert report.teachers_contribution(runs, "test") == []  # no baseline run: nothing to say
     runs["kd-baseline"] = [_run("kd-baseline", 0, 58.0, 51.0, 69.0), _run("kd-baseline", 1, 62.0, 49.0, 70.0)]
     rows = [ln for ln in report.table(runs, "test") if ln.startswith("| ")][1:]
-    assert [r.split(" | ")[0] for r in rows] == ["| CAM", "| CI-CAM", "| KD-CI-CAM", "| KD baseline (no teachers)"]
+    names = ["| CAM", "| CI-CAM", "| KD-CI-CAM", "| KD baseline (no teachers)"]
+    assert [r.split(" | ")[:2] for r in rows] == [[n, k] for n in names for k in ("best_cls", "best_loc", "last")]
     (line,) = report.teachers_contribution(runs, "test")
     # seed 0: 60-58 = +2, seed 1: 61-62 = -1 -> mean +0.50; Top-1 Loc -1, +1 -> 0; V2 +1, +1 -> +1
     assert "seeds 0,1" in line and "Top-1 Cls +0.50" in line and "MaxBoxAccV2 +1.00" in line

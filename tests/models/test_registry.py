@@ -63,7 +63,7 @@ def test_kd_ci_cam_is_a_ci_cam_student_with_its_objective():
                          teachers="loc", pool_rate=0.015)
     assert model.recipe == "kd" and model.pool.rate == 0.015
     assert model.objective.config() == {"alpha": 0.7, "T": 2.0, "kd_mode": "kl", "teachers": "loc",
-                                        "t_squared": False, "cam_T": None}
+                                        "t_squared": False, "cam_T": None, "cam_loss": "mse", "cam_weight": 1.0}
     assert model.allowed_routes == (0, 2)
     with pytest.raises(ConfigError, match="teachers"):
         create_model("kd-ci-cam", TinyBackbone(), num_classes=4, teachers="all")
