@@ -28,7 +28,7 @@ FAST = ["model.pretrained=true", "model.freeze_stages=12", "data.image_size=32",
         "data.batch_size=16", "data.eval_batch_size=32", "optim.epochs=1", "trainer.progress_bar=false",
         "trainer.num_threads=1", "data.test_splits=[test]", "model.pool_rate_target=null"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.wheel, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.wheel]  # the default timeout (pyproject) applies
 
 
 def _env(venv_dir: Path) -> dict[str, str]:
