@@ -11,6 +11,11 @@ as images/s per split.
     MALLOC_MMAP_THRESHOLD_=10000000000 MALLOC_TRIM_THRESHOLD_=10000000000 \\
         .venv/bin/python benchmarks/posthoc.py --suite synthetic-v2 --seeds 0 1 2
 
+``--speed N`` measures only what each method costs a user, alone on the machine: ``Localizer.predict`` on the
+first N val images of seed 0's ``best_cls`` checkpoint (decode, resize, model, map, boxes: what ``kdcicam
+localize`` does), after one warm-up batch, written to ``posthoc_speed_<suite>.json``. Run it with nothing else
+running; the accuracy entries' own images/s are only comparable within one run.
+
 One JSON per (suite, seed) in benchmarks/results/posthoc/, rewritten after every (checkpoint, method) entry;
 a finished entry is skipped on the next call (resumable). Score-CAM forwards one masked image per channel of
 the target layer (1,280 for EfficientNet-Lite0), so it costs ~1,280 forwards per image; SS-CAM (35x Score-CAM)
@@ -101,6 +106,45 @@ def run_seed(suite: str, seed: int, methods: list[str], splits: list[str], run_r
     return path
 
 
+def speed(suite: str, methods: list[str], n: int, run_root: Path | None, out: Path, data_root: str | None,
+          command: str) -> Path:
+    """Images/s of each method as a user runs it (Localizer.predict on image files), one method after another
+    (Score-CAM's masked images go through the model in chunks of the Localizer's default, 32)."""
+    import os
+
+    import torch
+
+    from kdcicam import Localizer
+    from kdcicam.checkpoints import load_checkpoint
+    from kdcicam.data.metadata import atomic_write_text, read_metadata
+
+    folder = (run_root / suite / "cam-seed0") if run_root is not None else run_dir(suite, "cam", 0)
+    ckpt = folder / "checkpoints" / "best_cls.ckpt"
+    cfg = load_checkpoint(ckpt).config
+    root = Path(data_root or cfg.data.root)
+    md = read_metadata(root / cfg.data.val_split)
+    paths = [str(md.image_path(i)) for i in md.image_ids[:n]]
+    path = out / f"posthoc_speed_{suite}.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {"methods": {}}  # methods timed earlier are kept
+    doc.update({"suite": suite, "checkpoint": str(ckpt), "torch_threads": torch.get_num_threads(),
+                "machine": machine(), "what": "Localizer.predict on image files (decode, resize, model, map, boxes), "
+                "after a warm-up batch; threshold fixed at 0.5 (speed only)"})
+    for method in methods:
+        loc = Localizer.from_checkpoint(ckpt, device="cpu", threshold=0.5, topk=1, cam_method=method)
+        loc.predict(paths[: min(len(paths), loc.batch_size, 4)])  # warm-up: first-call allocations, hooks
+        start = time.perf_counter()
+        loc.predict(paths)
+        seconds = time.perf_counter() - start
+        doc["methods"][method] = {"images": len(paths), "seconds": round(seconds, 3),
+                                  "images_per_second": round(len(paths) / seconds, 3), "commit": commit(),
+                                  "command": command, "load_average_1_5_15_min": os.getloadavg()}
+        print(f"posthoc speed: {suite} {method}: {len(paths) / seconds:.2f} img/s ({len(paths)} images, "
+              f"{seconds:.1f} s)", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=2))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     from kdcicam.posthoc import CAM_METHODS, check_method
 
@@ -114,12 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score-batch-size", type=int, default=32, metavar="N",
                    help="Score-CAM family: masked images per forward (default 32)")
     p.add_argument("--data-root", default=None, help="the dataset, if it moved since training")
+    p.add_argument("--speed", type=int, default=None, metavar="N",
+                   help="only time each method on N val images (seed 0, best_cls), as a user runs it")
     p.add_argument("--run-root", type=Path, default=None, help=argparse.SUPPRESS)  # tests: <root>/<suite>/cam-seed<k>
     p.add_argument("--out", type=Path, default=RESULTS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     methods = [check_method(m) for m in args.methods]
     splits = args.splits or default_splits(args.suite)
     command = " ".join(["python", "benchmarks/posthoc.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.speed is not None:
+        print(f"posthoc: {speed(args.suite, methods, args.speed, args.run_root, args.out, args.data_root, command)}")
+        return 0
     for seed in args.seeds:
         path = run_seed(args.suite, seed, methods, splits, args.run_root, args.out, args.data_root,
                         args.score_batch_size, command)

@@ -28,7 +28,7 @@ ALLOWED = {
     "diagnostics": {"models"},
     "training": {"errors", "data", "models", "config", "evaluation", "scoremaps", "checkpoints", "diagnostics",
                  "posthoc"},
-    "inference": {"errors", "data", "evaluation", "scoremaps", "checkpoints", "localization", "posthoc"},
+    "inference": {"errors", "data", "evaluation", "scoremaps", "checkpoints", "localization", "posthoc", "preprocess"},
     "export": {"errors", "checkpoints", "models", "localization", "onnx_backend", "__version__"},
     "viz": {"errors", "data", "config", "evaluation", "checkpoints", "inference", "diagnostics", "__version__"},
     "app": {"errors", "data", "evaluation", "scoremaps", "inference", "__version__"},

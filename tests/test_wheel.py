@@ -107,3 +107,20 @@ def test_the_installed_wheel_runs_the_pipeline_outside_the_checkout(installed, t
     _run([kdcicam, "localize", "runs/cam", *map(str, images), "--out", "loc"], work, env)
     boxes = json.loads((work / "loc" / "boxes.json").read_text())
     assert len(boxes if isinstance(boxes, list) else boxes["images"]) == 2
+
+
+def test_the_installed_demo_runs_outside_the_checkout(installed, tmp_path: Path):
+    """`kdcicam demo` after a non-editable install, from a folder with no configs/ nor src/: every registered
+    method, every KD stage, the evaluation and the HTML report (``--smoke``: a 32-px dataset, one epoch each)."""
+    venv_dir, env = installed
+    work = tmp_path / "user"
+    work.mkdir()
+    out = _run([str(venv_dir / "bin" / "kdcicam"), "demo", "--smoke", "--out", "demo"], work, env)
+    import kdcicam as here
+
+    summary = json.loads((work / "demo" / "summary.json").read_text())
+    assert sorted(summary) == sorted(here.list_models())
+    for method, splits in summary.items():
+        assert {"test", "test_conflict"} <= set(splits), method
+    assert (work / "demo" / "report.html").is_file() and (work / "data" / "synth_v2_smoke" / "dataset.yaml").is_file()
+    assert "Tip" not in out and "[demo] done in" in out

@@ -45,33 +45,15 @@ ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def _rgba_to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
-    """RGBA uint8 HWC → RGB composited on white, the same way ``load_image_rgb`` treats a PNG."""
-    from .data.dataset import _to_rgb
-
-    return np.array(_to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode="RGBA")))  # a writable copy
-
-
 def _from_numpy(arr: np.ndarray, name: str) -> torch.Tensor:
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise ImageInputError(f"{name}: a numpy image must be HxW (grey) or HxWxC with C in 1, 3, 4 "
-                              f"(RGB order), got shape {arr.shape}")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ImageInputError(f"{name}: empty image of shape {arr.shape}")
-    arr = np.ascontiguousarray(arr)
-    if not arr.flags.writeable:  # e.g. np.asarray(pil_image); torch.from_numpy wants a writable buffer
-        arr = arr.copy()
-    if arr.dtype == np.uint8:
-        if arr.shape[2] == 4:
-            arr = _rgba_to_rgb_uint8(arr)
-        t = torch.from_numpy(arr).permute(2, 0, 1)
-    elif np.issubdtype(arr.dtype, np.floating):
-        t = torch.from_numpy(arr.astype(np.float32, copy=False)).permute(2, 0, 1)
-    else:
-        raise ImageInputError(f"{name}: numpy images must be uint8 (0-255) or float (0-1), got dtype {arr.dtype}")
-    return _from_chw(t, name)
+    """A numpy image → 3-channel CHW tensor, by the rules the ONNX path applies too (one definition of what a
+    numpy image may be: :func:`kdcicam.preprocess._array_rgb`)."""
+    from .preprocess import _array_rgb
+
+    rgb = _array_rgb(arr, name)
+    if not rgb.flags.writeable:  # e.g. np.asarray(pil_image); torch.from_numpy wants a writable buffer
+        rgb = rgb.copy()
+    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def _from_chw(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -86,7 +68,9 @@ def _from_chw(t: torch.Tensor, name: str) -> torch.Tensor:
     t = t.detach().cpu()
     if t.dtype == torch.uint8:
         if t.shape[0] == 4:
-            t = torch.from_numpy(_rgba_to_rgb_uint8(t.permute(1, 2, 0).numpy())).permute(2, 0, 1)
+            from .preprocess import _rgba_on_white
+
+            t = torch.from_numpy(_rgba_on_white(t.permute(1, 2, 0).numpy())).permute(2, 0, 1)
     elif t.is_floating_point():
         t = t.float()
         if not torch.isfinite(t).all():

@@ -15,6 +15,12 @@ from pathlib import Path
 
 #: variant -> (default config: a shipped config's name, default data folder under the working folder)
 VARIANTS = {"v1": ("synthetic", "data/synth"), "v2": ("synthetic_v2", "data/synth_v2")}
+#: --smoke: the data's size (images per split, side in pixels) and the training that checks an install in about
+#: a minute on 2 cores -- every method, every stage, evaluation and report, with numbers that mean nothing
+SMOKE_DATA = {"size": 32, "n_train": 32, "n_val": 16, "n_val_conflict": 16, "n_test": 16, "n_test_conflict": 16}
+SMOKE_OVERRIDES = ["model.freeze_stages=12", "data.image_size=32", "data.augment.resize=36", "data.batch_size=16",
+                   "data.eval_batch_size=32", "optim.epochs=1", "model.pool_rate_target=null",
+                   "kd.student.model.pool_rate_target=null", "trainer.progress_bar=false"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "variant's, synthetic_v2 or synthetic)")
     p.add_argument("--data", default=None, help="where the synthetic data is generated (default: data/synth_v2 "
                    "or data/synth)")
+    p.add_argument("--smoke", action="store_true",
+                   help="check an install in about a minute: a tiny 32-px dataset (data/synth_v2_smoke or "
+                        "data/synth_smoke), one epoch per stage; the numbers mean nothing")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="methods to train (default: every registered method, kdcicam.list_models())")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -47,18 +56,23 @@ def run(args: argparse.Namespace) -> int:
         if method not in methods:
             raise ConfigError(f"--methods {method}: not a registered method; valid: {', '.join(methods)}")
     args.methods = list(args.methods or methods)
-    data = Path(args.data or VARIANTS[args.variant][1])
+    data = Path(args.data or VARIANTS[args.variant][1] + ("_smoke" if args.smoke else ""))
+    sizes = SMOKE_DATA if args.smoke else {}
+    overrides = [*SMOKE_OVERRIDES, *args.overrides] if args.smoke else list(args.overrides)
     if not (data / "dataset.yaml").is_file():
         print(f"[demo] generating the synthetic confounded-objects dataset ({args.variant}) into {data} ...",
               flush=True)
     t = time.time()
-    ensure_synthetic(data, v2_config() if args.variant == "v2" else SyntheticConfig())
+    if args.variant == "v2":
+        ensure_synthetic(data, v2_config(**sizes))
+    else:
+        ensure_synthetic(data, SyntheticConfig(**{k: v for k, v in sizes.items() if k != "n_val_conflict"}))
     print(f"[demo] data ready in {time.time() - t:.1f} s", flush=True)
     out = Path(args.out)
     columns: dict[str, dict] = {}
     summary: dict[str, dict] = {}
     for method in args.methods:
-        config = load_config(config_path, [f"data.root={data}", *args.overrides], method=method)
+        config = load_config(config_path, [f"data.root={data}", *overrides], method=method)
         run_dir = out / method
         t = time.time()
         print(f"[demo] training {method} → {run_dir}", flush=True)
