@@ -42,9 +42,8 @@ def result_path(suite: str) -> Path:
 
 def floor_items(items: list, record: dict) -> list:
     """The floor's pseudo-labels: one fixed grid box per image, scaled to it, with the run's class and score."""
-    from floors import centre_gaussian
-
     from kdcicam.coco import ImageBoxes
+    from kdcicam.evaluation.baselines import centre_gaussian
     from kdcicam.localization import grid_boxes
 
     grid = int(record["grid"])
