@@ -95,9 +95,9 @@ def test_every_cheap_method_on_every_kdcicam_model(method: str):
     for name in CHEAP:
         loc = Localizer(model, image_size=SIZE, threshold=0.3, device="cpu", cam_method=name)
         results = loc.predict(images)
-        for r, n in zip(results, native):
+        for r, n in zip(results, native, strict=True):
             assert r.cam.shape == (SIZE, SIZE) and r.cam.dtype == native[0].cam.dtype
-            assert 0.0 <= r.cam.min() and r.cam.max() <= 1.0
+            assert r.cam.min() >= 0.0 and r.cam.max() <= 1.0
             assert r.class_id == n.class_id  # the same (down-branch) logits choose the class
         assert loc.describe()["cam_method"] == name and loc.describe()["target_layer"] == "backbone"
 

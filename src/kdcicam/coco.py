@@ -114,7 +114,7 @@ def pseudo_labels(items: Sequence[ImageBoxes], class_names: Sequence[str], info:
 def items_from_results(results: Sequence[Any], names: Sequence[str]) -> list[ImageBoxes]:
     """:class:`~kdcicam.localization.LocalizationResult` objects and their relative names → items."""
     return [ImageBoxes(name, r.width, r.height, np.asarray(r.boxes), r.class_id, r.score)
-            for r, name in zip(results, names)]
+            for r, name in zip(results, names, strict=True)]
 
 
 def detections_path(annotations_path: str | os.PathLike) -> Path:

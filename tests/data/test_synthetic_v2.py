@@ -149,7 +149,7 @@ def test_a_fresh_test_draw_changes_the_test_pair_only():
     for split in ("train", "val", "val_conflict"):
         assert plan_split(first, split) == plan_split(fresh, split)
         a, b = (render_sample(c, split, 3, *plan_split(c, split)[3]) for c in (first, fresh))
-        assert all(np.array_equal(x, y) for x, y in zip(a[:2], b[:2])) and a[2] == b[2]
+        assert all(np.array_equal(x, y) for x, y in zip(a[:2], b[:2], strict=True)) and a[2] == b[2]
     for split in ("test", "test_conflict"):
         a, b = (render_sample(c, split, 3, *plan_split(c, split)[3]) for c in (first, fresh))
         assert not np.array_equal(a[0], b[0])

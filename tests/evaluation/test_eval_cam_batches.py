@@ -29,7 +29,7 @@ def test_read_batch_equals_np_load(tmp_path: Path, size: tuple[int, int]):
     base = [rng.random(size) for _ in range(4)]
     arrays = [base[0], base[1].astype(np.float32), base[2].astype(">f8"), np.asfortranarray(base[3])]
     ids = [f"c/{k}.jpg" for k in range(len(arrays))]
-    for image_id, a in zip(ids, arrays):
+    for image_id, a in zip(ids, arrays, strict=True):
         _save(tmp_path, image_id, a)
     got = cam_batches.read_batch(tmp_path, ids, size, normalize=False)
     want = np.stack([np.load(tmp_path / (i + ".npy")).astype(np.float64) for i in ids])
@@ -67,7 +67,7 @@ def test_value_errors_name_the_first_bad_file(tmp_path: Path):
     maps[1, 0, 0] = np.nan
     maps[2, 1, 1] = 2.0
     ids = ["a", "b", "c", "d"]
-    for i, m in zip(ids, maps):
+    for i, m in zip(ids, maps, strict=True):
         _save(tmp_path, i, m)
     read = cam_batches.read_batch(tmp_path, ids, (3, 3), normalize=False)  # values are not checked here
     error = cam_batches.value_error(tmp_path, ids, read)

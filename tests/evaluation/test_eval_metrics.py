@@ -142,7 +142,7 @@ def test_float32_maps_score_like_float64(four_images):
     maps = np.stack([smooth_map(rng) for _ in ids]).astype(np.float32)
     a, b = BoxEvaluator(md), ReferenceBoxEvaluator(md)
     a.accumulate(maps, ids)
-    for m, i in zip(maps, ids):
+    for m, i in zip(maps, ids, strict=True):
         b.accumulate(m.astype(np.float64), i)
     assert [a.compute()["max_box_acc"][k] for k in ("30", "50", "70")] == b.compute()
 

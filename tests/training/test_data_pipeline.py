@@ -16,14 +16,14 @@ from kdcicam.training.datamodule import WSOLDataModule
 
 
 def _images(loader) -> dict[str, torch.Tensor]:
-    return {i: img for batch in loader for i, img in zip(batch["image_id"], batch["image"])}
+    return {i: img for batch in loader for i, img in zip(batch["image_id"], batch["image"], strict=True)}
 
 
 def _epoch(datamodule: WSOLDataModule, loader, epoch: int) -> tuple[dict[str, torch.Tensor], list[int]]:
     loader.sampler.set_epoch(epoch)
     images, routes = {}, []
     for batch in loader:
-        images.update(zip(batch["image_id"], batch["image"]))
+        images.update(zip(batch["image_id"], batch["image"], strict=True))
         routes += batch["route"].tolist()
     return images, routes
 

@@ -53,7 +53,7 @@ def _save_maps(save_dir: Path, ids: Sequence[str], maps: np.ndarray) -> None:
     ``kdcicam score`` gives the same numbers): the layout ``kdcicam score`` reads."""
     from .saved_cams import cam_path
 
-    for image_id, m in zip(ids, maps):
+    for image_id, m in zip(ids, maps, strict=True):
         path = cam_path(save_dir, image_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, m)

@@ -181,8 +181,8 @@ MASK_MONITORS = frozenset({"val/pxap"})
 def effective_monitor(monitor: str, mode: str, val_has_boxes: bool, val_has_masks: bool) -> tuple[str, str, str | None]:
     """The checkpoint monitor this val split can compute: ``(monitor, mode, why it changed or None)``.
     A box metric without val boxes falls back to PxAP (val masks) or Top-1 Cls; so does leakage without either."""
-    if monitor in BOX_MONITORS and not val_has_boxes or monitor in MASK_MONITORS and not val_has_masks or \
-            monitor == "val/context_leakage" and not (val_has_boxes or val_has_masks):
+    if (monitor in BOX_MONITORS and not val_has_boxes) or (monitor in MASK_MONITORS and not val_has_masks) or \
+            (monitor == "val/context_leakage" and not (val_has_boxes or val_has_masks)):
         fallback = "val/pxap" if val_has_masks else "val/top1_cls"
         what = "masks but no boxes" if val_has_masks else "no boxes or masks"
         why = f"eval.monitor={monitor} needs val localization, and val has {what}: best.ckpt is chosen by {fallback} instead"
