@@ -316,10 +316,7 @@ def compare_parity(cpu: dict, dev: dict, threshold: float) -> dict[str, Any]:
     rows, within, equal = {}, True, True
     for key, a, b in flat_metrics(cpu["metrics"], dev["metrics"]):
         base = key.split(".")[0]
-        if base in ("pxap", "piou", "context_leakage"):
-            tol = 0.1
-        else:
-            tol = 100.0 * max(k.get(base, sweep), 0) / n
+        tol = 0.1 if base in ("pxap", "piou", "context_leakage") else 100.0 * max(k.get(base, sweep), 0) / n
         diff = abs(a - b)
         rows[key] = {"cpu": a, "device": b, "diff": diff, "tolerance": tol}
         within &= diff <= tol + 1e-9

@@ -208,13 +208,13 @@ def test_bad_inputs_are_named(localizer, tmp_path: Path):
         localizer.predict(np.zeros((8, 8, 3), np.int32))
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
-    with pytest.raises(ImageReadError, match="broken.jpg"):
+    with pytest.raises(ImageReadError, match=r"broken\.jpg"):
         localizer.predict(bad)
     with pytest.raises(KdcicamError, match="no such run folder"):
         Localizer.from_checkpoint(tmp_path / "nope")
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"\x00" * 64)
-    with pytest.raises(KdcicamError, match="junk.ckpt"):
+    with pytest.raises(KdcicamError, match=r"junk\.ckpt"):
         Localizer.from_checkpoint(junk)
     with pytest.raises(KdcicamError, match="threshold"):
         Localizer(BrightnessModel(), image_size=32, threshold=1.5)

@@ -108,7 +108,7 @@ def test_all_methods_on_a_timm_classifier_through_from_model():
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=4).eval()  # random weights
     image = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(3))
-    for name in CHEAP + ["score-cam"]:
+    for name in [*CHEAP, "score-cam"]:
         loc = Localizer.from_model(model, cam_method=name, image_size=96, threshold=0.2, device="cpu",
                                    score_batch_size=32)
         assert loc.posthoc.target_layer == "layer4"  # the last spatial map, found by itself

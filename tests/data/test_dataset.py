@@ -188,7 +188,7 @@ def test_bad_images_skipped_or_raised(tmp_path, caplog):
     split = _write_split(tmp_path, images, {k: [(50, 30, 110, 80)] for k in images})
     bad = tmp_path / "images" / "1.png"
     bad.write_bytes(bad.read_bytes()[:100])
-    with pytest.raises(ImageReadError, match="1.png"):
+    with pytest.raises(ImageReadError, match=r"1\.png"):
         WSOLDataset(split)[1]
     ds = WSOLDataset(split, skip_bad_images=True)
     with caplog.at_level(logging.WARNING):

@@ -115,7 +115,7 @@ def test_habitat_colour_off_hides_the_class_in_the_hue():
 
 
 def test_v1_refuses_v2_knobs(tmp_path):
-    with pytest.raises(ConfigError, match="shape_detail, n_val_conflict|n_val_conflict, shape_detail") as err:
+    with pytest.raises(ConfigError, match=r"shape_detail, n_val_conflict|n_val_conflict, shape_detail") as err:
         generate_synthetic(tmp_path / "x", SyntheticConfig(n_val_conflict=5, shape_detail=0.2))
     assert "variant v1" in str(err.value)
     assert not (tmp_path / "x").exists()

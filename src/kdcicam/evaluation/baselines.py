@@ -15,6 +15,7 @@ Floors are cached per (split metadata, val metadata, evaluation grid) under :fun
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -184,10 +185,8 @@ def store_floor(data_root: Path, split: str, val_split: str, size: int, record: 
     """Keep one split's floor for :func:`cached_floor` (a cache that cannot be written is skipped)."""
     path = _floor_file(Path(data_root), split, val_split, size)
     if path is not None:
-        try:
+        with contextlib.suppress(OSError):
             atomic_write_text(path, json.dumps({**record, "data_root": str(data_root)}, indent=2) + "\n")
-        except OSError:
-            pass
 
 
 def cached_floor(data_root: str | os.PathLike, split: str, val_split: str, size: int) -> dict[str, Any] | None:

@@ -106,10 +106,7 @@ def read_batch(cam_dir: Path, image_ids: Sequence[str], shape: tuple[int, int], 
     :class:`~.saved_cams.CamFileError`, unless an earlier map of the batch has invalid values: that one's
     error comes first, as if the files had been checked one by one."""
     headers = headers or _Headers(shape)
-    if out is None:
-        maps = np.empty((len(image_ids), *shape), dtype=np.float64)
-    else:
-        maps = out[:len(image_ids)]
+    maps = np.empty((len(image_ids), *shape), dtype=np.float64) if out is None else out[:len(image_ids)]
     for k, image_id in enumerate(image_ids):
         try:
             read_into(cam_dir, image_id, maps[k], headers, normalize)

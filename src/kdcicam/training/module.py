@@ -92,7 +92,7 @@ class WSOLModule(L.LightningModule):
                 result = teacher(x[idx])
                 for key, field in fields.items():
                     value = result[field].float()
-                    full = value.new_zeros((x.shape[0],) + tuple(value.shape[1:]))
+                    full = value.new_zeros((x.shape[0], *value.shape[1:]))
                     full[idx] = value
                     outputs[key] = full
         return outputs
