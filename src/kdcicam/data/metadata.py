@@ -261,9 +261,9 @@ def read_metadata(
         _require(sizes_file)  # boxes are checked against, and rescaled by, the image sizes
     image_sizes: dict[str, tuple[int, int]] = {}
     sizes = keyed(sizes_file, 3, "path,width,height") if sizes_file.is_file() else iter(())
-    for number, image_id, (w, h) in sizes:
-        width = int(parse_number(w, sizes_file, number, "width", integer=True))
-        height = int(parse_number(h, sizes_file, number, "height", integer=True))
+    for number, image_id, (w_text, h_text) in sizes:
+        width = int(parse_number(w_text, sizes_file, number, "width", integer=True))
+        height = int(parse_number(h_text, sizes_file, number, "height", integer=True))
         if width <= 0 or height <= 0:
             raise MetadataError(sizes_file, number, f"image size {width}x{height} is not positive")
         image_sizes[image_id] = (width, height)

@@ -70,7 +70,8 @@ def read_into(cam_dir: Path, image_id: str, out: np.ndarray, headers: _Headers, 
                 head = f.read(_PEEK)
                 start = headers.offset(head)
                 if start >= 0:
-                    raw = memoryview(out).cast("B")
+                    # numpy declares ndarray.__buffer__ for Python >= 3.12 only; the buffer protocol is there
+                    raw = memoryview(out).cast("B")  # type: ignore[arg-type]
                     have = min(len(head) - start, len(raw))  # a tiny map may lie within the first read
                     raw[:have] = head[start:start + have]
                     while have < len(raw):
@@ -93,7 +94,7 @@ def value_error(cam_dir: Path, image_ids: Sequence[str], maps: np.ndarray) -> Ca
     ok = ((maps >= 0.0) & (maps <= 1.0)).reshape(len(maps), -1).all(axis=1)
     for k in np.flatnonzero(~ok):
         try:
-            load_cam(cam_dir, image_ids[k], None, False)
+            load_cam(cam_dir, image_ids[int(k)], None, False)
         except CamFileError as e:
             return e
     return None

@@ -411,7 +411,7 @@ class ContextLeakage:
         without one (``boxes``, when the caller has them already), in units of 2**-52, not yet
         added: :func:`leakage`, compiled (its numpy form costs as much as the box kernel). NaN or inf
         in the map is a :class:`ScoremapError` naming the image."""
-        if mask is None and self.use_masks:
+        if mask is None and self._masks is not None:  # there is one exactly when use_masks
             mask = self._masks.mask(image_id)
         if mask is None:
             mask = boxes_mask(self._gt(image_id) if boxes is None else boxes, self.grid.shape).view(np.uint8)
@@ -455,7 +455,7 @@ class ClassificationAccuracy:
         self.topk = 0
         self.count = 0
 
-    def accumulate(self, logits_or_topk: Any, labels: Sequence[int]) -> None:
+    def accumulate(self, logits_or_topk: Any, labels: Sequence[int] | np.ndarray) -> None:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         topk = topk_from(logits_or_topk, len(labels), self.k)
         self.top1 += int((topk[:, 0] == labels).sum())
@@ -532,7 +532,7 @@ class WSOLEvaluator:
                 raise ValueError(f"{len(ids)} score maps but {len(loaded_masks)} loaded masks")
             masks = list(loaded_masks)
         elif self.masks or gt_masks is not None:
-            masks = self._mask_reader.masks_for(ids, gt_masks)
+            masks = list(self._mask_reader.masks_for(ids, gt_masks))
         # the pixel metrics run on a pool thread beside the box kernel's chunks (both release the
         # GIL); nothing is added to the counters until every part of the batch has succeeded
         workers = default_workers() if self.workers is None else max(1, int(self.workers))
@@ -568,6 +568,7 @@ class WSOLEvaluator:
         if masks[0] is not None:
             counts = _MaskCounts(self.grid.thresholds)
             for scoremap, mask in zip(maps, masks, strict=True):
+                assert mask is not None  # a batch has masks for every image or for none
                 counts.add(scoremap, mask)
         shares = None
         if self.boxes or masks[0] is not None:
