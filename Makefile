@@ -1,5 +1,5 @@
 # The commands of the README: `make demo`, `make test` and `make lint`. Each sets up .venv when missing
-# (`make lint` runs the ruff that .[dev] pins).
+# (`make lint` runs the ruff that .[dev] pins, then mypy on src/).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -32,6 +32,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src
 
 # The evaluator's kernels compiled ahead of time (pip install does it too; this rebuilds them in place
 # after an edit of src/kdcicam/evaluation/_kernels.py, which otherwise runs on numba's JIT until then).

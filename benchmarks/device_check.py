@@ -307,7 +307,7 @@ def compare_parity(cpu: dict, dev: dict, threshold: float) -> dict[str, Any]:
     cls1 = rank_gap(cpu["logits"], 1) <= 2 * dlogit
     cls5 = rank_gap(cpu["logits"], 5) <= 2 * dlogit
     differ = [not np.array_equal(scoremap_to_boxes(a, [threshold])[0], scoremap_to_boxes(b, [threshold])[0])
-              for a, b in zip(cpu["maps"], dev["maps"])]
+              for a, b in zip(cpu["maps"], dev["maps"], strict=True)]
     bad_boxes = [i for i, d in enumerate(differ) if d and not box_ties[i]]
     k = {"top1_cls": int(cls1.sum()), "top5_cls": int(cls5.sum()),
          "top1_loc": int((cls1 | box_ties).sum()), "top5_loc": int((cls5 | box_ties).sum()),
@@ -316,10 +316,7 @@ def compare_parity(cpu: dict, dev: dict, threshold: float) -> dict[str, Any]:
     rows, within, equal = {}, True, True
     for key, a, b in flat_metrics(cpu["metrics"], dev["metrics"]):
         base = key.split(".")[0]
-        if base in ("pxap", "piou", "context_leakage"):
-            tol = 0.1
-        else:
-            tol = 100.0 * max(k.get(base, sweep), 0) / n
+        tol = 0.1 if base in ("pxap", "piou", "context_leakage") else 100.0 * max(k.get(base, sweep), 0) / n
         diff = abs(a - b)
         rows[key] = {"cpu": a, "device": b, "diff": diff, "tolerance": tol}
         within &= diff <= tol + 1e-9

@@ -166,7 +166,7 @@ def compare(metadata: Metadata, maps: np.ndarray, repeat: int) -> dict[str, Any]
             batch, batch_ids = maps[first:first + BATCH], ids[first:first + BATCH]
             for mode in modes:
                 start = time.perf_counter()
-                for scoremap, image_id in zip(batch, batch_ids):
+                for scoremap, image_id in zip(batch, batch_ids, strict=True):
                     refs[mode].accumulate(scoremap, image_id)
                 middle = time.perf_counter()
                 fasts[mode].accumulate(batch, batch_ids)
@@ -233,7 +233,7 @@ def parallel_from(rng: np.random.Generator, sizes: tuple[int, ...] = (4, 8, 16, 
 
 
 def _save_cams(folder: Path, ids: list[str], maps: np.ndarray) -> None:
-    for image_id, scoremap in zip(ids, maps):
+    for image_id, scoremap in zip(ids, maps, strict=True):
         path = cam_path(folder, image_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, scoremap)

@@ -103,7 +103,7 @@ def main() -> int:
         loc_o = OnnxLocalizer(onnx_path, batch_size=args.batch_size, threads=threads)
         files = images_of(args.run, args.split, args.n, args.images)
         a, b = loc_t.predict(files[:4]), loc_o.predict(files[:4])
-        agree = all(x.class_id == y.class_id and np.array_equal(x.grid_boxes, y.grid_boxes) for x, y in zip(a, b))
+        agree = all(x.class_id == y.class_id and np.array_equal(x.grid_boxes, y.grid_boxes) for x, y in zip(a, b, strict=True))
         e2e = alternate(lambda: loc_t.predict(files), lambda: loc_o.predict(files), args.repeats)
 
         x = np.stack([loc_o.preprocess(f)[0] for f in files[:args.batch_size]])

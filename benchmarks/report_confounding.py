@@ -129,7 +129,7 @@ def probe_section(label: dict[str, str], order: tuple[str, ...], folder: Path = 
               + ("" if overall == "**sound**" else
                  " Its localization numbers on the pasted splits (`same`, `conflict`) then partly measure the paste, "
                  "not the habitat; the Top-1 Cls comparison **same − conflict** holds the paste equal on both sides.")]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def calibration_section(folder: Path = CALIBRATION) -> list[str]:
@@ -165,7 +165,7 @@ def calibration_section(folder: Path = CALIBRATION) -> list[str]:
                      f"{r['oracle']['val']['coverage']['context_leakage']:.2f} | {c['leak_gap']['val']:.2f} | "
                      f"{c['leak_gap']['val_conflict']:.2f} | {m['val']['max_box_acc_v2']:.2f} | {floor:.2f} | "
                      f"{'**yes**' if c['passes'] else 'no'} | {r['wall_seconds']['total'] / 60:.1f} |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _point_order() -> dict:

@@ -122,7 +122,7 @@ def habitat_following(run_dir: Path, root: Path) -> dict:
             hits = total = 0
             for batch in datamodule.eval_dataloader(split):
                 predicted = module(batch["image"].to(device))["logits"].argmax(1).tolist()
-                hits += sum(p == habitats[i] for p, i in zip(predicted, batch["image_id"]))
+                hits += sum(p == habitats[i] for p, i in zip(predicted, batch["image_id"], strict=True))
                 total += len(predicted)
             out[split] = round(100.0 * hits / total, 4)
     return out

@@ -113,7 +113,7 @@ def summarise(times: dict[str, list[float]], a: str, b: str) -> dict[str, Any]:
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"best_s": {k: round(v, 4) for k, v in best.items()}, "median_s": {k: round(v, 4) for k, v in med.items()},
             "ratio_best": best[b] / best[a], "ratio_median": med[b] / med[a],
-            "ratio_paired_median": statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))}
+            "ratio_paired_median": statistics.median(tb / ta for ta, tb in zip(times[a], times[b], strict=True))}
 
 
 # ------------------------------------------------------------------------------------------ inference

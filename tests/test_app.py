@@ -206,7 +206,7 @@ def test_downloads(server, localizer, tiny_data: Path):
     status, headers, data = request(server, "POST", "/api/export?format=coco", body)
     coco = json.loads(data)
     assert status == 200 and len(coco) == len(boxes)
-    for det, (x0, y0, x1, y1) in zip(coco, boxes):
+    for det, (x0, y0, x1, y1) in zip(coco, boxes, strict=True):
         assert det["image_id"] == 1 and det["category_id"] == second["class_id"] + 1
         assert det["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=0.006) and det["score"] == second["score"]
     bad = [({"threshold": 1.5, "images": selection["images"]}, "threshold"),

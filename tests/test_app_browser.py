@@ -168,7 +168,7 @@ def test_the_page_in_a_browser(browser, trained_run: Path, tiny_data: Path, tmp_
         assert index == 15 and driver.find_element(By.ID, "threshold-value").text == "0.15"
         shown = json.loads(canvas.get_attribute("data-boxes"))
         reference = Localizer.from_checkpoint(trained_run, device="cpu", threshold=threshold)
-        for photo, card in zip(good, cards):
+        for photo, card in zip(good, cards, strict=True):
             [r] = reference.predict(photo)
             boxes = json.loads(card.find_element(By.TAG_NAME, "canvas").get_attribute("data-boxes"))
             np.testing.assert_allclose(np.asarray(boxes).reshape(-1, 4), r.boxes, atol=0.005)
@@ -198,7 +198,7 @@ def test_the_page_in_a_browser(browser, trained_run: Path, tiny_data: Path, tmp_
         coco = downloaded(downloads, "kdcicam_coco_detections.json")
         expected = [(1, first["class_id"] + 1, b) for b in shown] + [(2, second_class + 1, b) for b in second_boxes]
         assert len(coco) == len(expected)
-        for det, (image_id, category_id, (x0, y0, x1, y1)) in zip(coco, expected):
+        for det, (image_id, category_id, (x0, y0, x1, y1)) in zip(coco, expected, strict=True):
             assert (det["image_id"], det["category_id"]) == (image_id, category_id)
             assert det["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=0.006)
 

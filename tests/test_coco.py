@@ -94,7 +94,7 @@ def test_localize_coco_files_load_in_pycocotools(trained_run: Path, photos: Path
     for name, rec in by_name.items():
         mine = [a for a in doc["annotations"] if a["image_id"] == ids[name]]
         assert len(mine) == len(rec["boxes"])
-        for a, b in zip(mine, rec["boxes"]):
+        for a, b in zip(mine, rec["boxes"], strict=True):
             assert a["bbox"] == pytest.approx([b["x0"], b["y0"], b["x1"] - b["x0"], b["y1"] - b["y0"]], abs=0.011)
             assert a["category_id"] == b["class_id"] + 1 and a["score"] == b["score"]
     assert len(dets) == len(doc["annotations"]) > 0

@@ -130,7 +130,7 @@ def test_boxes_and_cams_are_the_evaluators(localizer, tiny_data: Path):
         out = module(torch.stack([s["image"] for s in samples]))
         maps = scoremaps_for_evaluation(module.model.localization_map(out, kind="combinational"), 64)
     results = localizer.predict([ds.metadata.image_path(s["image_id"]) for s in samples])
-    for r, cam, logits in zip(results, maps, out["logits"]):
+    for r, cam, logits in zip(results, maps, out["logits"], strict=True):
         np.testing.assert_allclose(r.cam, cam, atol=1e-5)
         assert r.class_id == int(logits.argmax())
         expected = scoremap_to_boxes(r.cam, [localizer.threshold])[0]
@@ -143,13 +143,13 @@ def test_batched_equals_one_by_one(localizer, tiny_data: Path):
 
     paths = _test_images(tiny_data, 5)
     images = [Image.open(p).convert("RGB").resize(s) for p, s in zip(paths, [(64, 64), (100, 80), (37, 61),
-                                                                            (64, 64), (150, 150)])]
+                                                                            (64, 64), (150, 150)], strict=True)]
     loc = Localizer(localizer.model, image_size=64, threshold=0.3, class_names=localizer.class_names,
                     device="cpu", batch_size=3)
     batched = loc.predict(images)
     single = [loc.predict(im)[0] for im in images]
     assert len(batched) == len(single) == 5
-    for a, b in zip(batched, single):
+    for a, b in zip(batched, single, strict=True):
         assert a.size == b.size and a.class_ids == b.class_ids
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
@@ -208,13 +208,13 @@ def test_bad_inputs_are_named(localizer, tmp_path: Path):
         localizer.predict(np.zeros((8, 8, 3), np.int32))
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
-    with pytest.raises(ImageReadError, match="broken.jpg"):
+    with pytest.raises(ImageReadError, match=r"broken\.jpg"):
         localizer.predict(bad)
     with pytest.raises(KdcicamError, match="no such run folder"):
         Localizer.from_checkpoint(tmp_path / "nope")
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"\x00" * 64)
-    with pytest.raises(KdcicamError, match="junk.ckpt"):
+    with pytest.raises(KdcicamError, match=r"junk\.ckpt"):
         Localizer.from_checkpoint(junk)
     with pytest.raises(KdcicamError, match="threshold"):
         Localizer(BrightnessModel(), image_size=32, threshold=1.5)

@@ -153,7 +153,7 @@ def test_export_reproduces_top1_maps_and_boxes(method: str, runs, exports, tiny_
     assert maps.shape == t_maps.shape == (len(files), *onnx_loc.cam_grid)
     assert np.abs(maps - t_maps).max() <= MAP_TOLERANCE * max(float(np.ptp(t_maps)), 1e-6)
     # end to end, from the files: same classes, score maps within tolerance, identical boxes
-    for a, b in zip(torch_loc.predict(files), onnx_loc.predict(files)):
+    for a, b in zip(torch_loc.predict(files), onnx_loc.predict(files), strict=True):
         assert a.class_ids == b.class_ids and a.size == b.size
         assert np.allclose(a.scores, b.scores, atol=1e-5)
         assert np.abs(a.cam - b.cam).max() <= MAP_TOLERANCE
@@ -215,7 +215,7 @@ def test_localize_backend_onnx_runs_where_torch_cannot_be_imported(exports, runs
     got = json.loads((out / "boxes.json").read_text())
     want = json.loads((tmp_path / "torch_out" / "boxes.json").read_text())
     assert got["backend"] == "onnx" and got["threshold"] == want["threshold"]
-    for a, b in zip(got["images"], want["images"]):
+    for a, b in zip(got["images"], want["images"], strict=True):
         assert a["file"] == b["file"] and a["boxes"] == b["boxes"]
         assert [t["class_id"] for t in a["topk"]] == [t["class_id"] for t in b["topk"]]
     assert (out / "coco.json").is_file() and (out / "coco_detections.json").is_file()

@@ -95,9 +95,9 @@ def test_every_cheap_method_on_every_kdcicam_model(method: str):
     for name in CHEAP:
         loc = Localizer(model, image_size=SIZE, threshold=0.3, device="cpu", cam_method=name)
         results = loc.predict(images)
-        for r, n in zip(results, native):
+        for r, n in zip(results, native, strict=True):
             assert r.cam.shape == (SIZE, SIZE) and r.cam.dtype == native[0].cam.dtype
-            assert 0.0 <= r.cam.min() and r.cam.max() <= 1.0
+            assert r.cam.min() >= 0.0 and r.cam.max() <= 1.0
             assert r.class_id == n.class_id  # the same (down-branch) logits choose the class
         assert loc.describe()["cam_method"] == name and loc.describe()["target_layer"] == "backbone"
 
@@ -108,7 +108,7 @@ def test_all_methods_on_a_timm_classifier_through_from_model():
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=4).eval()  # random weights
     image = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(3))
-    for name in CHEAP + ["score-cam"]:
+    for name in [*CHEAP, "score-cam"]:
         loc = Localizer.from_model(model, cam_method=name, image_size=96, threshold=0.2, device="cpu",
                                    score_batch_size=32)
         assert loc.posthoc.target_layer == "layer4"  # the last spatial map, found by itself

@@ -58,7 +58,7 @@ def test_posthoc_evaluate_chooses_its_own_threshold_on_val(run_copy: Path, tmp_p
     samples = [ds[i] for i in (0, 7, 19)]
     cam = create_posthoc(module.model.eval(), "grad-cam", image_size=64)
     _, raw = cam(torch.stack([s["image"] for s in samples]))
-    for s, m in zip(samples, raw):
+    for s, m in zip(samples, raw, strict=True):
         saved = np.load(cams / "test" / f"{s['image_id']}.npy")
         np.testing.assert_allclose(saved, prepare_scoremap(m.double().numpy(), 64), atol=1e-6)
 

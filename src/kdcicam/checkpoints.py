@@ -210,7 +210,7 @@ def average_checkpoints(paths: list[str | os.PathLike], out: str | os.PathLike) 
     ckpts = [read_checkpoint(resolve_checkpoint(p)) for p in paths]
     first, last = ckpts[0], ckpts[-1]
     keys = set(first["state_dict"])
-    for p, c in zip(paths, ckpts):
+    for p, c in zip(paths, ckpts, strict=True):
         if set(c["state_dict"]) != keys:
             raise KdcicamError(f"{p}: its weights do not match those of {paths[0]}; average checkpoints of one run")
     state = {}

@@ -82,7 +82,7 @@ def categories(class_names: Sequence[str]) -> list[dict[str, Any]]:
     return [{"id": i + CATEGORY_OFFSET, "name": str(n), "supercategory": "object"} for i, n in enumerate(class_names)]
 
 
-def coco_box(box: Sequence[float], decimals: int = 2) -> list[float]:
+def coco_box(box: Sequence[float] | np.ndarray, decimals: int = 2) -> list[float]:
     """``x0, y0, x1, y1`` (edges) → COCO ``[x, y, w, h]``."""
     x0, y0, x1, y1 = (float(v) for v in box)
     return [round(x0, decimals), round(y0, decimals), round(x1 - x0, decimals), round(y1 - y0, decimals)]
@@ -94,7 +94,9 @@ def pseudo_labels(items: Sequence[ImageBoxes], class_names: Sequence[str], info:
     """The COCO annotations document (images, categories, annotations: a detector's training set) and
     the detections list (image_id, category_id, bbox, score: what COCOeval's ``loadRes`` reads)."""
     ids = image_ids(item.file_name for item in items)
-    images, annotations, detections = [], [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    detections: list[dict[str, Any]] = []
     for item in sorted(items, key=lambda it: ids[it.file_name]):
         image_id = ids[item.file_name]
         images.append({"id": image_id, "file_name": item.file_name, "width": int(item.width),
@@ -114,7 +116,7 @@ def pseudo_labels(items: Sequence[ImageBoxes], class_names: Sequence[str], info:
 def items_from_results(results: Sequence[Any], names: Sequence[str]) -> list[ImageBoxes]:
     """:class:`~kdcicam.localization.LocalizationResult` objects and their relative names → items."""
     return [ImageBoxes(name, r.width, r.height, np.asarray(r.boxes), r.class_id, r.score)
-            for r, name in zip(results, names)]
+            for r, name in zip(results, names, strict=True)]
 
 
 def detections_path(annotations_path: str | os.PathLike) -> Path:
@@ -130,7 +132,8 @@ def ground_truth(metadata: Any) -> dict[str, Any]:
         raise KdcicamError(f"{where}: no boxes (localization.txt), so COCO AP cannot be measured")
     names = metadata.class_names or [str(i) for i in range(metadata.num_classes)]
     ids = image_ids(metadata.image_ids)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id in sorted(metadata.image_ids):
         w, h = metadata.image_sizes[image_id]
         images.append({"id": ids[image_id], "file_name": PurePath(image_id).as_posix(), "width": int(w),

@@ -388,6 +388,7 @@ def config_from_dict(data: dict, where: str = "config") -> RunConfig:
         cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(data))
     except OmegaConfBaseException as e:
         raise _explain(e, where) from None
+    assert isinstance(cfg, DictConfig)  # merged into a structured DictConfig
     return _finish(cfg, where)
 
 
@@ -469,7 +470,7 @@ def validate(config: RunConfig, where: str = "config") -> None:
     for i, aug in enumerate(config.kd.route_augment):
         if aug.kind not in _CHOICES["data.augment.kind"]:
             raise ConfigError(f"{where}: kd.route_augment.{i}.kind={aug.kind!r} is not one of: "
-                              f"{', '.join(_CHOICES['data.augment.kind'])}")
+                              f"{', '.join(map(str, _CHOICES['data.augment.kind']))}")
     if not 0 < config.eval.cam_curve_interval < 1:
         raise ConfigError(f"{where}: eval.cam_curve_interval must be in (0, 1)")
 

@@ -76,7 +76,9 @@ class ExportGraph(nn.Module):
         if self.map_kind == "top1":
             top = nn.functional.one_hot(logits.argmax(dim=1), cams.shape[1]).to(cams.dtype)
             return logits, torch.einsum("bc,bchw->bhw", top, cams)
-        h = combination_weights(cams.shape[1], self.model.combination, self.model.combination_m)
+        # plain attributes of kdcicam's models (str, int); torch types Module.__getattr__ as Tensor | Module
+        kind, m = self.model.combination, self.model.combination_m
+        h = combination_weights(cams.shape[1], kind, m)  # type: ignore[arg-type]
         weights = h.to(cams.device)[rank_by_counting(logits)]  # class c gets h[rank of c]
         s = torch.einsum("bc,bchw->bhw", weights.to(cams.dtype), cams)
         return logits, s - s.flatten(1).amin(dim=1).view(-1, 1, 1)

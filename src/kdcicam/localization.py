@@ -77,7 +77,7 @@ class LocalizationResult:
         each box carries the top-1 class and its probability.
         """
         topk = [{"class_id": int(c), "class_name": n, "score": round(float(s), 6)}
-                for c, n, s in zip(self.class_ids, self.class_names, self.scores)]
+                for c, n, s in zip(self.class_ids, self.class_names, self.scores, strict=True)]
         boxes = [{"x0": round(float(b[0]), decimals), "y0": round(float(b[1]), decimals),
                   "x1": round(float(b[2]), decimals), "y1": round(float(b[3]), decimals),
                   "class_id": int(self.class_id), "class_name": self.class_name, "score": round(float(self.score), 6)}

@@ -85,7 +85,7 @@ def test_original_is_the_source_bytes_and_splits_are_paired(probe, tree):
     ids = {s: read_metadata(probe / s).image_ids for s in read_dataset_info(probe).splits}
     objects = {s: [_sources(probe / s)[i][0] for i in v] for s, v in ids.items()}
     assert len({tuple(v) for v in objects.values()}) == 1  # the same objects, in the same order
-    for image_id, obj in zip(ids["test_original"], objects["test_original"]):
+    for image_id, obj in zip(ids["test_original"], objects["test_original"], strict=True):
         assert image_id == "test_original/" + obj
         assert (probe / "images" / image_id).read_bytes() == (tree[0] / "images" / obj).read_bytes()
 

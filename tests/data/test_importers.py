@@ -145,7 +145,7 @@ def test_import_holds_out_val_and_reads_test_from_coco(tmp_path: Path):
     test = tmp_path / "photos" / "test"
     test.mkdir()
     coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(CLASSES)]}
-    for k, name in enumerate(CLASSES):  # a flat test folder: classes come from the COCO categories
+    for k in range(len(CLASSES)):  # a flat test folder: classes come from the COCO categories
         Image.new("RGB", (30, 40), (k, 0, 0)).save(test / f"t{k}.jpg")
         coco["images"].append({"id": k, "file_name": f"t{k}.jpg", "width": 30, "height": 40})
         coco["annotations"].append({"image_id": k, "bbox": [1, 2, 10, 20], "category_id": k})
@@ -211,7 +211,7 @@ def test_import_refuses_unsafe_outputs(tmp_path: Path):
 def test_val_and_test_classes_must_occur_in_train(tmp_path: Path):
     folder = make_folder(tmp_path / "photos", per_class=2)
     (tmp_path / "v.csv").write_text(f"path,label\n{folder}/cat/cat_0.png,cat\n{folder}/owl/owl_0.png,lion\n")
-    with pytest.raises(MetadataError, match="'lion'.*does not occur in train") as e:
+    with pytest.raises(MetadataError, match=r"'lion'.*does not occur in train") as e:
         import_dataset(tmp_path / "d", SplitSpec(labels=folder), val=SplitSpec(labels=tmp_path / "v.csv"))
     assert e.value.line == 3 and e.value.file.endswith("v.csv")
     (tmp_path / "v.csv").write_text(f"path,label\n{folder}/cat/cat_0.png,cat\n")

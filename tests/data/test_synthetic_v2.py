@@ -115,7 +115,7 @@ def test_habitat_colour_off_hides_the_class_in_the_hue():
 
 
 def test_v1_refuses_v2_knobs(tmp_path):
-    with pytest.raises(ConfigError, match="shape_detail, n_val_conflict|n_val_conflict, shape_detail") as err:
+    with pytest.raises(ConfigError, match=r"shape_detail, n_val_conflict|n_val_conflict, shape_detail") as err:
         generate_synthetic(tmp_path / "x", SyntheticConfig(n_val_conflict=5, shape_detail=0.2))
     assert "variant v1" in str(err.value)
     assert not (tmp_path / "x").exists()
@@ -149,7 +149,7 @@ def test_a_fresh_test_draw_changes_the_test_pair_only():
     for split in ("train", "val", "val_conflict"):
         assert plan_split(first, split) == plan_split(fresh, split)
         a, b = (render_sample(c, split, 3, *plan_split(c, split)[3]) for c in (first, fresh))
-        assert all(np.array_equal(x, y) for x, y in zip(a[:2], b[:2])) and a[2] == b[2]
+        assert all(np.array_equal(x, y) for x, y in zip(a[:2], b[:2], strict=True)) and a[2] == b[2]
     for split in ("test", "test_conflict"):
         a, b = (render_sample(c, split, 3, *plan_split(c, split)[3]) for c in (first, fresh))
         assert not np.array_equal(a[0], b[0])

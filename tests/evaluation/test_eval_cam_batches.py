@@ -29,7 +29,7 @@ def test_read_batch_equals_np_load(tmp_path: Path, size: tuple[int, int]):
     base = [rng.random(size) for _ in range(4)]
     arrays = [base[0], base[1].astype(np.float32), base[2].astype(">f8"), np.asfortranarray(base[3])]
     ids = [f"c/{k}.jpg" for k in range(len(arrays))]
-    for image_id, a in zip(ids, arrays):
+    for image_id, a in zip(ids, arrays, strict=True):
         _save(tmp_path, image_id, a)
     got = cam_batches.read_batch(tmp_path, ids, size, normalize=False)
     want = np.stack([np.load(tmp_path / (i + ".npy")).astype(np.float64) for i in ids])
@@ -67,7 +67,7 @@ def test_value_errors_name_the_first_bad_file(tmp_path: Path):
     maps[1, 0, 0] = np.nan
     maps[2, 1, 1] = 2.0
     ids = ["a", "b", "c", "d"]
-    for i, m in zip(ids, maps):
+    for i, m in zip(ids, maps, strict=True):
         _save(tmp_path, i, m)
     read = cam_batches.read_batch(tmp_path, ids, (3, 3), normalize=False)  # values are not checked here
     error = cam_batches.value_error(tmp_path, ids, read)
@@ -76,7 +76,7 @@ def test_value_errors_name_the_first_bad_file(tmp_path: Path):
     assert cam_batches.value_error(tmp_path, ["a"], read[:1]) is None
     # an unreadable file after a map with bad values: the bad values are reported, as in file order
     (tmp_path / "d.npy").write_text("junk")
-    with pytest.raises(CamFileError, match="'b'.*NaN or inf"):
+    with pytest.raises(CamFileError, match=r"'b'.*NaN or inf"):
         cam_batches.read_batch(tmp_path, ids, (3, 3), normalize=False)
 
 
@@ -100,7 +100,7 @@ def test_a_read_error_comes_after_the_batches_before_it(tmp_path: Path):
         _save(tmp_path, i, np.zeros((4, 4)))
     (tmp_path / "9.png.npy").unlink()
     got = []
-    with pytest.raises(CamFileError, match="'9.png'.*not found"):
+    with pytest.raises(CamFileError, match=r"'9\.png'.*not found"):
         for batch, _, _ in cam_batches.batches(tmp_path, ids, (4, 4), False, 4, prefetch=1):
             got.append(batch)
     assert got == [ids[:4], ids[4:8]]

@@ -31,6 +31,6 @@ def test_cub50_test_split_equals_reference(tmp_path: Path):
     out = ev.compute()
     for multi, key in ((False, "max_box_acc"), (True, "max_box_acc_v2_per_iou")):
         ref = ReferenceBoxEvaluator(metadata, multi_contour=multi)
-        for scoremap, image_id in zip(maps, ids):
+        for scoremap, image_id in zip(maps, ids, strict=True):
             ref.accumulate(scoremap, image_id)
         assert [out[key][k] for k in ("30", "50", "70")] == ref.compute()

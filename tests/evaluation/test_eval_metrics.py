@@ -97,7 +97,7 @@ def test_nan_logits_are_a_clear_error_naming_the_image():
     from kdcicam.errors import KdcicamError
 
     logits = np.array([[0.1, 0.9], [np.nan, 0.0]])
-    with pytest.raises(KdcicamError, match="'b.png'.*NaN or inf"):
+    with pytest.raises(KdcicamError, match=r"'b\.png'.*NaN or inf"):
         topk_from(logits, 2, ids=["a.png", "b.png"])
 
 
@@ -121,16 +121,16 @@ def test_input_errors_name_the_image(four_images):
     ev = BoxEvaluator(md)
     with pytest.raises(ScoremapError, match="expected \\(224, 224\\)"):
         ev.accumulate(maps[:, :100], ids)
-    with pytest.raises(ScoremapError, match="nope.jpg"):
+    with pytest.raises(ScoremapError, match=r"nope\.jpg"):
         ev.accumulate(maps[:1], ["nope.jpg"])
     with pytest.raises(ScoremapError, match="floating"):
         ev.accumulate(maps.astype(np.int64), ids)
     bad = maps.copy()
     bad[2, 5, 5] = np.nan
-    with pytest.raises(ScoremapError, match="c2/img2.jpg.*NaN"):
+    with pytest.raises(ScoremapError, match=r"c2/img2\.jpg.*NaN"):
         ev.accumulate(bad, ids)
     bad[2, 5, 5] = 1.5
-    with pytest.raises(ScoremapError, match="c2/img2.jpg.*\\[0, 1\\]"):
+    with pytest.raises(ScoremapError, match=r"c2/img2\.jpg.*\[0, 1\]"):
         ev.accumulate(bad, ids)
     with pytest.raises(ValueError):
         BoxEvaluator(md, iou_thresholds=(0, 50))
@@ -142,7 +142,7 @@ def test_float32_maps_score_like_float64(four_images):
     maps = np.stack([smooth_map(rng) for _ in ids]).astype(np.float32)
     a, b = BoxEvaluator(md), ReferenceBoxEvaluator(md)
     a.accumulate(maps, ids)
-    for m, i in zip(maps, ids):
+    for m, i in zip(maps, ids, strict=True):
         b.accumulate(m.astype(np.float64), i)
     assert [a.compute()["max_box_acc"][k] for k in ("30", "50", "70")] == b.compute()
 
@@ -301,7 +301,7 @@ def test_load_gt_mask_merges_instances_and_ignore(tmp_path: Path):
     assert set(np.unique(mask)) == {0, 1, 255}
     assert (mask[:10, :10] == 1).all() and (mask[10:, 10:] == 1).all()
     assert (mask[10:, :10] == 255).all() and (mask[:10, 15:] == 0).all()
-    with pytest.raises(Exception, match="missing.png"):
+    with pytest.raises(Exception, match=r"missing\.png"):
         load_gt_mask([str(tmp_path / "missing.png")], None, 20)
 
 

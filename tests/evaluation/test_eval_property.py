@@ -98,14 +98,14 @@ def test_box_evaluator_equals_reference_evaluator(specs, multi, size):
         x0, x1 = sorted(rng.uniform(0, iw, 2))
         y0, y1 = sorted(rng.uniform(0, ih, 2))
         boxes[i] = [(round(x0), round(y0), round(x1) + 1, round(y1) + 1)]
-        boxes[i] = [tuple(min(v, lim) for v, lim in zip(boxes[i][0], (iw, ih, iw, ih)))]
+        boxes[i] = [tuple(min(v, lim) for v, lim in zip(boxes[i][0], (iw, ih, iw, ih), strict=True))]
     metadata = make_metadata(boxes=boxes, sizes=sizes)
     fast = BoxEvaluator(metadata, cam_size=(w, h), multi_contour=multi, workers=2)
     ref = ReferenceBoxEvaluator(metadata, cam_size=(w, h), multi_contour=multi)
     scoremaps = np.stack([make_map(kind, seed, h, w) for kind, seed in specs])
     for first in range(0, len(ids), 4):
         fast.accumulate(scoremaps[first:first + 4], ids[first:first + 4])
-    for scoremap, image_id in zip(scoremaps, ids):
+    for scoremap, image_id in zip(scoremaps, ids, strict=True):
         ref.accumulate(scoremap, image_id)
     result = fast.compute()
     assert [result["max_box_acc"][str(i)] for i in (30, 50, 70)] == ref.compute()
@@ -150,9 +150,9 @@ def _plain_mask_metrics(maps: list[np.ndarray], masks: list[np.ndarray], thresho
 
     ious = []
     for t in thresholds:
-        tp = sum(int(((m >= t) & (g == 1)).sum()) for m, g in zip(maps, masks))
-        fp = sum(int(((m >= t) & (g == 0)).sum()) for m, g in zip(maps, masks))
-        fn = sum(int(((m < t) & (g == 1)).sum()) for m, g in zip(maps, masks))
+        tp = sum(int(((m >= t) & (g == 1)).sum()) for m, g in zip(maps, masks, strict=True))
+        fp = sum(int(((m >= t) & (g == 0)).sum()) for m, g in zip(maps, masks, strict=True))
+        fn = sum(int(((m < t) & (g == 1)).sum()) for m, g in zip(maps, masks, strict=True))
         ious.append(tp / (tp + fp + fn) if tp + fp + fn else 0.0)
     return reference_pxap(maps, masks, thresholds[1] - thresholds[0]), max(ious) * 100
 
@@ -193,8 +193,8 @@ def test_wsol_evaluator_equals_plain_metrics(specs, size, interval):
     thresholds = threshold_list(interval)
     single = ReferenceBoxEvaluator(metadata, cam_size=(w, h), cam_curve_interval=interval)
     multi = ReferenceBoxEvaluator(metadata, cam_size=(w, h), multi_contour=True, cam_curve_interval=interval)
-    best50 = np.stack([single.accumulate(m, i) for m, i in zip(maps, ids)])[:, :] >= 0.5
-    for m, i in zip(maps, ids):
+    best50 = np.stack([single.accumulate(m, i) for m, i in zip(maps, ids, strict=True)])[:, :] >= 0.5
+    for m, i in zip(maps, ids, strict=True):
         multi.accumulate(m, i)
     curves = single.curves()
     assert [out["max_box_acc"][str(k)] for k in (30, 50, 70)] == single.compute()

@@ -251,7 +251,7 @@ def test_read_ahead_scores_as_one_batch(tmp_path: Path, monkeypatch, capsys):
     split = write_split(tmp_path, md)
     rng = np.random.default_rng(4)
     maps = [smooth_map(rng, low=int(rng.choice([7, 14]))) for _ in ids]
-    for image_id, m in zip(ids, maps):
+    for image_id, m in zip(ids, maps, strict=True):
         (tmp_path / "cams" / image_id).parent.mkdir(parents=True, exist_ok=True)
         np.save(tmp_path / "cams" / f"{image_id}.npy", m)
     monkeypatch.setattr(saved_cams, "BATCH", 4)

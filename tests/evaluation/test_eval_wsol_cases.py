@@ -127,7 +127,7 @@ CUB_VAL_IDS = ["001.Black_footed_Albatross/30107316117.jpg", "001.Black_footed_A
 @pytest.mark.parametrize("split", sorted(BOX_VERIFICATION))
 def test_box_evaluator_boxes_and_sizes(tmp_path: Path, split):
     ids = CUB_VAL_IDS if split == ("CUB", "val") else [f"{split[0]}/{split[1]}/{i}.JPEG" for i in range(3)]
-    written = make_metadata(boxes=dict(zip(ids, BOX_VERIFICATION[split])), sizes=dict(zip(ids, SIZE_VERIFICATION[split])))
+    written = make_metadata(boxes=dict(zip(ids, BOX_VERIFICATION[split], strict=True)), sizes=dict(zip(ids, SIZE_VERIFICATION[split], strict=True)))
     write_metadata(written, tmp_path / "split")
     metadata = read_metadata(tmp_path / "split", check_images=False)
     assert [metadata.boxes[i] for i in ids] == BOX_VERIFICATION[split]

@@ -137,7 +137,7 @@ def test_kills_at_random_points_leave_a_loadable_checkpoint_and_resume_exactly(f
             rec.handled = True
     final = fault("resume after the kills above", CAT, "the resumed run ends with the same weights (every tensor "
                   "equal) as an uninterrupted run with the same seed; no temp file of a killed write is left")
-    rc = _proc.start(args(run) + ["--resume"], tmp_path, tmp_path / "final.log").wait()
+    rc = _proc.start([*args(run), "--resume"], tmp_path, tmp_path / "final.log").wait()
     assert rc == 0, (tmp_path / "final.log").read_text()[-2000:]
     a, b = _load(ref_last), _load(last)
     different = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]

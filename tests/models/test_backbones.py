@@ -347,7 +347,7 @@ def test_pretrained_true_refuses_to_download(name):
 
 
 def test_bad_options_are_config_errors():
-    with pytest.raises(ConfigError, match="unknown option.*colour"):
+    with pytest.raises(ConfigError, match=r"unknown option.*colour"):
         create_backbone("vgg16", colour="red")
     with pytest.raises(ConfigError, match="output_stride"):
         create_backbone("efficientnet_lite0", output_stride=8)
@@ -393,7 +393,7 @@ def test_a_registered_backbone_is_built_with_its_options(monkeypatch):
     assert "tiny_test_net" in list_backbones()
     create_backbone("tiny_test_net", width=8)
     assert made == {"name": "tiny_test_net", "width": 8}
-    with pytest.raises(ConfigError, match="unknown option.*depth.*accepted: width"):
+    with pytest.raises(ConfigError, match=r"unknown option.*depth.*accepted: width"):
         create_backbone("tiny_test_net", depth=3)
     with pytest.raises(ValueError, match="already registered"):
         register_backbone("tiny_test_net")(lambda *a: None)

@@ -16,14 +16,14 @@ from kdcicam.training.datamodule import WSOLDataModule
 
 
 def _images(loader) -> dict[str, torch.Tensor]:
-    return {i: img for batch in loader for i, img in zip(batch["image_id"], batch["image"])}
+    return {i: img for batch in loader for i, img in zip(batch["image_id"], batch["image"], strict=True)}
 
 
 def _epoch(datamodule: WSOLDataModule, loader, epoch: int) -> tuple[dict[str, torch.Tensor], list[int]]:
     loader.sampler.set_epoch(epoch)
     images, routes = {}, []
     for batch in loader:
-        images.update(zip(batch["image_id"], batch["image"]))
+        images.update(zip(batch["image_id"], batch["image"], strict=True))
         routes += batch["route"].tolist()
     return images, routes
 
@@ -90,5 +90,5 @@ def test_an_unreadable_image_is_left_to_the_dataset(fast_config, tiny_data: Path
     cache = DecodedImageCache.fill(md, threads=2)
     assert md.image_ids[0] not in cache and len(cache) == len(md) - 1
     dm = WSOLDataModule(fast_config("cam", f"data.root={data}", "data.cache_images=true"))
-    with pytest.raises(ImageReadError, match="not an image|cannot identify"):
+    with pytest.raises(ImageReadError, match=r"not an image|cannot identify"):
         _images(dm.eval_dataloader("val"))

@@ -60,7 +60,7 @@ def test_evaluate_without_val_boxes(trained_run: Path, tiny_data: Path, tmp_path
     assert scored["gt_known_loc"] == results["test"]["gt_known_loc"]
     assert scored["gt_known_loc_oracle"] == results["test"]["gt_known_loc_oracle"]
     assert scored["max_box_acc_v2"] == results["test"]["max_box_acc_v2"]
-    with pytest.raises(KdcicamError, match="--box-threshold 0.255"):
+    with pytest.raises(KdcicamError, match=r"--box-threshold 0\.255"):
         evaluate(run, ["test"], data_root=str(data), progress=False, box_threshold=0.255)
     # a split with nothing to localize needs no threshold
     only_val = evaluate(run, ["val"], data_root=str(data), progress=False, write=False)
@@ -80,7 +80,7 @@ def test_training_with_a_mask_only_val(fast_config, tiny_data: Path, tmp_path: P
     assert "best.ckpt is chosen by val/pxap" in caplog.text
     module = load_module(summary["best"])
     assert module.box_threshold is None and module.val_has_boxes is False
-    with pytest.raises(NoBoxThresholdError, match="validation split 'val' has no boxes.*--threshold T"):
+    with pytest.raises(NoBoxThresholdError, match=r"validation split 'val' has no boxes.*--threshold T"):
         Localizer.from_checkpoint(tmp_path / "run", device="cpu")
     loc = Localizer.from_checkpoint(tmp_path / "run", device="cpu", threshold=0.3)
     assert loc.threshold == 0.3

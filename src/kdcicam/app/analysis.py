@@ -101,7 +101,7 @@ def analyze(localizer: Localizer, image: Image.Image, name: str, thresholds: Seq
     kinds = [f"{localizer.map_kind} map (the one evaluated)", *["this class's CAM"] * len(others)]
     classes = []
     for rank, (cid, cname, score, cam, kind) in enumerate(
-            zip(result.class_ids, result.class_names, result.scores, maps, kinds)):
+            zip(result.class_ids, result.class_names, result.scores, maps, kinds, strict=True)):
         classes.append({"rank": rank + 1, "class_id": int(cid), "class_name": cname, "score": round(float(score), 6),
                         "map": kind, "heatmap": data_uri(heatmap_png(cam), "image/png"),
                         "boxes": boxes_by_threshold(cam, thresholds, result.size, localizer.image_size,

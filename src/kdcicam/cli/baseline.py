@@ -43,7 +43,7 @@ def _run_grid(run: Path) -> tuple[int, str, tuple[int, int]]:
     loc = Localizer.from_checkpoint(run, device="cpu", threshold=0.5)
     with torch.inference_mode():
         out = loc.model(torch.zeros(1, 3, loc.image_size, loc.image_size))
-        maps = loc.model.localization_map(out, kind=loc.map_kind)
+        maps = loc.model.localization_map(out, kind=loc.map_kind)  # type: ignore[operator]  # as in Localizer
     from ..config import load_config
 
     config = load_config(Path(loc.checkpoint).parent.parent / "config.yaml") if loc.checkpoint else None

@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ..viz import write_report
     except ImportError:
-        write_report = None
-    if write_report is not None:
+        pass
+    else:
         report = write_report([out / m for m in args.methods], out / "report.html", evaluate=evaluate)
         print(f"\n[demo] report: {report}")
     print(f"[demo] done in {time.time() - start:.0f} s; results in {out}/summary.json")

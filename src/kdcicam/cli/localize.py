@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(images), unit="img", desc="localize", file=sys.stderr, disable=None)
     for start in range(0, len(images), args.batch_size):
         batch = []
-        for (path, _), overlay in zip(images[start:start + args.batch_size], names[start:start + args.batch_size]):
+        for (path, _), overlay in zip(images[start:start + args.batch_size], names[start:start + args.batch_size], strict=True):
             try:
                 batch.append((path, overlay, load_image_rgb(path)))
             except ImageReadError as e:
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(1)
         if not batch:
             continue
-        for (path, overlay, image), result in zip(batch, localizer.predict([im for _, _, im in batch])):
+        for (path, overlay, image), result in zip(batch, localizer.predict([im for _, _, im in batch]), strict=True):
             record = result.to_dict()
             record = {"file": str(path), **{k: v for k, v in record.items() if k not in ("file", "threshold")}}
             if not args.no_overlays:

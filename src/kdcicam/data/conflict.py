@@ -50,6 +50,7 @@ from ..errors import ConfigError
 from .atomic import atomic_write_bytes
 from .metadata import (
     DATASET_YAML,
+    Box,
     DatasetInfo,
     Metadata,
     MetadataError,
@@ -300,7 +301,7 @@ def make_conflict(src: str | os.PathLike, out: str | os.PathLike, cfg: ConflictC
         raise ConfigError(f"--out {out}: must lie outside the source {src} (the source is never written to)")
     with tempfile.TemporaryDirectory() as tmp:
         md, class_names, source_name = _load_source(src, cfg.split, Path(tmp))
-    assert md.image_root is not None
+    assert md.image_root is not None and md.split_dir is not None  # read_metadata sets both
     source_images = md.image_root.resolve()
     if out.resolve() == source_images or source_images in out.resolve().parents:
         raise ConfigError(f"--out {out}: must lie outside the source images {source_images} (never written to)")
@@ -330,7 +331,8 @@ def make_conflict(src: str | os.PathLike, out: str | os.PathLike, cfg: ConflictC
     for kind, plan in ordered.items():
         name = f"{cfg.split}_{kind}"
         summary[name] = {"images": len(paired), "skipped": len(items) - len(paired)}
-        new_ids, sources, boxes, masks, labels, sizes = [], [], {}, {}, {}, {}
+        new_ids, sources, masks, labels, sizes = [], [], {}, {}, {}
+        boxes: dict[str, list[Box]] = {}
         outside = 0.0
         for k in paired:
             it = items[k]

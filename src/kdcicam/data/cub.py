@@ -161,7 +161,7 @@ def _read_tree(src: Path) -> tuple[dict[int, _Image], dict[int, str]]:
             raise MetadataError(path, line, f"is_training_image must be 0 or 1, got {flag!r}")
         im.is_train = flag == "1"
     for path, line, im, coords in per_image("bounding_boxes.txt", 5, "image_id x y width height"):
-        x, y, w, h = (parse_number(v, path, line, n) for v, n in zip(coords, ("x", "y", "width", "height")))
+        x, y, w, h = (parse_number(v, path, line, n) for v, n in zip(coords, ("x", "y", "width", "height"), strict=True))
         if x < 0 or y < 0 or w <= 0 or h <= 0:
             raise MetadataError(path, line, f"invalid box x={x:g} y={y:g} width={w:g} height={h:g}")
         im.box_xywh, im.box_line = (x, y, w, h), line

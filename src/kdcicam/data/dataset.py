@@ -185,22 +185,22 @@ def collate_wsol(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     floats a float tensor, same-shape tensors are stacked, anything else stays a list. ``None``
     samples (unreadable images skipped during evaluation) are dropped; a batch of only those is
     ``None``."""
-    batch = [s for s in batch if s is not None]
-    if not batch:
+    samples = [s for s in batch if s is not None]
+    if not samples:
         return None
     out: dict[str, Any] = {
-        "image": torch.stack([torch.as_tensor(s["image"]) for s in batch]),
-        "label": torch.tensor([s["label"] for s in batch], dtype=torch.long),
-        "index": torch.tensor([s["index"] for s in batch], dtype=torch.long),
-        "boxes": [s["boxes"] for s in batch],
-        "image_id": [s["image_id"] for s in batch],
-        "orig_size": [s["orig_size"] for s in batch],
+        "image": torch.stack([torch.as_tensor(s["image"]) for s in samples]),
+        "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        "boxes": [s["boxes"] for s in samples],
+        "image_id": [s["image_id"] for s in samples],
+        "orig_size": [s["orig_size"] for s in samples],
     }
-    if all("mask" in s for s in batch) and batch:
-        out["mask"] = torch.stack([torch.as_tensor(s["mask"]) for s in batch])
-    extra = set(batch[0]) - set(out) - {"mask"} if batch else set()
-    for key in sorted(k for k in extra if all(k in s for s in batch)):
-        values = [s[key] for s in batch]
+    if all("mask" in s for s in samples) and samples:
+        out["mask"] = torch.stack([torch.as_tensor(s["mask"]) for s in samples])
+    extra = set(samples[0]) - set(out) - {"mask"} if samples else set()
+    for key in sorted(k for k in extra if all(k in s for s in samples)):
+        values = [s[key] for s in samples]
         if all(isinstance(v, (bool, int)) for v in values):
             out[key] = torch.tensor(values, dtype=torch.long)
         elif all(isinstance(v, float) for v in values):

@@ -30,9 +30,9 @@ def load_image_rgb(path: str | os.PathLike) -> Image.Image:
     the file. Truncated files are not silently accepted (``LOAD_TRUNCATED_IMAGES`` is left alone).
     """
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
+        with Image.open(path) as f:
+            f.load()
+            im = ImageOps.exif_transpose(f)
         return _to_rgb(im)
     except ImageReadError:
         raise

@@ -261,9 +261,9 @@ def read_metadata(
         _require(sizes_file)  # boxes are checked against, and rescaled by, the image sizes
     image_sizes: dict[str, tuple[int, int]] = {}
     sizes = keyed(sizes_file, 3, "path,width,height") if sizes_file.is_file() else iter(())
-    for number, image_id, (w, h) in sizes:
-        width = int(parse_number(w, sizes_file, number, "width", integer=True))
-        height = int(parse_number(h, sizes_file, number, "height", integer=True))
+    for number, image_id, (w_text, h_text) in sizes:
+        width = int(parse_number(w_text, sizes_file, number, "width", integer=True))
+        height = int(parse_number(h_text, sizes_file, number, "height", integer=True))
         if width <= 0 or height <= 0:
             raise MetadataError(sizes_file, number, f"image size {width}x{height} is not positive")
         image_sizes[image_id] = (width, height)
@@ -287,7 +287,7 @@ def read_metadata(
             read_masks(loc_file, keyed(loc_file, 3, "path,mask_path,ignore_path", repeat=True))
         else:
             for number, image_id, coords in keyed(loc_file, 5, "path,x0,y0,x1,y1", repeat=True):
-                x0, y0, x1, y1 = (parse_number(v, loc_file, number, n) for v, n in zip(coords, ("x0", "y0", "x1", "y1")))
+                x0, y0, x1, y1 = (parse_number(v, loc_file, number, n) for v, n in zip(coords, ("x0", "y0", "x1", "y1"), strict=True))
                 if x1 < x0 or y1 < y0:  # wsolevaluation's check_box_convention: a zero-width box is allowed
                     raise MetadataError(loc_file, number, f"inverted box ({x0:g},{y0:g},{x1:g},{y1:g}): "
                                         "need x1 >= x0 and y1 >= y0")

@@ -455,15 +455,15 @@ def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = 
             ids = [stem + ".png" for _, _, _, stem in items]
             meta = Metadata(
                 image_ids=ids,
-                class_labels={i: label for i, (label, _) in zip(ids, plan)},
+                class_labels={i: label for i, (label, _) in zip(ids, plan, strict=True)},
                 image_sizes={i: (config.size, config.size) for i in ids},
-                boxes={i: [box] for i, box in zip(ids, boxes)},
-                masks={i: [stem + "_mask.png"] for i, (_, _, _, stem) in zip(ids, items)},
+                boxes={i: [box] for i, box in zip(ids, boxes, strict=True)},
+                masks={i: [stem + "_mask.png"] for i, (_, _, _, stem) in zip(ids, items, strict=True)},
                 num_classes=config.num_classes,
             )
             write_metadata(meta, out / split)
             atomic_write_text(out / split / HABITATS_FILE,
-                              "".join(f"{i},{h}\n" for i, (_, h) in zip(ids, plan)))
+                              "".join(f"{i},{h}\n" for i, (_, h) in zip(ids, plan, strict=True)))
             splits.append(split)
     finally:
         if pool is not None:

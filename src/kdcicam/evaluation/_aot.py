@@ -58,7 +58,7 @@ def build(output_dir: str | os.PathLike, target_cpu: str | None = None) -> Path:
             super().__init__(*args, **kwargs)
             self.release_gil = True
 
-    pycc_compiler.Flags = ReleaseGil
+    pycc_compiler.Flags = ReleaseGil  # type: ignore[misc]  # deliberate: pycc has no option for it (above)
 
     cc = CC(MODULE)
     cc.output_dir = str(output_dir)

@@ -15,6 +15,7 @@ Floors are cached per (split metadata, val metadata, evaluation grid) under :fun
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -53,7 +54,7 @@ def _save_maps(save_dir: Path, ids: Sequence[str], maps: np.ndarray) -> None:
     ``kdcicam score`` gives the same numbers): the layout ``kdcicam score`` reads."""
     from .saved_cams import cam_path
 
-    for image_id, m in zip(ids, maps):
+    for image_id, m in zip(ids, maps, strict=True):
         path = cam_path(save_dir, image_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, m)
@@ -184,10 +185,8 @@ def store_floor(data_root: Path, split: str, val_split: str, size: int, record: 
     """Keep one split's floor for :func:`cached_floor` (a cache that cannot be written is skipped)."""
     path = _floor_file(Path(data_root), split, val_split, size)
     if path is not None:
-        try:
+        with contextlib.suppress(OSError):
             atomic_write_text(path, json.dumps({**record, "data_root": str(data_root)}, indent=2) + "\n")
-        except OSError:
-            pass
 
 
 def cached_floor(data_root: str | os.PathLike, split: str, val_split: str, size: int) -> dict[str, Any] | None:

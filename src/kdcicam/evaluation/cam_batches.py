@@ -70,7 +70,8 @@ def read_into(cam_dir: Path, image_id: str, out: np.ndarray, headers: _Headers, 
                 head = f.read(_PEEK)
                 start = headers.offset(head)
                 if start >= 0:
-                    raw = memoryview(out).cast("B")
+                    # numpy declares ndarray.__buffer__ for Python >= 3.12 only; the buffer protocol is there
+                    raw = memoryview(out).cast("B")  # type: ignore[arg-type]
                     have = min(len(head) - start, len(raw))  # a tiny map may lie within the first read
                     raw[:have] = head[start:start + have]
                     while have < len(raw):
@@ -93,7 +94,7 @@ def value_error(cam_dir: Path, image_ids: Sequence[str], maps: np.ndarray) -> Ca
     ok = ((maps >= 0.0) & (maps <= 1.0)).reshape(len(maps), -1).all(axis=1)
     for k in np.flatnonzero(~ok):
         try:
-            load_cam(cam_dir, image_ids[k], None, False)
+            load_cam(cam_dir, image_ids[int(k)], None, False)
         except CamFileError as e:
             return e
     return None
@@ -106,10 +107,7 @@ def read_batch(cam_dir: Path, image_ids: Sequence[str], shape: tuple[int, int], 
     :class:`~.saved_cams.CamFileError`, unless an earlier map of the batch has invalid values: that one's
     error comes first, as if the files had been checked one by one."""
     headers = headers or _Headers(shape)
-    if out is None:
-        maps = np.empty((len(image_ids), *shape), dtype=np.float64)
-    else:
-        maps = out[:len(image_ids)]
+    maps = np.empty((len(image_ids), *shape), dtype=np.float64) if out is None else out[:len(image_ids)]
     for k, image_id in enumerate(image_ids):
         try:
             read_into(cam_dir, image_id, maps[k], headers, normalize)

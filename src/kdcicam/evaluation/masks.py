@@ -26,7 +26,7 @@ def load_mask_image(path: str, size: int | Sequence[int]) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise ImageReadError(path, "missing or not an image OpenCV can decode")
-    return cv2.resize(np.float32(image), as_size(size), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(image.astype(np.float32), as_size(size), interpolation=cv2.INTER_NEAREST)
 
 
 def load_gt_mask(mask_paths: Sequence[str], ignore_path: str | None, size: int | Sequence[int]) -> np.ndarray:

@@ -264,8 +264,8 @@ class BoxEvaluator:
         """Add another evaluator's counts (e.g. another DDP rank's share of the split)."""
         if other.multi_contour != self.multi_contour:
             raise ValueError("cannot merge single- and multi-contour evaluators")
-        if self.count_with_classes and other.count and not other.count_with_classes or \
-                other.count_with_classes and self.count and not self.count_with_classes:
+        if (self.count_with_classes and other.count and not other.count_with_classes) or \
+                (other.count_with_classes and self.count and not self.count_with_classes):
             raise ValueError("cannot merge evaluators with and without top-k classes")
         self._counts.merge(other._counts)
         self.count += other.count
@@ -290,7 +290,7 @@ def _given_masks(gt_masks: Any, ids: list[str], shape: tuple[int, int]) -> list[
         gt = gt[None]
     if gt.shape[0] != len(ids):
         raise ValueError(f"{len(ids)} score maps but {gt.shape[0]} GT masks")
-    return [check_gt_mask(m, shape, i) for m, i in zip(gt, ids)]
+    return [check_gt_mask(m, shape, i) for m, i in zip(gt, ids, strict=True)]
 
 
 class _MaskCounts:
@@ -360,7 +360,7 @@ class MaskEvaluator:
     def accumulate(self, scoremaps: np.ndarray, image_ids: Sequence[str], gt_masks: np.ndarray | None = None) -> None:
         maps, ids = self.grid.check_batch(scoremaps, image_ids)
         self.grid.check_range(maps, ids)
-        for scoremap, mask in zip(maps, self.masks_for(ids, gt_masks)):
+        for scoremap, mask in zip(maps, self.masks_for(ids, gt_masks), strict=True):
             self._counts.add(scoremap, mask)
         self.count += len(ids)
 
@@ -411,7 +411,7 @@ class ContextLeakage:
         without one (``boxes``, when the caller has them already), in units of 2**-52, not yet
         added: :func:`leakage`, compiled (its numpy form costs as much as the box kernel). NaN or inf
         in the map is a :class:`ScoremapError` naming the image."""
-        if mask is None and self.use_masks:
+        if mask is None and self._masks is not None:  # there is one exactly when use_masks
             mask = self._masks.mask(image_id)
         if mask is None:
             mask = boxes_mask(self._gt(image_id) if boxes is None else boxes, self.grid.shape).view(np.uint8)
@@ -433,7 +433,7 @@ class ContextLeakage:
         if gt_masks is not None:
             masks = list(_given_masks(gt_masks, ids, self.grid.shape))
         # share() raises on NaN or inf; all shares are taken before any is added
-        self.add_shares([self.share(m, i, mask) for m, i, mask in zip(maps, ids, masks)])
+        self.add_shares([self.share(m, i, mask) for m, i, mask in zip(maps, ids, masks, strict=True)])
 
     def merge(self, other: ContextLeakage) -> None:
         self.total += other.total
@@ -455,7 +455,7 @@ class ClassificationAccuracy:
         self.topk = 0
         self.count = 0
 
-    def accumulate(self, logits_or_topk: Any, labels: Sequence[int]) -> None:
+    def accumulate(self, logits_or_topk: Any, labels: Sequence[int] | np.ndarray) -> None:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         topk = topk_from(logits_or_topk, len(labels), self.k)
         self.top1 += int((topk[:, 0] == labels).sum())
@@ -532,7 +532,7 @@ class WSOLEvaluator:
                 raise ValueError(f"{len(ids)} score maps but {len(loaded_masks)} loaded masks")
             masks = list(loaded_masks)
         elif self.masks or gt_masks is not None:
-            masks = self._mask_reader.masks_for(ids, gt_masks)
+            masks = list(self._mask_reader.masks_for(ids, gt_masks))
         # the pixel metrics run on a pool thread beside the box kernel's chunks (both release the
         # GIL); nothing is added to the counters until every part of the batch has succeeded
         workers = default_workers() if self.workers is None else max(1, int(self.workers))
@@ -567,12 +567,13 @@ class WSOLEvaluator:
         counts = None
         if masks[0] is not None:
             counts = _MaskCounts(self.grid.thresholds)
-            for scoremap, mask in zip(maps, masks):
+            for scoremap, mask in zip(maps, masks, strict=True):
+                assert mask is not None  # a batch has masks for every image or for none
                 counts.add(scoremap, mask)
         shares = None
         if self.boxes or masks[0] is not None:
             boxes = gts if gts is not None else [None] * len(ids)
-            shares = [self._leak.share(m, i, mask, b) for m, i, mask, b in zip(maps, ids, masks, boxes)]
+            shares = [self._leak.share(m, i, mask, b) for m, i, mask, b in zip(maps, ids, masks, boxes, strict=True)]
         return counts, shares
 
     def merge(self, other: WSOLEvaluator) -> None:
@@ -581,8 +582,8 @@ class WSOLEvaluator:
         if other.iou_thresholds != self.iou_thresholds or not np.array_equal(other.grid.thresholds,
                                                                                 self.grid.thresholds):
             raise ValueError("cannot merge evaluators with different IoU or CAM thresholds")
-        if self._cls.count and other.count and not other._cls.count or \
-                other._cls.count and self.count and not self._cls.count:
+        if (self._cls.count and other.count and not other._cls.count) or \
+                (other._cls.count and self.count and not self._cls.count):
             raise ValueError("cannot merge evaluators with and without logits / top-k classes")
         self._single.merge(other._single)
         self._multi.merge(other._multi)

@@ -102,7 +102,7 @@ def reference_pxap_curve(scoremaps: Sequence[np.ndarray], gt_masks: Sequence[np.
     edges = np.append(np.arange(0, 1, cam_curve_interval), [1.0, 2.0, 3.0])
     fg = np.zeros(len(edges) - 1)
     bg = np.zeros(len(edges) - 1)
-    for scoremap, mask in zip(scoremaps, gt_masks):
+    for scoremap, mask in zip(scoremaps, gt_masks, strict=True):
         scoremap = check_scoremap(scoremap)
         fg += np.histogram(scoremap[mask == 1], bins=edges)[0]
         bg += np.histogram(scoremap[mask == 0], bins=edges)[0]

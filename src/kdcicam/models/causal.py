@@ -91,7 +91,7 @@ class CausalContextPool(nn.Module):
             self.maps.resize_(self.num_classes, h, w).zero_()
             self.first.resize_(self.num_classes, h, w).zero_()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore[override]
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         stored = state_dict.get(prefix + "maps")
         if (isinstance(stored, torch.Tensor) and stored.dim() == 3 and stored.shape[0] == self.num_classes

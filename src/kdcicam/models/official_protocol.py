@@ -160,7 +160,7 @@ class OfficialBoxMetrics:
         boxes: list[Any] = [pred_boxes] * len(ranked) if single else list(pred_boxes)[: len(ranked)]
         if len(boxes) < len(ranked):
             raise ValueError(f"got {len(boxes)} boxes for {len(ranked)} ranked classes")
-        hits = [c == int(label) and self._hit(b, gt_boxes) for c, b in zip(ranked, boxes)]
+        hits = [c == int(label) and self._hit(b, gt_boxes) for c, b in zip(ranked, boxes, strict=True)]
         self.counts["top1_cls"] += float(ranked[0] == int(label))
         self.counts["top5_cls"] += float(int(label) in ranked)
         self.counts["top1_loc"] += float(hits[0])

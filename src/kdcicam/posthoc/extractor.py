@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -48,6 +48,9 @@ class ClassifierAdapter(nn.Module):
     undoes the normalisation first; otherwise the model is fed the normalised image as it is.
     """
 
+    mean: torch.Tensor | None  # buffers, both set or both None
+    std: torch.Tensor | None
+
     def __init__(self, model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None,
                  model_normalizes: bool):
         super().__init__()
@@ -60,10 +63,16 @@ class ClassifierAdapter(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] image → the method's input."""
-        return x if self.mean is None else (x - self.mean.to(x)) / self.std.to(x)
+        if self.mean is None:
+            return x
+        assert self.std is not None
+        return (x - self.mean.to(x)) / self.std.to(x)
 
     def forward(self, xn: torch.Tensor) -> torch.Tensor:
-        x = xn * self.std.to(xn) + self.mean.to(xn) if self.model_normalizes else xn
+        x = xn
+        if self.model_normalizes:
+            assert self.mean is not None and self.std is not None  # model_normalizes needs mean (and std)
+            x = xn * self.std.to(xn) + self.mean.to(xn)
         return _logits(self.model(x))
 
 
@@ -140,7 +149,7 @@ class PosthocCAM:
                     **kwargs: Any) -> PosthocCAM:
         """A kdcicam model: target ``backbone`` by default, the down branch's logits, the backbone's own
         normalisation, and (for ``cam``) the shared classifier ``head.fc``."""
-        backbone = model.backbone  # type: ignore[attr-defined]
+        backbone: Any = model.backbone  # a kdcicam backbone: its mean and std are plain tuples
         kwargs.setdefault("fc_layer", "head.fc" if "head.fc" in dict(model.named_modules()) else None)
         return cls(model, method, target_layer, image_size=image_size, mean=tuple(backbone.mean),
                    std=tuple(backbone.std), model_normalizes=True, default_layer=KDCICAM_TARGET_LAYER, **kwargs)
@@ -178,8 +187,9 @@ class PosthocCAM:
         kwargs: dict[str, Any] = {"input_shape": (3, image_size, image_size)}
         if self.method == "cam":
             fc = self._fc_layer(fc_layer)
-            if fc.weight.shape[1] != self.feature_shape[0]:
-                raise PosthocError(f"--cam-method cam: the classifier {fc_layer or 'fc'} takes {fc.weight.shape[1]} "
+            in_features = cast(torch.Tensor, fc.weight).shape[1]  # _fc_layer checked that it is a tensor
+            if in_features != self.feature_shape[0]:
+                raise PosthocError(f"--cam-method cam: the classifier {fc_layer or 'fc'} takes {in_features} "
                                    f"features but target layer {self.target_layer!r} has {self.feature_shape[0]} "
                                    "channels (CAM needs the layer right before global pooling)")
             kwargs["fc_layer"] = fc

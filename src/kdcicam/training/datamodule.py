@@ -103,7 +103,7 @@ class ResumableLoader(DataLoader):
         self._consumed = 0
         self._epoch = 0
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator, not DataLoader's iterator
         sampler: EpochSampler = self.sampler  # type: ignore[assignment]
         self._epoch = sampler.epoch
         self._consumed = sampler.skip // self.batch_size if self.batch_size else 0

@@ -72,7 +72,7 @@ def run_split(module: WSOLModule, datamodule: WSOLDataModule, split: str, device
             timing["images"] = timing.get("images", 0) + len(scoremaps)
         evaluator.accumulate(scoremaps, batch["image_id"], out["logits"].float().cpu().numpy())
         if save_cams is not None:
-            for image_id, cam in zip(batch["image_id"], scoremaps):
+            for image_id, cam in zip(batch["image_id"], scoremaps, strict=True):
                 path = save_cams / f"{image_id}.npy"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 np.save(path, cam)

@@ -45,7 +45,8 @@ class WSOLModule(L.LightningModule):
         self.cfg: RunConfig = config_from_dict(config)
         self.num_classes = num_classes
         self.class_names = class_names
-        self.model = build_model(self.cfg, num_classes, pretrained=None if load_teachers else False)
+        # CAM, CI-CAM or the KD student, each with its own parts (objective, update_pool, pool, ...)
+        self.model: Any = build_model(self.cfg, num_classes, pretrained=None if load_teachers else False)
         if self.cfg.trainer.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._teachers: dict[str, nn.Module] = {}
@@ -61,7 +62,7 @@ class WSOLModule(L.LightningModule):
                 self._teachers[role] = freeze_teacher(teacher)
         self.box_threshold: float | None = None
         self.val_has_boxes: bool | None = None  # None: no validation has run
-        self._evaluator = None
+        self._evaluator: Any = None  # a WSOLEvaluator during a validation epoch
         self._intervention: Any = None
 
     @property
@@ -92,7 +93,7 @@ class WSOLModule(L.LightningModule):
                 result = teacher(x[idx])
                 for key, field in fields.items():
                     value = result[field].float()
-                    full = value.new_zeros((x.shape[0],) + tuple(value.shape[1:]))
+                    full = value.new_zeros((x.shape[0], *value.shape[1:]))
                     full[idx] = value
                     outputs[key] = full
         return outputs
@@ -146,8 +147,10 @@ class WSOLModule(L.LightningModule):
         if idx.numel() == 0:
             return out["logits"].sum() * 0.0
         model = self.model
+        logits, cams = teacher["loc_teacher_logits"], teacher["loc_teacher_cams"]
+        assert logits is not None and cams is not None  # called only when the loc teacher ran
         with torch.no_grad():
-            s = combinational_cam(teacher["loc_teacher_logits"][idx], teacher["loc_teacher_cams"][idx],
+            s = combinational_cam(logits[idx], cams[idx],
                                   model.combination, model.combination_m)
             s = F.interpolate(s[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
             fg = (s > self.cfg.kd.counterfactual_mask * s.flatten(1).amax(1).view(-1, 1, 1, 1)).to(x.dtype)
@@ -181,8 +184,10 @@ class WSOLModule(L.LightningModule):
         norms = gradient_norms(terms, params)
         if norms.get("cam", 0.0) <= 0.0:
             return  # no route-2 sample in this batch
+        target = self.cfg.kd.cam_grad_share
+        assert target is not None  # called only when kd.cam_grad_share is set
         objective.cam_weight = adapted_weight(objective.cam_weight, gradient_shares(norms)["cam"],
-                                              float(self.cfg.kd.cam_grad_share))
+                                              float(target))
 
     def on_train_epoch_end(self) -> None:
         pool = getattr(self.model, "pool", None)
@@ -228,7 +233,7 @@ class WSOLModule(L.LightningModule):
                              cam_curve_interval=e.cam_curve_interval)
 
     def on_validation_epoch_start(self) -> None:
-        dm = self.trainer.datamodule
+        dm = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at fit time, undeclared
         self._evaluator = self._new_evaluator(dm.metadata(self.cfg.data.val_split))
         from ..diagnostics import InterventionStats
 

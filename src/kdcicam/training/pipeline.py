@@ -22,9 +22,9 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -132,7 +132,7 @@ class ResumableCSVLogger(CSVLogger):
         if self._experiment is None:
             os.makedirs(self.log_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+        return cast(ExperimentWriter, self._experiment)  # set here only: an _AppendingWriter
 
 
 def check_output_folder(out: Path) -> None:
@@ -181,8 +181,8 @@ MASK_MONITORS = frozenset({"val/pxap"})
 def effective_monitor(monitor: str, mode: str, val_has_boxes: bool, val_has_masks: bool) -> tuple[str, str, str | None]:
     """The checkpoint monitor this val split can compute: ``(monitor, mode, why it changed or None)``.
     A box metric without val boxes falls back to PxAP (val masks) or Top-1 Cls; so does leakage without either."""
-    if monitor in BOX_MONITORS and not val_has_boxes or monitor in MASK_MONITORS and not val_has_masks or \
-            monitor == "val/context_leakage" and not (val_has_boxes or val_has_masks):
+    if (monitor in BOX_MONITORS and not val_has_boxes) or (monitor in MASK_MONITORS and not val_has_masks) or \
+            (monitor == "val/context_leakage" and not (val_has_boxes or val_has_masks)):
         fallback = "val/pxap" if val_has_masks else "val/top1_cls"
         what = "masks but no boxes" if val_has_masks else "no boxes or masks"
         why = f"eval.monitor={monitor} needs val localization, and val has {what}: best.ckpt is chosen by {fallback} instead"
@@ -191,7 +191,7 @@ def effective_monitor(monitor: str, mode: str, val_has_boxes: bool, val_has_mask
 
 
 def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_checkpoints: dict[str, str] | None = None,
-                routes: list[int] | None = None, extra_callbacks: list[Callback] | None = None,
+                routes: Sequence[int] | None = None, extra_callbacks: list[Callback] | None = None,
                 init_checkpoint: str | None = None) -> dict[str, Any]:
     """Train one model into ``out``; returns the stage summary (also written to done.json). ``init_checkpoint``:
     start from that model's weights (those of the same name and shape) instead of the backbone's ImageNet ones."""
@@ -253,7 +253,8 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
     trainer = L.Trainer(
         default_root_dir=out, max_epochs=cfg.optim.epochs, accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=_strategy(cfg),
-        precision=_precision(cfg), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        precision=_precision(cfg),  # type: ignore[arg-type]  # a config string; Lightning checks it
+        callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         logger=[ResumableCSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tb", version="")],
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.progress_bar,
         check_val_every_n_epoch=cfg.trainer.val_every_n_epochs, use_distributed_sampler=False,
@@ -274,13 +275,14 @@ def train_stage(config: RunConfig, out: Path, resume: bool = False, teacher_chec
         _restore_sigint(sigint)  # Lightning ignores SIGINT from the first Ctrl-C on; undo that
     if trainer.interrupted:
         raise TrainingInterrupted(_interrupted_message(out, trainer, last))
-    summary = {"stage_dir": str(out), "best": str(out / "checkpoints" / "best.ckpt"), "last": str(last),
-               "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
-               "monitor": monitor, "epochs": cfg.optim.epochs, "train_seconds": round(time.time() - start, 1),
-               "method": cfg.method,
-               "by_monitor": {name: {"monitor": dilemma[name], "path": str(out / "checkpoints" / f"{name}.ckpt"),
-                                     "score": float(cb.best_model_score) if cb.best_model_score is not None else None}
-                              for name, cb in by_monitor.items()}}
+    summary: dict[str, Any] = {
+        "stage_dir": str(out), "best": str(out / "checkpoints" / "best.ckpt"), "last": str(last),
+        "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
+        "monitor": monitor, "epochs": cfg.optim.epochs, "train_seconds": round(time.time() - start, 1),
+        "method": cfg.method,
+        "by_monitor": {name: {"monitor": dilemma[name], "path": str(out / "checkpoints" / f"{name}.ckpt"),
+                              "score": float(cb.best_model_score) if cb.best_model_score is not None else None}
+                       for name, cb in by_monitor.items()}}
     if trainer.is_global_zero:
         for path in [summary["best"], *(v["path"] for v in summary["by_monitor"].values())]:
             if not Path(path).is_file():  # no validation ran: the last weights are the best we have

@@ -45,7 +45,10 @@ def derive_pool_rate(cfg: RunConfig, class_labels: dict[str, int], num_classes: 
                                       cfg.model.pool_correct_fraction)
     if n_updates <= 0:
         return cfg.model.pool_rate
-    return float(cfg.model.pool_rate_target) / n_updates
+    target = cfg.model.pool_rate_target
+    if target is None:
+        raise ValueError("derive_pool_rate: model.pool_rate_target is not set")
+    return float(target) / n_updates
 
 
 @torch.no_grad()

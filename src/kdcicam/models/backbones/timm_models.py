@@ -61,8 +61,8 @@ class TimmBackbone(WSOLBackbone):
         self.out_channels = int(self.model.feature_info.channels()[-1])
         self.stride = int(self.model.feature_info.reduction()[-1])
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
-        self.mean = tuple(cfg.get("mean", Backbone.mean))  # type: ignore[assignment]
-        self.std = tuple(cfg.get("std", Backbone.std))  # type: ignore[assignment]
+        self.mean = tuple(cfg.get("mean", Backbone.mean))
+        self.std = tuple(cfg.get("std", Backbone.std))
         self._units: list[list[nn.Module]] | None = None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
