@@ -55,10 +55,10 @@ def dilemma_control_section(results: Path = RESULTS, suite: str = "cub50", tag: 
     if "CAM `best_cls`" not in rows or "CAM `best_loc`" not in rows:
         return []
     lines = [f"## {suite}: the dilemma against the weight-averaged CAM (E3)", "",
-             "Test split, mean ± sd over the seeds shown. CAM is the shipped recipe re-run with per-epoch "
+             ("Test split, mean ± sd over the seeds shown. CAM is the shipped recipe re-run with per-epoch "
              "checkpoints; the weight average and the E3 student (teachers = that run's `best_loc` / `best_cls`, "
              "start = `best_loc`, 3 epochs) were fixed before any of them ran "
-             f"(`kd_recipe_choice_{suite}.json`; docs/method.md §9.2).", "",
+             f"(`kd_recipe_choice_{suite}.json`; docs/method.md §9.2)."), "",
              "| model | Top-1 Cls | MaxBoxAccV2 | seeds | file |", "|---|---|---|---|---|"]
     for name, values in rows.items():
         file = files.get(name, files.get("CAM", ""))
@@ -69,8 +69,8 @@ def dilemma_control_section(results: Path = RESULTS, suite: str = "cub50", tag: 
         lines.append(f"| centre-Gaussian floor | – | {floor:.2f} | – | `floor_centre_gaussian_{suite}.json` |")
     cls_bar = statistics.mean(v[0] for v in rows["CAM `best_cls`"]) - 0.5
     box_bar = statistics.mean(v[1] for v in rows["CAM `best_loc`"])
-    lines += ["", f"The dilemma's target: Top-1 Cls ≥ CAM `best_cls` − 0.5 = {cls_bar:.2f} and MaxBoxAccV2 ≥ CAM "
-              f"`best_loc` = {box_bar:.2f}.", ""]
+    lines += ["", (f"The dilemma's target: Top-1 Cls ≥ CAM `best_cls` − 0.5 = {cls_bar:.2f} and MaxBoxAccV2 ≥ CAM "
+              f"`best_loc` = {box_bar:.2f}."), ""]
     for name, values in rows.items():
         if name.startswith("CAM"):
             continue
@@ -95,9 +95,9 @@ def posthoc_section(results: Path = RESULTS) -> list[str]:
         lines += [f"### {suite}", ""]
         if docs:
             splits = docs[0]["splits"]
-            lines += [f"MaxBoxAccV2 on {', '.join(splits)} (mean ± sd over seeds; box threshold chosen on val for "
+            lines += [(f"MaxBoxAccV2 on {', '.join(splits)} (mean ± sd over seeds; box threshold chosen on val for "
                       "each method's own maps); the runs are the CAM runs of the accuracy tables "
-                      f"(`{docs[0]['run']}` and its seeds; files `posthoc/posthoc_{suite}_cam_seed*.json`).", ""]
+                      f"(`{docs[0]['run']}` and its seeds; files `posthoc/posthoc_{suite}_cam_seed*.json`)."), ""]
             header = "| checkpoint | method | " + " | ".join(f"{s} MaxBoxAccV2" for s in splits) + " | seeds |"
             lines += [header, "|---|---|" + "---|" * len(splits) + "---|"]
             methods = list(dict.fromkeys(m for d in docs for e in d["entries"].values() for m in e))
@@ -145,9 +145,9 @@ def posthoc_section(results: Path = RESULTS) -> list[str]:
     if not lines:
         return []
     return ["## Post-hoc CAM methods on CAM's own checkpoints", "",
-            "Does a Grad-CAM-like map taken at the best-classifying checkpoint localize as well as CAM's map at "
+            ("Does a Grad-CAM-like map taken at the best-classifying checkpoint localize as well as CAM's map at "
             "the best-localizing one? That would answer the dilemma without training anything "
-            "(`benchmarks/posthoc.py`, docs/posthoc.md).", "", *lines]
+            "(`benchmarks/posthoc.py`, docs/posthoc.md)."), "", *lines]
 
 
 def coco_section(results: Path = RESULTS) -> list[str]:
@@ -161,16 +161,16 @@ def coco_section(results: Path = RESULTS) -> list[str]:
             continue
         floor = record["floor"]
         lines += [f"### {suite}", "",
-                  f"`coco_ap_{suite}.json` (`{record['command']}`, commit `{record['commit'][:12]}`): each run's "
+                  (f"`coco_ap_{suite}.json` (`{record['command']}`, commit `{record['commit'][:12]}`): each run's "
                   "`best.ckpt` through `Localizer`, box threshold chosen on val; the floor is the centre-Gaussian "
                   f"map's box (σ {floor['sigma']:g}, threshold {floor['box_threshold']:.2f}, both chosen on "
-                  f"{floor['chosen_on']}). Percent, mean ± sd over runs.", "", markdown(record), ""]
+                  f"{floor['chosen_on']}). Percent, mean ± sd over runs."), "", markdown(record), ""]
     if not lines:
         return []
     return ["## COCO AP of the pseudo-labels", "",
-            "What a detector trained on kdcicam's boxes would start from: one box per image, labelled with the "
+            ("What a detector trained on kdcicam's boxes would start from: one box per image, labelled with the "
             "top-1 class and scored by its probability, evaluated by pycocotools' COCOeval against the split's "
-            "boxes (class-aware and class-agnostic).", "", *lines]
+            "boxes (class-aware and class-agnostic)."), "", *lines]
 
 
 def onnx_section(results: Path = RESULTS) -> list[str]:
@@ -181,15 +181,15 @@ def onnx_section(results: Path = RESULTS) -> list[str]:
     e2e, model = record["end_to_end"], record["model_only"]
     load = record["machine"].get("load_average_at_end")
     return ["## ONNX backend speed", "",
-            f"`onnx_speed.json` (`{record['command']}`, commit `{record['commit'][:12]}`, {record['machine']['cores']} "
+            (f"`onnx_speed.json` (`{record['command']}`, commit `{record['commit'][:12]}`, {record['machine']['cores']} "
             f"cores, {record['machine']['threads']} threads, onnxruntime {record['machine']['onnxruntime']}, load "
             f"average at the end {load}): the two backends timed alternately on the same images; best of "
-            f"{len(e2e['torch_seconds'])} samples.", "",
+            f"{len(e2e['torch_seconds'])} samples."), "",
             "| reading | PyTorch images/s | ONNX Runtime images/s | ONNX / PyTorch |", "|---|---|---|---|",
-            f"| end to end ({e2e['images']} image files: decode, resize, model, map, boxes) | "
-            f"{e2e['torch_images_per_s']:.1f} | {e2e['onnx_images_per_s']:.1f} | {e2e['onnx_over_torch']:.2f} |",
-            f"| model only (a ready batch of {model['images']}) | {model['torch_images_per_s']:.1f} | "
-            f"{model['onnx_images_per_s']:.1f} | {model['onnx_over_torch']:.2f} |", ""]
+            (f"| end to end ({e2e['images']} image files: decode, resize, model, map, boxes) | "
+            f"{e2e['torch_images_per_s']:.1f} | {e2e['onnx_images_per_s']:.1f} | {e2e['onnx_over_torch']:.2f} |"),
+            (f"| model only (a ready batch of {model['images']}) | {model['torch_images_per_s']:.1f} | "
+            f"{model['onnx_images_per_s']:.1f} | {model['onnx_over_torch']:.2f} |"), ""]
 
 
 def sections(results: Path = RESULTS) -> list[str]:
