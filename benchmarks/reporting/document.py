@@ -6,12 +6,12 @@ from pathlib import Path
 
 from report_confounding import calibration_section, probe_section
 
-from . import loading
+from . import loading, templates
 from .ablations import ablation_section
 from .loading import LABEL, SHOWN, SPENT, load
 from .mechanisms import derived_pool_rates, diagnostics_section, dilemma_section, pool_section
 from .notes import notes
-from .recipe import RECIPE_WHY, SPENT_DATA, SUITE_CONFIG, SUITE_DATA, recipe_drift
+from .recipe import SUITE_CONFIG, data_line, recipe_drift, recipe_why
 from .runs import machine_line, val_images
 from .speed import device_check_section, speed_section
 from .tables import archive_section, device_comparison, table, teachers_diagnostic, val_se_line
@@ -25,20 +25,10 @@ PAPER_CUB_VGG16 = {
 }
 
 
-SE_TEXT = ("**SE** is the binomial standard error of a val-chosen checkpoint's val score, sqrt(p(1 − p)/n) in points, "
-           "with p the val metric its monitor chose it by (`best_cls`: val Top-1 Cls, `best_loc`: val MaxBoxAccV2; "
-           "MaxBoxAccV2 is the mean of three box accuracies on the same images, so for it the formula is a rough "
-           "guide) and n the val split's image count; the mean over the seeds listed. It is the noise of the val "
-           "reading that picked the checkpoint: val scores that differ by less than about 2 SE are not told apart by "
-           "this split. `last` (the last epoch's checkpoint) is chosen by no val reading: no SE. A \"–\" row: the "
-           "results files predate that checkpoint's scoring.")
 
-
-#: suites whose section is shown even before it has results (a redrawn test pair awaiting its runs)
-EXPECTED_SUITES = {"synthetic-v2": ("No results on the current test pair yet (test draw 1, docs/confounding.md): "
-                                    "`benchmarks/accuracy.py --suite synthetic-v2` writes them. The runs scored on the "
-                                    "spent test draw 0 are under "
-                                    "[Superseded: synthetic-v2, test draw 0](#superseded-synthetic-v2-test-draw-0-read-by-a-diagnostic-spent).")}
+#: suites whose section is shown even before it has results (a redrawn test pair awaiting its runs); each has a
+#: block ``expected_<suite>`` in report_templates/page.md
+EXPECTED_SUITES = ("synthetic-v2",)
 
 
 def suite_section(suite: str, runs: dict[str, list[dict]], groups: dict[tuple[str, str], dict[str, list[dict]]],
@@ -51,7 +41,7 @@ def suite_section(suite: str, runs: dict[str, list[dict]], groups: dict[tuple[st
                                                for m, rs in g.items()}})
     lines = [f"{level} {heading or suite}", ""] + ([preface, ""] if preface else [])
     cfg = any_run["config"]
-    data = (SPENT_DATA.get(suite, "") if results is not None and results != loading.RESULTS else "") or SUITE_DATA.get(suite, "")
+    data = data_line(suite, runs, n, spent=results is not None and results != loading.RESULTS)
     lines.append(f"Config `{SUITE_CONFIG.get(suite, '?')}`: backbone {cfg['model']['backbone']} "
                  f"(pretrained={cfg['model']['pretrained']}, output stride {cfg['model']['output_stride'] or 32}, "
                  f"frozen blocks {cfg['model']['freeze_stages']}), {cfg['data']['image_size']} px, "
@@ -66,8 +56,9 @@ def suite_section(suite: str, runs: dict[str, list[dict]], groups: dict[tuple[st
     for split in splits:
         lines += [f"**{split}**", ""] + table(runs, split, suite, results, n) + [""]
     lines += recipe_drift(suite, runs) + derived_pool_rates(runs)
-    lines += ([RECIPE_WHY[suite], ""] if suite in RECIPE_WHY else []) + budget(suite, runs) + ["Targets (each run's `best_loc` checkpoint):", ""] + targets(suite, runs, results,
-                                                                                            v2_goals)
+    why = recipe_why(suite)
+    lines += ([*why, ""] if why else []) + budget(suite, runs)
+    lines += ["Targets (each run's `best_loc` checkpoint):", "", *targets(suite, runs, results, v2_goals)]
     lines += [""] + oracle_section(suite, runs, results, v2_goals)
     lines += dilemma_section(suite, runs, n, level + "#") + diagnostics_section(suite, runs, level + "#")
     if suite == "cub50":
@@ -83,12 +74,14 @@ def suite_section(suite: str, runs: dict[str, list[dict]], groups: dict[tuple[st
 def spent_sections() -> list[str]:
     """The archived results whose test splits were read before they could judge a claim (SPENT), in full."""
     lines = []
-    for folder_name, (suite, heading, why, goals) in SPENT.items():
+    for folder_name, (suite, heading, goals) in SPENT.items():
         folder = loading.RESULTS / "archive" / folder_name
         groups = load(folder) if folder.is_dir() else {}
         runs = groups.get((suite, ""))
         if not runs:
             continue
+        why = templates.paragraph("data", f"spent_{folder_name}", closure=f"{goals['closure']:g}",
+                                  gain=f"{goals['gain']:g}")
         lines += suite_section(suite, runs, groups, results=folder, heading=heading, preface=why, v2_goals=goals)
         lines += teachers_diagnostic(folder / f"teachers_{suite}.json")
     return lines
@@ -96,17 +89,11 @@ def spent_sections() -> list[str]:
 
 def main() -> int:
     groups = load()
-    lines = ["# Benchmarks", "",
-             ("Generated by `benchmarks/report.py` from `benchmarks/results/*.json` (written by "
-             "`benchmarks/accuracy.py`, `benchmarks/evaluator_speed.py`, `benchmarks/throughput.py`). "
-             "Values are mean ± std over seeds (std over the seeds listed; a single seed shows no ±). Every run's JSON "
-             "holds its config, commit, machine, wall time and peak memory. Box thresholds (Top-1 / GT-known Loc) were "
-             "chosen on val; MaxBoxAccV2 and PxAP are threshold-free; test was evaluated once per checkpoint."), "",
-             SE_TEXT, ""]
+    lines = ["# Benchmarks", "", templates.paragraph("page", "intro"), "", templates.paragraph("page", "se"), ""]
     present = {suite for suite, tag in groups if not tag}
     for suite in sorted(present | set(EXPECTED_SUITES)):
         if suite not in present:
-            lines += [f"## {suite}", "", EXPECTED_SUITES[suite], ""]
+            lines += [f"## {suite}", "", templates.paragraph("page", f"expected_{suite}"), ""]
             continue
         lines += suite_section(suite, groups[(suite, "")], groups)
     lines += spent_sections() + archive_section()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import statistics
 
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 

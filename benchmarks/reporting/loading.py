@@ -86,12 +86,7 @@ def floor_metrics(suite: str, split: str, results: Path | None = None) -> dict |
 
 
 #: archive folders whose test splits were read before the claims they would judge: rendered in full, labelled as
-#: spent, never as the suite's current numbers — folder: (suite, heading, why it is spent, the v2 targets of its time)
-SPENT = {"synthetic-v2-draw0": (
-    "synthetic-v2", "Superseded: synthetic-v2, test draw 0 (read by a diagnostic; spent)",
-    ("These runs were scored on the first synthetic-v2 test pair (test draw 0). A teacher diagnostic then read "
-     "`test_conflict` (`teachers_synthetic-v2.json`, table below), and what it showed shaped the ideas of the next "
-     "round of changes: this test pair is **spent**. No claim is judged on it, and the current synthetic-v2 section "
-     "is scored on a fresh test pair (test draw 1; train, val and val_conflict unchanged — docs/confounding.md). The "
-     "numbers stay here for the record, judged against the targets they were run for (gap closure ≥ 30 %, "
-     "MaxBoxAccV2 ≥ +5)."), {"closure": 30.0, "gain": 5.0, "cls": None})}
+#: spent, never as the suite's current numbers — folder: (suite, heading, the v2 targets of its time); why it is spent
+#: is the block ``spent_<folder>`` of report_templates/data.md
+SPENT = {"synthetic-v2-draw0": ("synthetic-v2", "Superseded: synthetic-v2, test draw 0 (read by a diagnostic; spent)",
+                                {"closure": 30.0, "gain": 5.0, "cls": None})}

@@ -9,9 +9,10 @@ from collections import defaultdict
 
 from kdcicam.diagnostics import SUMMARY_KEYS as DIAG_COLUMNS
 
-from . import loading
+from . import loading, templates
 from .formatting import diag_cell, fmt, fmt_delta
 from .loading import LABEL, SHOWN, portable
+from .recipe import shipped_settings
 from .targets import dilemma_target
 
 STAGE_LABEL = {"model": "", "cls_teacher": " (cls teacher)", "loc_teacher": " (loc teacher)", "student": " (student)"}
@@ -67,12 +68,7 @@ def diagnostics_section(suite: str, runs: dict[str, list[dict]], level: str = "#
     if not rows:
         return []
     lines = [f"{level} {suite}: did each mechanism act? (last epoch; `kdcicam.diagnostics`)", "",
-             ("Context pool: updates per class N, r·N (the official VGG16 CUB runs reach ≈ 27 for CI-CAM / teachers and "
-              "≈ 5.4 for the student), Pearson correlation of each class map with its first non-zero map (1 = the pool "
-              "never moved) and with the class's object-location prior from the train boxes. Intervention "
-              "`F ⊙ (1 + A)`, on val: mean |A|, ‖z_down − z_up‖ / ‖z_up‖, share of images whose top-1 class it leaves "
-              "unchanged, correlation of the down branch's localization map with the up branch's (1 = the CAM is "
-              "unchanged). fg coverage: share of pixels the teachers' fg/bg mask calls foreground."), "",
+             *_diagnostics_intro(), "",
              "| method | seeds | " + " | ".join(c for c, _, _ in DIAG_COLUMNS) + " |", "|---|---|" + "---|" * len(DIAG_COLUMNS)]
     for method, stage, items in rows:
         finals = [d.get("final", {}) for _, d in items]
@@ -97,9 +93,26 @@ def _final(runs: dict[str, list[dict]], method: str, stage: str, key: str) -> fl
     return statistics.fmean(vals) if vals else None
 
 
+def _diagnostics_intro() -> list[str]:
+    """The diagnostics table's legend; the official r·N per class as the shipped cub50 config derives its pool
+    rates from (``model.pool_rate_target``, the student's ``kd.student.model.pool_rate_target``)."""
+    cfg = shipped_settings("cub50")
+    rn, student = cfg.get("model.pool_rate_target"), cfg.get("kd.student.model.pool_rate_target")
+    return templates.render("mechanisms", "diagnostics_intro", official_rn="?" if rn is None else f"{rn:g}",
+                            official_rn_student="?" if student is None else f"{student:g}")
+
+
+def _config_value(runs: dict[str, list[dict]], method: str, *keys: str) -> object:
+    """A setting of ``method``'s first run (``keys`` down its saved config); None where the file has none."""
+    node: object = next(iter(runs.get(method, [])), {}).get("config") or {}
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
 def mechanism_reading(suite: str, runs: dict[str, list[dict]]) -> list[str]:
-    """What the diagnostics say about each mechanism, in numbers from the results files (no judgement
-    typed by hand beyond the thresholds stated here)."""
+    """What the diagnostics say about each mechanism (report_templates/mechanisms.md), in numbers from the results
+    files."""
     out = []
     rn = _final(runs, "ci-cam", "model", "train/pool_rn_mean")
     first = _final(runs, "ci-cam", "model", "train/pool_corr_first")
@@ -107,42 +120,36 @@ def mechanism_reading(suite: str, runs: dict[str, list[dict]]) -> list[str]:
     corr = _final(runs, "ci-cam", "model", "val/diag_map_corr")
     absa = _final(runs, "ci-cam", "model", "val/diag_attention_abs")
     dz = _final(runs, "ci-cam", "model", "val/diag_logit_change")
-    if None not in (rn, first, prior, corr, absa, dz):
-        out.append(f"- **Context pool: it moves.** CI-CAM's pool reached r·N = {rn:.1f} per class; its maps correlate "
-                   f"{first:.2f} with their first map (1 = never moved) and {prior:.2f} with the class's object-location "
-                   "prior from the train boxes.")
-        out.append(f"- **Intervention: it does not change the CAM.** On val, mean |A| = {absa:.3f} (features are scaled "
-                   f"by 1 + A), the logits move by {dz:.3f} of their norm, and the down branch's localization map "
-                   f"correlates {corr:.5f} with the up branch's: whatever the pool holds, `F ⊙ (1 + A)` leaves the map "
-                   "as it was, so CI-CAM localizes as CAM does." + intervention_lr_ablation(suite))
+    if rn is not None and first is not None and prior is not None and None not in (corr, absa, dz):
+        out += templates.render("mechanisms", "pool", rn=f"{rn:.1f}", first=f"{first:.2f}", prior=f"{prior:.2f}")
+        out += templates.render("mechanisms", "intervention", abs_a=f"{absa:.3f}", dz=f"{dz:.3f}", corr=f"{corr:.5f}",
+                                lr_ablation=" " + intervention_lr_ablation(suite, runs))
     shares = {t: _final(runs, "kd-ci-cam", "student", f"train/grad_share_{t}") for t in ("ce", "kd", "cam")}
-    if None not in shares.values():
-        out.append(f"- **Distillation: the logit term acts, the CAM term does not.** The student's gradient shares in "
-                   f"its last epoch: CE {shares['ce']:.3f}, KD {shares['kd']:.3f}, CAM-MSE {shares['cam']:.3f} (KL·T² and the "
-                   "CAM temperature set to the loc teacher's CAM scale). The CAM term, a mean over every class map "
-                   "and position of σ-maps, stays near 1 % of the gradient.")
+    ce, kd, cam = shares["ce"], shares["kd"], shares["cam"]
+    if ce is not None and kd is not None and cam is not None:
+        out += templates.render("mechanisms", "distillation", ce=f"{ce:.3f}", kd=f"{kd:.3f}", cam=f"{cam:.3f}",
+                                cam_percent=f"{100 * cam:.1f}")
     cov = _final(runs, "kd-ci-cam", "loc_teacher", "train/fg_coverage")
+    threshold = _config_value(runs, "kd-ci-cam", "kd", "loc_teacher", "model", "mask_threshold")
     if cov is not None:
-        out.append(f"- **Loc teacher's fg/bg mask** at threshold 0.25 covers {100 * cov:.0f} % of the pixels (0.0 covered "
-                   "99.7 % with the previous recipe): `diff_aux` now compares object and background.")
+        out += templates.render("mechanisms", "fg_mask", coverage=f"{100 * cov:.0f}",
+                                threshold="?" if threshold is None else f"{threshold:g}")
     return out
 
 
-def intervention_lr_ablation(suite: str) -> str:
+def intervention_lr_ablation(suite: str, runs: dict[str, list[dict]] | None = None) -> str:
     """The ablation that tests lr starvation as the intervention's cause (the conv at the classifier's lr
-    instead of lr·0.1), read from its results file when it exists."""
+    instead of the backbone's lr multiple), read from its results file when it exists."""
     found = [(s, loading.RESULTS / f"accuracy_{s}_intervention-lr-1_ci-cam_seed0.json") for s in (suite, "cub50")]
     found = [(s, p) for s, p in found if p.is_file()]
     if not found:
-        return (" One suspect: the intervention conv trains at lr·0.1 (official grouping) for a hundredth of the "
-                "official Adam steps (`optim.intervention_lr_mult` is the switch to test it).")
+        mult = _config_value(runs or {}, "ci-cam", "optim", "backbone_lr_mult")
+        return templates.paragraph("mechanisms", "lr_suspect", lr_mult="?" if mult is None else f"{mult:g}")
     where, path = found[0]
     f = json.loads(path.read_text())["diagnostics"]["model"]["final"]
-    return (f" Not for want of learning rate{'' if where == suite else f' (measured on {where})'}: trained at the "
-            f"classifier's lr (`intervention-lr-1` ablation, seed 0, val), mean |A| is {f['val/diag_attention_abs']:.3f} and the logits move by {f['val/diag_logit_change']:.3f} "
-            f"of their norm, yet the maps still correlate {f['val/diag_map_corr']:.5f}: the intervention changes the "
-            "logits, not the map's shape. A likely reading, not measured directly: `1 + A` scales each channel almost "
-            "evenly across positions, and a min-max normalised CAM ignores an even scale.")
+    return templates.paragraph("mechanisms", "lr_measured", where="" if where == suite else f" (measured on {where})",
+                               abs_a=f"{f['val/diag_attention_abs']:.3f}", dz=f"{f['val/diag_logit_change']:.3f}",
+                               corr=f"{f['val/diag_map_corr']:.5f}")
 
 
 def teacher_advantage(runs: dict[str, list[dict]]) -> list[str]:

@@ -3,9 +3,11 @@ run differs from it."""
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
-from . import loading
+from . import loading, templates
 from .loading import LABEL
+from .targets import BUDGET_MIN
 
 SUITE_CONFIG = {"synthetic": "configs/synthetic.yaml", "synthetic-v2": "configs/synthetic_v2.yaml",
                 "cub50": "configs/cub50.yaml",
@@ -59,38 +61,48 @@ def recipe_drift(suite: str, runs: dict[str, list[dict]]) -> list[str]:
             "These rows measure the earlier recipe, not the shipped one."), ""]
 
 
-RECIPE_WHY = {
-    "cub50-gpu": ("The paper-scale recipe for one GPU (configs/cub50_gpu.yaml): every layer trained, output stride 16 "
-                  "(14×14 CAMs), the official 100 epochs and step decay per stage, bf16 mixed precision; batch 32 "
-                  "instead of the official 6 (the reasons and the time estimate are in the config)."),
-    "cub50": ("Why this recipe: the five trainings of one seed (CAM, CI-CAM, two teachers, the student) must fit "
-              "about 75 minutes on 2 CPU cores, so the official CUB recipe is scaled down — stem and blocks 0–7 frozen, "
-              "8 epochs per stage, batch 8 — and each mechanism is kept at work where the scaling would idle it: 14×14 "
-              "CAMs (output stride 16, as VGG16's), a context-pool rate derived from the official r·N per class, "
-              "distillation as KL·T² with a CAM temperature matched to Lite0's CAM scale, a localization-teacher mask "
-              "threshold that splits foreground from background; the official crops (Resize 304 / 336 + RandomCrop "
-              "224) and lr 5e-4 are kept. Every difference from the official code and the measurement behind it is "
-              "listed in [docs/method.md](method.md#9-scaling-the-recipes-down); the diagnostics below show, per run, "
-              "whether each mechanism acted."),
-}
+def shipped_settings(suite: str) -> dict[str, Any]:
+    """The suite's shipped config, flattened (``model.output_stride`` ...); empty when the suite has none."""
+    from kdcicam.config import config_to_dict, load_config
+
+    path = loading.REPO / SUITE_CONFIG.get(suite, "")
+    return flatten_config(config_to_dict(load_config(path))) if path.is_file() else {}
 
 
-#: what each suite's data is, said where its numbers are
-SUITE_DATA = {
-    "cub50": ("Data: CUB-200-2011 classes 1–50 only, from a reduced copy whose images are resized to a shorter side "
-              "of 256 px (boxes rescaled with them): 1,500 official train images (10 % of each class held out as "
-              "val by `kdcicam data cub`, seed 0) and the 1,389 official test images. "),
-    "synthetic": ("Data: `kdcicam data synthetic` with its defaults (8 classes, 128 px, 2,400 / 400 / 800 / 800 train / "
-                  "val / test / test_conflict images, rho 0.9, seed 0). "),
-    "synthetic-v2": ("Data: `kdcicam data synthetic --variant v2` with its defaults, the calibration's chosen point "
-                     "(`grid8`, docs/confounding.md: 8 classes told apart by lobe count, 128 px, rho 0.97, radius "
-                     "0.12–0.22; 2,400 / 400 / 800 / 800 train / val / test / test_conflict images, seed 0; test "
-                     "draw 1: a fresh test / test_conflict pair, train / val / val_conflict as in draw 0). "),
-}
+def _short_float(value: object) -> str:
+    """5e-4 rather than 0.0005: a learning rate as a config file writes it."""
+    if isinstance(value, float) and 0 < value < 1e-3:
+        return f"{value:.0e}".replace("e-0", "e-")
+    return str(value)
 
 
-#: the data of an archived (spent) draw, where it differs from SUITE_DATA
-SPENT_DATA = {
-    "synthetic-v2": ("Data: as the current synthetic-v2 section's, but with test draw 0, the first test / test_conflict "
-                     "pair (train, val and val_conflict are the same images in both draws). "),
-}
+def recipe_why(suite: str) -> list[str]:
+    """Why the suite's recipe is what it is (report_templates/data.md), its settings read from the shipped config."""
+    block = f"recipe_{suite}"
+    if not templates.has("data", block):
+        return []
+    cfg = shipped_settings(suite)
+    stride = cfg["model.output_stride"] or 32
+    grid = int(cfg["data.image_size"]) // int(stride)
+    return templates.render(
+        "data", block, config=SUITE_CONFIG[suite], output_stride=stride, grid=f"{grid}×{grid}",
+        epochs=cfg["optim.epochs"], batch=cfg["data.batch_size"], image_size=cfg["data.image_size"],
+        last_frozen=int(cfg["model.freeze_stages"]) - 1,
+        resize=cfg["data.augment.resize"], teacher_resize=cfg.get("kd.loc_teacher.augment.resize", "?"),
+        lr=_short_float(cfg["optim.lr"]), budget=BUDGET_MIN.get(suite, "?"))
+
+
+def data_line(suite: str, runs: dict[str, list[dict]], val_n: int | None, spent: bool) -> str:
+    """What the suite's data is (report_templates/data.md), the image counts of the splits its runs scored read
+    from their results files; "" for a suite the templates do not describe."""
+    block = f"spent_data_{suite}" if spent and templates.has("data", f"spent_data_{suite}") else f"data_{suite}"
+    if not templates.has("data", block):
+        return ""
+    counts: dict[str, str] = {"val": "?" if val_n is None else f"{val_n:,}"}
+    for rs in runs.values():
+        for r in rs:
+            for split, metrics in r["metrics"].items():
+                if metrics.get("num_images"):
+                    counts.setdefault(split, f"{int(metrics['num_images']):,}")
+    values = {"test": "?", "test_conflict": "?", **counts}
+    return templates.paragraph("data", block, **values) + " "

@@ -7,6 +7,7 @@ import json
 from . import loading
 from .loading import LABEL, portable
 
+
 def _load(data: dict, when: str) -> str:
     values = data.get("load_average_1_5_15_min", {}).get(when)
     return f"{values[0]:.2f}" if values else "?"
