@@ -1,4 +1,4 @@
-"""Issue 16's targets on synthetic v2 as the report states them: the share of CAM's leakage gap to the oracle a
+"""The confounder targets on synthetic v2 as the report states them: the share of CAM's leakage gap to the oracle a
 method closes, seed by seed, and whether the confounder bites; and the benchmark refuses to score a v2 tree that
 an older preset made."""
 from __future__ import annotations
@@ -34,8 +34,8 @@ def test_gap_closure_and_gain_per_seed(tmp_path, monkeypatch):
     runs = {"cam": [_run("cam", 0, 70.0, 60.0), _run("cam", 1, 70.0, 60.0)],
             "ci-cam": [_run("ci-cam", 0, 67.0, 66.0), _run("ci-cam", 1, 63.0, 64.0)],  # closes 15 % and 35 %
             "kd-ci-cam": [_run("kd-ci-cam", 0, 72.0, 55.0), _run("kd-ci-cam", 1, 72.0, 55.0)]}
-    issue16 = {"closure": 30.0, "gain": 5.0, "cls": None}  # the targets the spent v2 draw was run for
-    text = "\n".join(targets("synthetic-v2", runs, v2_goals=issue16))
+    spent_goals = {"closure": 30.0, "gain": 5.0, "cls": None}  # the targets the spent v2 draw was run for
+    text = "\n".join(targets("synthetic-v2", runs, v2_goals=spent_goals))
     assert "CAM's Top-1 Cls on test minus test_conflict: +50.00 ± 0.00 points (seeds 0,1" in text
     ci, kd = text.split("\n")[1:3]
     assert ci.startswith("- CI-CAM on test_conflict (seeds 0,1): closes +25.00 ± 14.14 % of CAM's leakage gap to "

@@ -1,4 +1,6 @@
-"""How numbers are written in the report: mean ± std over seeds, signed differences, binomial standard errors."""
+"""How numbers are written in the report: mean ± std over seeds, signed differences, binomial standard
+errors."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,7 @@
-"""Reading benchmarks/results/: the results files grouped by suite, tag and method, under today's metric names,
+"""Reading benchmarks/results/: the results files grouped by suite, tag and method, under today's metric
+names,
 and the method list and labels every table uses."""
+
 from __future__ import annotations
 
 import json
@@ -20,17 +22,27 @@ OUT = REPO / "docs" / "benchmarks.md"
 METHODS = tuple(kdcicam.list_models())  # the model registry is the one method list
 
 
-#: the methods' rows in the tables: the three, then the KD paper's own baseline (accuracy.py --methods kd-baseline),
+#: the methods' rows in the tables: the three, then the KD paper's own baseline (accuracy.py --methods
+#: kd-baseline),
 #: which a seed's budget and "every method has this seed" leave out
 SHOWN = (*METHODS, "kd-baseline")
 
 
-LABEL = {"cam": "CAM", "ci-cam": "CI-CAM", "kd-ci-cam": "KD-CI-CAM", "kd-baseline": "KD baseline (no teachers)"}
+LABEL = {
+    "cam": "CAM",
+    "ci-cam": "CI-CAM",
+    "kd-ci-cam": "KD-CI-CAM",
+    "kd-baseline": "KD baseline (no teachers)",
+}
 
 
-#: metric keys renamed since older results files were written (the oracle-threshold numbers, docs/method.md §5)
-RENAMED_KEYS = {"gt_known_loc_at_best": "gt_known_loc_oracle", "top1_loc_at_best": "top1_loc_oracle",
-                "top5_loc_at_best": "top5_loc_oracle"}
+#: metric keys renamed since older results files were written (the oracle-threshold numbers, docs/method.md
+#: §5)
+RENAMED_KEYS = {
+    "gt_known_loc_at_best": "gt_known_loc_oracle",
+    "top1_loc_at_best": "top1_loc_oracle",
+    "top5_loc_at_best": "top5_loc_oracle",
+}
 
 
 def current_keys(result: dict) -> dict:
@@ -85,8 +97,15 @@ def floor_metrics(suite: str, split: str, results: Path | None = None) -> dict |
     return m
 
 
-#: archive folders whose test splits were read before the claims they would judge: rendered in full, labelled as
-#: spent, never as the suite's current numbers — folder: (suite, heading, the v2 targets of its time); why it is spent
+#: archive folders whose test splits were read before the claims they would judge: rendered in full, labelled
+#: as
+#: spent, never as the suite's current numbers — folder: (suite, heading, the v2 targets of its time); why it
+#: is spent
 #: is the block ``spent_<folder>`` of report_templates/data.md
-SPENT = {"synthetic-v2-draw0": ("synthetic-v2", "Superseded: synthetic-v2, test draw 0 (read by a diagnostic; spent)",
-                                {"closure": 30.0, "gain": 5.0, "cls": None})}
+SPENT = {
+    "synthetic-v2-draw0": (
+        "synthetic-v2",
+        "Superseded: synthetic-v2, test draw 0 (read by a diagnostic; spent)",
+        {"closure": 30.0, "gain": 5.0, "cls": None},
+    )
+}

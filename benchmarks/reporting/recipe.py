@@ -1,5 +1,7 @@
-"""Which recipe a table's runs were trained with: the shipped config of each suite, and the settings in which a
+"""Which recipe a table's runs were trained with: the shipped config of each suite, and the settings in which
+a
 run differs from it."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -9,9 +11,12 @@ from . import loading, templates
 from .loading import LABEL
 from .targets import BUDGET_MIN
 
-SUITE_CONFIG = {"synthetic": "configs/synthetic.yaml", "synthetic-v2": "configs/synthetic_v2.yaml",
-                "cub50": "configs/cub50.yaml",
-                "cub50-gpu": "configs/cub50_gpu.yaml"}
+SUITE_CONFIG = {
+    "synthetic": "configs/synthetic.yaml",
+    "synthetic-v2": "configs/synthetic_v2.yaml",
+    "cub50": "configs/cub50.yaml",
+    "cub50-gpu": "configs/cub50_gpu.yaml",
+}
 
 
 #: config keys that differ between runs by design (paths, seed) and say nothing about the recipe
@@ -36,13 +41,17 @@ def recipe_drift(suite: str, runs: dict[str, list[dict]]) -> list[str]:
     path = loading.REPO / SUITE_CONFIG.get(suite, "")
     if not path.is_file():
         return []
-    defaults = flatten_config(config_to_dict(RunConfig()))  # what a run saved before a key existed had in effect
+    defaults = flatten_config(
+        config_to_dict(RunConfig())
+    )  # what a run saved before a key existed had in effect
     drift: dict[str, set[str]] = defaultdict(set)
     stale: dict[str, set[int]] = defaultdict(set)
     for method, method_runs in runs.items():
         for run in method_runs:
             # the shipped config as this method applies it (the KD baseline's kd.teachers=none is the method)
-            shipped = flatten_config(config_to_dict(load_config(path, (run.get("trained_as") or {}).get("overrides", []))))
+            shipped = flatten_config(
+                config_to_dict(load_config(path, (run.get("trained_as") or {}).get("overrides", [])))
+            )
             used = {**defaults, **flatten_config(run["config"])}
             for key in sorted(set(shipped) | set(used)):
                 if key in RUN_SPECIFIC_KEYS:
@@ -52,13 +61,23 @@ def recipe_drift(suite: str, runs: dict[str, list[dict]]) -> list[str]:
                     drift[key].add(f"{before!r} → {now!r}".replace("'(absent)'", "(absent)"))
                     stale[LABEL.get(method, method)].add(run["seed"])
     if not drift:
-        return [(f"- Recipe: every run above was trained with the `{SUITE_CONFIG[suite]}` that ships at this "
-                "commit (run-specific keys — seed, paths — aside)."), ""]
+        return [
+            (
+                f"- Recipe: every run above was trained with the `{SUITE_CONFIG[suite]}` that ships at this "
+                "commit (run-specific keys — seed, paths — aside)."
+            ),
+            "",
+        ]
     which = "; ".join(f"{m} (seeds {', '.join(map(str, sorted(seeds)))})" for m, seeds in stale.items())
     changes = "; ".join(f"`{k}` {' / '.join(sorted(v))}" for k, v in sorted(drift.items()))
-    return [(f"- **Recipe: earlier than the shipped one.** {which} were trained with settings that "
+    return [
+        (
+            f"- **Recipe: earlier than the shipped one.** {which} were trained with settings that "
             f"`{SUITE_CONFIG[suite]}` has since changed (run's value → shipped value): {changes}. "
-            "These rows measure the earlier recipe, not the shipped one."), ""]
+            "These rows measure the earlier recipe, not the shipped one."
+        ),
+        "",
+    ]
 
 
 def shipped_settings(suite: str) -> dict[str, Any]:
@@ -77,7 +96,8 @@ def _short_float(value: object) -> str:
 
 
 def recipe_why(suite: str) -> list[str]:
-    """Why the suite's recipe is what it is (report_templates/data.md), its settings read from the shipped config."""
+    """Why the suite's recipe is what it is (report_templates/data.md), its settings read from the shipped
+    config."""
     block = f"recipe_{suite}"
     if not templates.has("data", block):
         return []
@@ -85,17 +105,29 @@ def recipe_why(suite: str) -> list[str]:
     stride = cfg["model.output_stride"] or 32
     grid = int(cfg["data.image_size"]) // int(stride)
     return templates.render(
-        "data", block, config=SUITE_CONFIG[suite], output_stride=stride, grid=f"{grid}×{grid}",
-        epochs=cfg["optim.epochs"], batch=cfg["data.batch_size"], image_size=cfg["data.image_size"],
+        "data",
+        block,
+        config=SUITE_CONFIG[suite],
+        output_stride=stride,
+        grid=f"{grid}×{grid}",
+        epochs=cfg["optim.epochs"],
+        batch=cfg["data.batch_size"],
+        image_size=cfg["data.image_size"],
         last_frozen=int(cfg["model.freeze_stages"]) - 1,
-        resize=cfg["data.augment.resize"], teacher_resize=cfg.get("kd.loc_teacher.augment.resize", "?"),
-        lr=_short_float(cfg["optim.lr"]), budget=BUDGET_MIN.get(suite, "?"))
+        resize=cfg["data.augment.resize"],
+        teacher_resize=cfg.get("kd.loc_teacher.augment.resize", "?"),
+        lr=_short_float(cfg["optim.lr"]),
+        budget=BUDGET_MIN.get(suite, "?"),
+    )
 
 
 def data_line(suite: str, runs: dict[str, list[dict]], val_n: int | None, spent: bool) -> str:
-    """What the suite's data is (report_templates/data.md), the image counts of the splits its runs scored read
+    """What the suite's data is (report_templates/data.md), the image counts of the splits its runs scored
+    read
     from their results files; "" for a suite the templates do not describe."""
-    block = f"spent_data_{suite}" if spent and templates.has("data", f"spent_data_{suite}") else f"data_{suite}"
+    block = (
+        f"spent_data_{suite}" if spent and templates.has("data", f"spent_data_{suite}") else f"data_{suite}"
+    )
     if not templates.has("data", block):
         return ""
     counts: dict[str, str] = {"val": "?" if val_n is None else f"{val_n:,}"}

@@ -1,5 +1,7 @@
-"""Questions asked of loaded runs: which checkpoint a metrics block is, which val score chose it, the seeds every
+"""Questions asked of loaded runs: which checkpoint a metrics block is, which val score chose it, the seeds
+every
 method has, the val split's size, paired differences between methods."""
+
 from __future__ import annotations
 
 import statistics
@@ -11,19 +13,29 @@ from .loading import METHODS
 CHECKPOINTS = ("best_cls", "best_loc", "last")
 
 
-#: the val metric each monitor keeps its checkpoint by (kdcicam.training.pipeline.DILEMMA_MONITORS): metrics.csv key,
+#: the val metric each monitor keeps its checkpoint by (kdcicam.training.pipeline.DILEMMA_MONITORS):
+#: metrics.csv key,
 #: and its label in the text
-CHOSEN_BY = {"best_cls": ("val/top1_cls", "val Top-1 Cls"), "best_loc": ("val/max_box_acc_v2", "val MaxBoxAccV2")}
+CHOSEN_BY = {
+    "best_cls": ("val/top1_cls", "val Top-1 Cls"),
+    "best_loc": ("val/max_box_acc_v2", "val MaxBoxAccV2"),
+}
 
 
-#: val images per suite where neither the data's metadata nor a results file says: synthetic v1 / v2 from their
-#: generators' defaults; cub50: `kdcicam data cub` holds out round(10 % of 30) = 3 train images per class, 50 classes
+#: val images per suite where neither the data's metadata nor a results file says: synthetic v1 / v2 from
+#: their
+#: generators' defaults; cub50: `kdcicam data cub` holds out round(10 % of 30) = 3 train images per class, 50
+#: classes
 VAL_IMAGES_BY_CONFIG = {"synthetic": 400, "synthetic-v2": 400, "cub50": 150, "cub50-gpu": 150}
 
 
 #: where each suite's data lives (benchmarks/accuracy.py SUITES), for its val metadata
-SUITE_DATA_DIR = {"synthetic": "data/synth", "synthetic-v2": "data/synth_v2", "cub50": "data/cub50",
-                  "cub50-gpu": "data/cub50"}
+SUITE_DATA_DIR = {
+    "synthetic": "data/synth",
+    "synthetic-v2": "data/synth_v2",
+    "cub50": "data/cub50",
+    "cub50-gpu": "data/cub50",
+}
 
 
 def stage_summary(run: dict) -> dict:
@@ -33,14 +45,18 @@ def stage_summary(run: dict) -> dict:
 
 
 def monitor_kind(run: dict) -> str | None:
-    """Which of CHECKPOINTS a run's ``best.ckpt`` (its ``metrics``) is: the one whose monitor it was kept by (the
+    """Which of CHECKPOINTS a run's ``best.ckpt`` (its ``metrics``) is: the one whose monitor it was kept by
+    (the
     monitor in effect, from the training summary; else the config's ``eval.monitor``)."""
-    monitor = stage_summary(run).get("monitor") or ((run.get("config") or {}).get("eval") or {}).get("monitor")
+    monitor = stage_summary(run).get("monitor") or ((run.get("config") or {}).get("eval") or {}).get(
+        "monitor"
+    )
     return next((kind for kind, (key, _) in CHOSEN_BY.items() if key == monitor), None)
 
 
 def checkpoint_metrics(run: dict, kind: str, split: str) -> dict | None:
-    """A run's metrics on ``split`` at checkpoint ``kind``: its ``by_monitor`` entry, else its main metrics where
+    """A run's metrics on ``split`` at checkpoint ``kind``: its ``by_monitor`` entry, else its main metrics
+    where
     ``best.ckpt`` is that checkpoint; None where the file has neither (an older file)."""
     entry = ((run.get("by_monitor") or {}).get(kind) or {}).get("metrics") or {}
     if split in entry:
@@ -71,15 +87,26 @@ def val_images(suite: str, runs: dict[str, list[dict]] | None = None) -> tuple[i
     found: list[tuple[str, int]] = []
     meta = loading.REPO / SUITE_DATA_DIR.get(suite, "-") / "val" / "class_labels.txt"
     if meta.is_file():
-        found.append((f"`{meta.relative_to(loading.REPO).as_posix()}`",
-                      sum(1 for line in meta.read_text(encoding="utf-8-sig").splitlines() if line.strip())))
+        found.append(
+            (
+                f"`{meta.relative_to(loading.REPO).as_posix()}`",
+                sum(1 for line in meta.read_text(encoding="utf-8-sig").splitlines() if line.strip()),
+            )
+        )
     for rs in (runs or {}).values():
         for r in rs:
-            for metrics in [r["metrics"]] + [v.get("metrics") or {} for v in (r.get("by_monitor") or {}).values()]:
+            for metrics in [r["metrics"]] + [
+                v.get("metrics") or {} for v in (r.get("by_monitor") or {}).values()
+            ]:
                 n = (metrics.get("val") or {}).get("num_images")
                 if n:
-                    found.append((f"the results file of {r['suite']} {r.get('tag') or ''} {r['method']} seed {r['seed']}"
-                                  .replace("  ", " "), int(n)))
+                    found.append(
+                        (
+                            f"the results file of {r['suite']} {r.get('tag') or ''} {r['method']} seed "
+                            f"{r['seed']}".replace("  ", " "),
+                            int(n),
+                        )
+                    )
     if suite in VAL_IMAGES_BY_CONFIG:
         found.append(("the suite's data settings", VAL_IMAGES_BY_CONFIG[suite]))
     if not found:
@@ -100,18 +127,23 @@ def seeds_of(runs: dict[str, list[dict]]) -> list[int]:
     return sorted(set.intersection(*per_method)) if per_method else []
 
 
-def paired_deltas(runs: dict[str, list[dict]], split: str, key: str, method: str, seeds: list[int],
-                  base: str = "cam") -> list[float]:
+def paired_deltas(
+    runs: dict[str, list[dict]], split: str, key: str, method: str, seeds: list[int], base: str = "cam"
+) -> list[float]:
     """``method`` minus ``base`` on the same seed, for each of ``seeds``."""
-    by_seed = {m: {r["seed"]: r["metrics"][split][key] for r in runs.get(m, []) if split in r["metrics"]}
-               for m in (method, base)}
+    by_seed = {
+        m: {r["seed"]: r["metrics"][split][key] for r in runs.get(m, []) if split in r["metrics"]}
+        for m in (method, base)
+    }
     return [by_seed[method][s] - by_seed[base][s] for s in seeds]
 
 
 def seed_minutes(runs: dict[str, list[dict]]) -> list[float]:
     """Wall minutes of all three methods, per complete seed."""
-    return [sum(r["wall_seconds"]["total"] for m in METHODS for r in runs[m] if r["seed"] == s) / 60
-            for s in seeds_of(runs)]
+    return [
+        sum(r["wall_seconds"]["total"] for m in METHODS for r in runs[m] if r["seed"] == s) / 60
+        for s in seeds_of(runs)
+    ]
 
 
 def machine_line(run: dict) -> str:
