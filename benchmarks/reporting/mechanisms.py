@@ -161,6 +161,26 @@ def _final(runs: dict[str, list[dict]], method: str, stage: str, key: str) -> fl
     return statistics.fmean(vals) if vals else None
 
 
+#: a context pool "moves" when its maps correlate less than this with their first map
+POOL_UNMOVED = 0.99
+#: the intervention leaves the CAM unchanged when the down branch's map correlates at least this with the
+#: up branch's
+MAP_UNCHANGED = 0.999
+#: a distillation loss term "acts" when it carries at least this share of the student's gradient
+TERM_ACTS = 0.05
+
+
+def _distillation_verdict(logit_acts: bool, cam_acts: bool) -> str:
+    """The distillation line's heading, from which of its two terms carry a share of the gradient."""
+    if logit_acts and cam_acts:
+        return "the logit and the CAM terms both act"
+    if logit_acts:
+        return "the logit term acts, the CAM term does not"
+    if cam_acts:
+        return "the CAM term acts, the logit term does not"
+    return "neither the logit nor the CAM term acts"
+
+
 def _diagnostics_intro() -> list[str]:
     """The diagnostics table's legend; the official r·N per class as the shipped cub50 config derives its pool
     rates from (``model.pool_rate_target``, the student's ``kd.student.model.pool_rate_target``)."""
@@ -184,8 +204,7 @@ def _config_value(runs: dict[str, list[dict]], method: str, *keys: str) -> objec
 
 def mechanism_reading(suite: str, runs: dict[str, list[dict]]) -> list[str]:
     """What the diagnostics say about each mechanism (report_templates/mechanisms.md), in numbers from the
-    results
-    files."""
+    results files, each verdict by the thresholds stated above."""
     out = []
     rn = _final(runs, "ci-cam", "model", "train/pool_rn_mean")
     first = _final(runs, "ci-cam", "model", "train/pool_corr_first")
@@ -193,13 +212,16 @@ def mechanism_reading(suite: str, runs: dict[str, list[dict]]) -> list[str]:
     corr = _final(runs, "ci-cam", "model", "val/diag_map_corr")
     absa = _final(runs, "ci-cam", "model", "val/diag_attention_abs")
     dz = _final(runs, "ci-cam", "model", "val/diag_logit_change")
-    if rn is not None and first is not None and prior is not None and None not in (corr, absa, dz):
+    found = (rn, first, prior, corr, absa, dz)
+    if rn is not None and first is not None and prior is not None and None not in found:
+        moved = "it moves" if first < POOL_UNMOVED else "it hardly moves"
         out += templates.render(
-            "mechanisms", "pool", rn=f"{rn:.1f}", first=f"{first:.2f}", prior=f"{prior:.2f}"
+            "mechanisms", "pool", verdict=moved, rn=f"{rn:.1f}", first=f"{first:.2f}", prior=f"{prior:.2f}"
         )
         out += templates.render(
             "mechanisms",
-            "intervention",
+            "intervention" if corr >= MAP_UNCHANGED else "intervention_acts",
+            unchanged=f"{MAP_UNCHANGED:g}",
             abs_a=f"{absa:.3f}",
             dz=f"{dz:.3f}",
             corr=f"{corr:.5f}",
@@ -215,6 +237,8 @@ def mechanism_reading(suite: str, runs: dict[str, list[dict]]) -> list[str]:
             kd=f"{kd:.3f}",
             cam=f"{cam:.3f}",
             cam_percent=f"{100 * cam:.1f}",
+            acts=f"{100 * TERM_ACTS:g}",
+            verdict=_distillation_verdict(kd >= TERM_ACTS, cam >= TERM_ACTS),
         )
     cov = _final(runs, "kd-ci-cam", "loc_teacher", "train/fg_coverage")
     threshold = _config_value(runs, "kd-ci-cam", "kd", "loc_teacher", "model", "mask_threshold")
