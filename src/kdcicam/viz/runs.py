@@ -101,7 +101,7 @@ def load_runs(
                 f"no metrics for {', '.join(missing)} in {mpath}; run `kdcicam evaluate {run.path} "
                 f"--split {' '.join(missing)}` first"
             )
-        elif missing:
+        elif missing and evaluate is not None:
             log.info("%s: no metrics for %s in %s; evaluating now", run.path, ", ".join(missing), mpath)
             try:
                 result = evaluate(run.path, missing, device=device, progress=False)

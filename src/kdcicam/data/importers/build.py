@@ -346,7 +346,7 @@ def _split_metadata(
         images = sorted(images, key=lambda im: builder.image_id(im))
         ids = [builder.image_id(im) for im in images]
         sizes = {i: builder.size(im)[:2] for i, im in zip(ids, images, strict=True)}
-        boxes: dict[str, list[tuple[int, int, int, int]]] = {}
+        boxes: dict[str, list[tuple[float, float, float, float]]] = {}
         found = split_boxes.get(split, {})
         if found:
             missing = [im for im in images if im.path not in found]
@@ -434,7 +434,7 @@ def import_dataset(
             "val has no boxes: training picks checkpoints by val/top1_cls and `kdcicam evaluate` needs "
             "--box-threshold T for Top-1/GT-known Loc; give --val-boxes to choose the threshold on val"
         )
-    extra = {
+    extra: dict[str, object] = {
         "imported_from": {
             s: {k: str(v) for k, v in (("labels", spec.labels), ("boxes", spec.boxes)) if v}
             for s, spec in (("train", train), ("val", val), ("test", test))
