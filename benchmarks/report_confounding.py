@@ -1,4 +1,4 @@
-"""The confounder sections of docs/benchmarks.md (issue 16, docs/confounding.md): the synthetic v2
+"""The confounder sections of docs/benchmarks.md (docs/confounding.md): the synthetic v2
 calibration table and the real-photo conflict probe, generated from their results files only."""
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 For each knob point: generate v2 data (train, val, val_conflict; no test split is even made), train a
 plain CAM with configs/synthetic_v2.yaml, score val and val_conflict, and score the oracle CAM (the
 object itself on the CAM's grid, benchmarks/oracle_cam.py) and the centre-Gaussian floor
-(benchmarks/floors.py) on the same data. The targets (issue 16, docs/confounding.md):
+(benchmarks/floors.py) on the same data. The targets (docs/confounding.md):
 
 - ``cls_drop`` = Top-1 Cls(val) - Top-1 Cls(val_conflict) >= 15 points;
 - ``leak_gap`` = CAM's context leakage - the oracle's ("coverage" map, same grid) >= 15 points, on val

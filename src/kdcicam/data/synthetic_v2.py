@@ -1,4 +1,4 @@
-"""Synthetic v2: the confounded-objects data made to confound (issue 16).
+"""Synthetic v2: the confounded-objects data made to confound (docs/confounding.md).
 
 v1's objects are too easy: a CAM classifies them on shape and texture and barely uses the habitat
 (Top-1 Cls 91.75 on test, 90.67 on test_conflict). v2 moves every knob towards "the habitat is the
