@@ -7,7 +7,7 @@ from pathlib import Path
 
 from report_confounding import calibration_section, probe_section
 
-from . import loading, templates
+from . import loading, practitioner, templates
 from .ablations import ablation_section
 from .loading import LABEL, SHOWN, SPENT, load
 from .mechanisms import derived_pool_rates, diagnostics_section, dilemma_section, pool_section
@@ -148,6 +148,7 @@ def main() -> int:
     for suite in ("synthetic", "cub50"):
         lines += pool_section(suite)
     lines += calibration_section() + probe_section(LABEL, SHOWN)
+    lines += practitioner.sections()
     lines += [*notes(groups), "", *speed_section(), *device_check_section()]
     from kdcicam.data.metadata import atomic_write_text
 

@@ -12,12 +12,13 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 #: variant -> (default config: a shipped config's name, default data folder under the working folder)
 VARIANTS = {"v1": ("synthetic", "data/synth"), "v2": ("synthetic_v2", "data/synth_v2")}
 #: --smoke: the data's size (images per split, side in pixels) and the training that checks an install in about
 #: a minute on 2 cores -- every method, every stage, evaluation and report, with numbers that mean nothing
-SMOKE_DATA = {"size": 32, "n_train": 32, "n_val": 16, "n_val_conflict": 16, "n_test": 16, "n_test_conflict": 16}
+SMOKE_DATA: dict[str, Any] = {"size": 32, "n_train": 32, "n_val": 16, "n_val_conflict": 16, "n_test": 16, "n_test_conflict": 16}
 SMOKE_OVERRIDES = ["model.freeze_stages=12", "data.image_size=32", "data.augment.resize=36", "data.batch_size=16",
                    "data.eval_batch_size=32", "optim.epochs=1", "model.pool_rate_target=null",
                    "kd.student.model.pool_rate_target=null", "trainer.progress_bar=false"]
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--methods {method}: not a registered method; valid: {', '.join(methods)}")
     args.methods = list(args.methods or methods)
     data = Path(args.data or VARIANTS[args.variant][1] + ("_smoke" if args.smoke else ""))
-    sizes = SMOKE_DATA if args.smoke else {}
+    sizes: dict[str, Any] = SMOKE_DATA if args.smoke else {}
     overrides = [*SMOKE_OVERRIDES, *args.overrides] if args.smoke else list(args.overrides)
     if not (data / "dataset.yaml").is_file():
         print(f"[demo] generating the synthetic confounded-objects dataset ({args.variant}) into {data} ...",
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if args.variant == "v2":
         ensure_synthetic(data, v2_config(**sizes))
     else:
-        ensure_synthetic(data, SyntheticConfig(**{k: v for k, v in sizes.items() if k != "n_val_conflict"}))
+        v1_sizes = {k: v for k, v in sizes.items() if k != "n_val_conflict"}  # v1 has no val_conflict split
+        ensure_synthetic(data, SyntheticConfig(**v1_sizes))
     print(f"[demo] data ready in {time.time() - t:.1f} s", flush=True)
     out = Path(args.out)
     columns: dict[str, dict] = {}
