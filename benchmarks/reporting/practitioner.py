@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+REPO = Path(__file__).resolve().parents[2]
 SEEDS = (0, 1, 2)
 
 
@@ -97,7 +98,7 @@ def posthoc_section(results: Path = RESULTS) -> list[str]:
             splits = docs[0]["splits"]
             lines += [(f"MaxBoxAccV2 on {', '.join(splits)} (mean ± sd over seeds; box threshold chosen on val for "
                       "each method's own maps); the runs are the CAM runs of the accuracy tables "
-                      f"(`{docs[0]['run']}` and its seeds; files `posthoc/posthoc_{suite}_cam_seed*.json`)."), ""]
+                      f"(`{docs[0]['run'].removeprefix(str(REPO) + '/')}` and its seeds; files `posthoc/posthoc_{suite}_cam_seed*.json`)."), ""]
             header = "| checkpoint | method | " + " | ".join(f"{s} MaxBoxAccV2" for s in splits) + " | seeds |"
             lines += [header, "|---|---|" + "---|" * len(splits) + "---|"]
             methods = list(dict.fromkeys(m for d in docs for e in d["entries"].values() for m in e))
