@@ -57,8 +57,8 @@ def test_aot_equals_jit(interval: float):
     outs = []
     for impl in (aot, _kernels):
         out = (np.zeros((b, nt)), np.zeros((b, nt)), np.zeros((b, nt), np.uint8), np.zeros((b, nt), np.int64),
-               np.ones(b, np.bool_))
-        impl.batch_box_ious(maps, thresholds, boxes, offsets, 0, b, *out, True)
+               np.ones(b, np.bool_), np.zeros(b))
+        impl.batch_box_ious(maps, thresholds, boxes, offsets, 0, b, *out[:5], True, out[5], True)
         q, hist = np.empty((224, 224), np.uint8), np.empty((4, 256), np.int64)
         top = impl.quantize(maps[0], q, hist)
         fg, bg = np.zeros(len(edges) - 1, np.int64), np.zeros(len(edges) - 1, np.int64)
@@ -173,7 +173,7 @@ def test_aot_kernel_releases_the_gil():
         started.set()
         span.append(time.perf_counter())
         aot.batch_box_ious(maps, thresholds, np.array([[10, 10, 100, 100]]), np.zeros(b + 1, np.int64), 0, b,
-                           *out, True)
+                           *out, True, np.zeros(b), True)
         span.append(time.perf_counter())
 
     thread = threading.Thread(target=kernel)
