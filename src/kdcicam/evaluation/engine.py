@@ -13,7 +13,6 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 
 from . import _compiled
@@ -60,6 +59,8 @@ class BoxIoUs:
 def _plain(q: np.ndarray, level: int, gt: np.ndarray, single: bool = True) -> tuple[float, float]:
     """Best IoU of the largest contour's box (0.0 unless ``single``) and of all contours' boxes,
     by findContours."""
+    import cv2  # here: OpenCV's import (some 30 ms) is paid only when a map needs tracing, on a pool thread
+
     height, width = q.shape
     binary = cv2.threshold(q, level, 255, cv2.THRESH_BINARY)[1]
     contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
