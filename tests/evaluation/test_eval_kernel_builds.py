@@ -187,3 +187,24 @@ def test_aot_kernel_releases_the_gil():
     quarter = (end - start) / 4
     assert quarter > 0.01
     assert sum(start + quarter < t < end - quarter for t in seen) > 0
+
+
+def test_score_says_when_it_falls_back_to_the_jit(monkeypatch, capsys, tmp_path: Path):
+    """Without a current AOT module (nobody asked for the JIT), `kdcicam score` says so on stderr, with the
+    reason and the cost, and scores as usual; with the AOT module, or the JIT asked for, it says nothing."""
+    from _eval_helpers import make_metadata, write_split
+
+    from kdcicam.cli import main
+
+    md = make_metadata(boxes={"a/x.jpg": [(10, 20, 100, 150)]}, sizes={"a/x.jpg": (224, 224)})
+    split = write_split(tmp_path, md)
+    (tmp_path / "cams" / "a").mkdir(parents=True)
+    np.save(tmp_path / "cams" / "a" / "x.jpg.npy", smooth_map(np.random.default_rng(0)))
+    args = ["score", str(tmp_path / "cams"), "--metadata", str(split)]
+    monkeypatch.setattr(_compiled, "_FALLBACK", "no usable ahead-of-time kernels (ImportError: gone)")
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "ImportError: gone" in err and "numba's JIT" in err and "first one compiles" in err
+    monkeypatch.setattr(_compiled, "_FALLBACK", "")
+    assert main(args) == 0
+    assert capsys.readouterr().err == ""

@@ -49,20 +49,32 @@ def _aot_module() -> tuple[ModuleType | None, str]:
     return module, ""
 
 
-def _load() -> tuple[ModuleType, str]:
+def _load() -> tuple[ModuleType, str, str]:
     choice = os.environ.get(ENV, "").strip().lower()
     if choice not in ("", "aot", "jit"):
         raise KernelBackendError(f"{ENV}={os.environ[ENV]!r}: expected 'aot', 'jit' or unset")
+    why = ""
     if choice != "jit":
         module, why = _aot_module()
         if module is not None:
-            return module, "aot"
+            return module, "aot", ""
         if choice == "aot":
             raise KernelBackendError(f"{ENV}=aot: {why}")
-    return importlib.import_module(".evaluation._kernels", "kdcicam"), "jit"
+    return importlib.import_module(".evaluation._kernels", "kdcicam"), "jit", why
 
 
-_impl, BACKEND = _load()  #: ``"aot"`` or ``"jit"``: which build this process runs
+_impl, BACKEND, _FALLBACK = _load()  #: ``"aot"`` or ``"jit"``: which build this process runs
+
+
+def fallback_notice() -> str | None:
+    """One line for the user when this process runs on the JIT although nobody asked for it (the AOT
+    module is missing, stale or for another CPU): each run then imports numba (about 0.3 s), and the
+    first one compiles the kernels (about 20 s of CPU, cached after). ``None`` on the AOT module or
+    with ``KDCICAM_KERNELS=jit``."""
+    if not _FALLBACK:
+        return None
+    return (f"note: {_FALLBACK}. Using numba's JIT instead: each run starts some 0.3 s slower, and the first one "
+            "compiles the kernels (about 20 s, once; same results).")
 
 
 _NO_LEAK = np.zeros(0, dtype=np.float64)  #: the ``leak`` argument when leakage is not asked for
