@@ -805,7 +805,10 @@ def mask_histograms(scoremap, mask, edges, fg_hist, bg_hist):
             bg_hist[b] += 1
 
 
-_LANES = 8  #: leakage sums: pixel ``i`` adds to lane ``i % 8`` (see :func:`_leakage`)
+@njit(cache=True, nogil=True, inline="always")
+def _lane(v, r, t, o):
+    """One pixel into its lane's sums (``v >= 0``: ``v * 0.0`` adds +0.0, which changes no sum)."""
+    return t + v * np.float64(r <= 1), o + v * np.float64(r == 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -814,50 +817,43 @@ def _leakage(flat, labels):
     other label ignored); NaN when a value is NaN or infinite; a flat map counts as uniform.
 
     Why eight lanes: one running sum is a chain of dependent additions, four cycles each, and cost
-    as much as the box kernel's foreground pass; pixel ``i`` goes to lane ``i % 8`` and the lanes are
-    added pairwise at the end, an order fixed by this code (not by the compiler's vectoriser), so
-    every build gives the same bits. The minimum is exact in any order."""
+    as much as the box kernel's foreground pass; pixel ``i`` goes to lane ``i % 8`` (eight scalars, kept
+    in registers) and the lanes are added pairwise at the end, an order fixed by this code (not by the
+    compiler's vectoriser), so every build gives the same bits. The minimum is exact in any order."""
     n = flat.shape[0]
+    m = n - n % 8
     bad = 0
-    lo = np.full(_LANES, np.inf)
-    for i in range(0, n - n % _LANES, _LANES):
-        for k in range(_LANES):
-            v = flat[i + k]
-            bad += np.int64(not (abs(v) < np.inf))  # NaN fails the comparison too
-            lo[k] = min(lo[k], v)
-    for i in range(n - n % _LANES, n):
+    lo = np.inf
+    for i in range(n):
         v = flat[i]
-        bad += np.int64(not (abs(v) < np.inf))
-        lo[0] = min(lo[0], v)
+        bad += np.int64(not (abs(v) < np.inf))  # NaN fails the comparison too
+        lo = min(lo, v)
     if bad:
         return np.nan
-    low = lo.min()
-    total = np.zeros(_LANES)
-    outside = np.zeros(_LANES)
+    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = 0.0
+    o0 = o1 = o2 = o3 = o4 = o5 = o6 = o7 = 0.0
+    for i in range(0, m, 8):
+        t0, o0 = _lane(flat[i] - lo, labels[i], t0, o0)
+        t1, o1 = _lane(flat[i + 1] - lo, labels[i + 1], t1, o1)
+        t2, o2 = _lane(flat[i + 2] - lo, labels[i + 2], t2, o2)
+        t3, o3 = _lane(flat[i + 3] - lo, labels[i + 3], t3, o3)
+        t4, o4 = _lane(flat[i + 4] - lo, labels[i + 4], t4, o4)
+        t5, o5 = _lane(flat[i + 5] - lo, labels[i + 5], t5, o5)
+        t6, o6 = _lane(flat[i + 6] - lo, labels[i + 6], t6, o6)
+        t7, o7 = _lane(flat[i + 7] - lo, labels[i + 7], t7, o7)
+    for i in range(m, n):
+        t0, o0 = _lane(flat[i] - lo, labels[i], t0, o0)
     n_valid = 0
     n_outside = 0
-    for i in range(0, n - n % _LANES, _LANES):
-        for k in range(_LANES):
-            r = labels[i + k]
-            v = flat[i + k] - low
-            inside_or_out = np.float64(r <= 1)  # v >= 0: v * 0.0 adds +0.0, which changes no sum
-            out = np.float64(r == 0)
-            total[k] += v * inside_or_out
-            outside[k] += v * out
-            n_valid += np.int64(r <= 1)
-            n_outside += np.int64(r == 0)
-    for i in range(n - n % _LANES, n):
+    for i in range(n):
         r = labels[i]
-        v = flat[i] - low
-        total[0] += v * np.float64(r <= 1)
-        outside[0] += v * np.float64(r == 0)
         n_valid += np.int64(r <= 1)
         n_outside += np.int64(r == 0)
-    t = ((total[0] + total[1]) + (total[2] + total[3])) + ((total[4] + total[5]) + (total[6] + total[7]))
-    o = ((outside[0] + outside[1]) + (outside[2] + outside[3])) + ((outside[4] + outside[5]) + (outside[6] + outside[7]))
-    if t <= 0.0:
+    total = ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7))
+    outside = ((o0 + o1) + (o2 + o3)) + ((o4 + o5) + (o6 + o7))
+    if total <= 0.0:
         return n_outside / max(n_valid, 1)
-    return o / t
+    return outside / total
 
 
 @njit(cache=True, nogil=True)
