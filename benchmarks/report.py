@@ -855,8 +855,8 @@ def _end_to_end_lines(e2e: dict) -> list[str]:
                   "file reads included), one contour mode per command, as wsolevaluation runs. Reference: "
                   "`benchmarks/reference_score.py` (wsolevaluation's loop: `np.load` and one `cv2.findContours` per "
                   f"image and threshold), one thread, one run per case. Ours: `python -m kdcicam score CAM_DIR --metadata "
-                  f"SPLIT --interval I [--multi-contour]` (both modes and context leakage computed), mean of {runs} runs "
-                  + (f"on every core ({threads} threads: `kdcicam score` shares the images between the machine's cores, "
+                  f"SPLIT --interval I [--multi-contour]` (both modes and context leakage computed), mean of {runs} runs"
+                  + (f" on every core ({threads} threads: `kdcicam score` shares the images between the machine's cores, "
                      "so this ratio includes the extra cores)" if threads else "")
                   + ("; one core: the same command pinned to one core (the ratio that owes nothing to the extra cores)"
                      if one_core else "")
@@ -927,8 +927,14 @@ def _kernel_builds_lines(path: Path) -> list[str]:
                   f"{data.get('note', '')}). Each a fresh process, min of the runs:"), "",
              "| what | wall s | CPU s |", "|---|---|---|"]
     lines += [f"| {name} | {cell(key)} |" for name, key in rows if key in r]
-    lines += ["", f"`import numba.pycc` warns: {r.get('pycc_warning', '?')}.", "",
-              f"Decision: {data.get('decision', '?')}"]
+    evidence = []
+    if isinstance(r.get("score_aot"), dict) and isinstance(r.get("score_jit_cached"), dict):
+        evidence.append(f"`kdcicam score` took {r['score_jit_cached']['cpu_s'] - r['score_aot']['cpu_s']:.2f} CPU s more "
+                        "on the cached JIT than on the AOT module")
+    if isinstance(r.get("jit_first_call"), dict):
+        evidence.append(f"the JIT's first call compiles for {r['jit_first_call']['cpu_s']:.1f} CPU s")
+    lines += ["", f"`import numba.pycc` warns: {str(r.get('pycc_warning', '?')).rstrip('.')}.", "",
+              f"Decision: {data.get('decision', '?')}" + (f" Measured: {'; '.join(evidence)}." if evidence else "")]
     return lines
 
 
