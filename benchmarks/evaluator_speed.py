@@ -21,8 +21,14 @@ included: ``python -m kdcicam score CAM_DIR --metadata SPLIT --interval I [--mul
 ``benchmarks/reference_score.py`` (wsolevaluation's evaluation loop: one ``np.load`` and one
 findContours per image and threshold), at each ``--intervals`` value, in each mode, curves asserted
 equal. ``first_run_s`` is our command's first run with an empty numba cache (what the first run after
-``pip install`` pays), ``ours_s`` the mean of ``--repeat`` runs after it; the reference runs once per
-case (a minute or more at 0.001, so its run-to-run spread is small beside it).
+``pip install`` pays), ``ours_s`` the mean of ``--repeat`` runs after it on every core (``threads``, the
+reference is one thread), ``ours_one_core_s`` the same command pinned to one core (``ratio_one_core``:
+the speed-up that owes nothing to the extra cores); the reference runs once per case (a minute or more at
+0.001, so its run-to-run spread is small beside it).
+
+``kernel_builds`` (issue 27, :mod:`kernel_builds`, also written to ``benchmarks/results/kernel_builds.json``):
+the AOT module against numba's cached JIT, import and first-call (compile) times, and ``kdcicam score``
+end to end with each build on the same maps.
 
 ``end_to_end.profile`` (at interval 0.01): where ``kdcicam score``'s time goes, each part timed on its
 own: the interpreter (``python -c pass``), the imports of the command (``python -c "import ..."`` of the
@@ -39,7 +45,9 @@ smallest N from which every core is faster is where ``kdcicam score`` should sta
 Results go to ``benchmarks/results/evaluator_speed.json`` with the commit, machine, library versions
 and the kernels' build (``aot``: compiled at install; ``jit``: numba's JIT).
 
-    python benchmarks/evaluator_speed.py [--images N] [--repeat R] [--intervals 0.01 0.001] [--out PATH]
+    python benchmarks/evaluator_speed.py [--images N] [--repeat R] [--intervals 0.01 0.001] [--no-kernel-builds] [--out PATH]
+
+(``kernel_builds.json`` is written beside ``--out``.)
 """
 from __future__ import annotations
 
@@ -62,6 +70,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import kernel_builds
 from provenance import cpu_model, git_commit
 
 from kdcicam.data.metadata import Metadata, atomic_write_text, read_metadata, write_metadata
@@ -239,10 +248,16 @@ def _save_cams(folder: Path, ids: list[str], maps: np.ndarray) -> None:
         np.save(path, scoremap)
 
 
-def _run(command: list[str], env: dict[str, str]) -> float:
-    """Wall time of one command, process start to exit."""
+def _one_core() -> None:
+    """In the child before it starts: pinned to one core (``kdcicam score`` then runs one worker thread)."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def _run(command: list[str], env: dict[str, str], one_core: bool = False) -> float:
+    """Wall time of one command, process start to exit (``one_core``: pinned to one core)."""
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
+                          preexec_fn=_one_core if one_core else None)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -257,7 +272,7 @@ def end_to_end(split: Path, ids: list[str], maps: np.ndarray, intervals: list[fl
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     backend = subprocess.run([sys.executable, "-c", "from kdcicam.evaluation import _compiled; print(_compiled.BACKEND)"],
                              env=env, capture_output=True, text=True, check=True).stdout.strip()
-    out: dict[str, Any] = {"images": len(ids), "kernels": backend, "cases": []}
+    out: dict[str, Any] = {"images": len(ids), "kernels": backend, "threads": default_workers(), "cases": []}
     print(f"  end to end, {len(ids)} .npy files, kernels: {backend}", flush=True)
     for interval in intervals:
         for mode, flag in (("single_contour", []), ("multi_contour", ["--multi-contour"])):
@@ -268,19 +283,25 @@ def end_to_end(split: Path, ids: list[str], maps: np.ndarray, intervals: list[fl
             with tempfile.TemporaryDirectory(dir=tmp) as cache:  # an empty numba cache: the first run after install
                 first = _run(ours, {**env, "NUMBA_CACHE_DIR": cache})
             t_ref = _run(reference, env)
-            t_ours = [_run(ours, env) for _ in range(repeat)]
+            t_ours, t_one = [], []
+            for _ in range(repeat):  # alternating, so that both see the same load
+                t_ours.append(_run(ours, env))
+                t_one.append(_run(ours, env, one_core=True))
             got, want = json.loads(ours_json.read_text()), json.loads(ref_json.read_text())
             assert got["box_acc_curve"] == want["box_acc_curve"], (interval, mode)
             assert got["max_box_acc"] == want["max_box_acc"], (interval, mode)
-            mean = float(np.mean(t_ours))
+            mean, one = float(np.mean(t_ours)), float(np.mean(t_one))
             out["cases"].append({
                 "interval": interval, "mode": mode, "reference_s": round(t_ref, 3), "ours_s": round(mean, 3),
                 "ours_runs_s": [round(t, 3) for t in t_ours], "first_run_s": round(first, 3),
-                "ratio": round(t_ref / mean, 2), "ratio_first_run": round(t_ref / first, 2),
+                "ours_one_core_s": round(one, 3), "ours_one_core_runs_s": [round(t, 3) for t in t_one],
+                "ratio": round(t_ref / mean, 2), "ratio_one_core": round(t_ref / one, 2),
+                "ratio_first_run": round(t_ref / first, 2),
                 "max_box_acc": got["max_box_acc"], "equal_to_reference": True,
             })
             print(f"  interval {interval:<6g} {mode:15s} reference {t_ref:7.2f} s   ours {mean:6.3f} s "
-                  f"(first run {first:6.3f} s)   ratio {t_ref / mean:6.1f}x", flush=True)
+                  f"(one core {one:6.3f} s, first run {first:6.3f} s)   ratio {t_ref / mean:6.1f}x "
+                  f"(one core {t_ref / one:5.1f}x)", flush=True)
     return out
 
 
@@ -374,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement, averaged (default 2)")
     parser.add_argument("--intervals", type=float, nargs="*", default=[0.01, 0.001],
                         help="CAM threshold intervals of the end-to-end timing (default 0.01 0.001; none: skip it)")
+    parser.add_argument("--no-kernel-builds", action="store_true",
+                        help="skip the AOT-vs-JIT timing (benchmarks/kernel_builds.py; half a minute of compiling)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evaluator_speed.json"))
     args = parser.parse_args(argv)
 
@@ -411,6 +434,14 @@ def main(argv: list[str] | None = None) -> int:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
             results["end_to_end"]["profile"] = profile_score(e2e_split, Path(tmp) / "cams", e2e_maps, 0.01, env,
                                                              args.repeat, Path(tmp))
+        if not args.no_kernel_builds:
+            print("kernel_builds (AOT vs numba's cached JIT):", flush=True)
+            cams = Path(tmp) / "cams" if args.intervals else None
+            measured = kernel_builds.measure(args.repeat, cams, e2e_split if cams else None)
+            kernel_builds.record(measured, ["(run by evaluator_speed.py)"], Path(args.out).with_name(kernel_builds.OUT.name))
+            results["kernel_builds"] = measured
+            print("  " + ", ".join(f"{k} {v['cpu_s']:.2f} cpu s" for k, v in measured.items() if isinstance(v, dict)),
+                  flush=True)
 
     record = {
         "benchmark": "evaluator_speed",
@@ -419,14 +450,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
         "machine": machine(),
         "settings": {"cam_size": 224, "cam_curve_interval": 0.01, "iou_thresholds": [30, 50, 70], "batch": BATCH,
-                     "workers": default_workers(), "repeat": args.repeat,
+                     "workers": default_workers(), "threads": default_workers(), "repeat": args.repeat,
                      "timing": "reference (both modes), ours per mode and ours in both modes at once alternate batch by "
                      "batch; times summed, averaged over repeats", "reference": "kdcicam.evaluation.reference (one findContours "
                      "per image and threshold, wsolevaluation's algorithm), one thread",
                      "end_to_end": "whole commands timed from process start to exit: `python -m kdcicam score` vs "
                      "benchmarks/reference_score.py (wsolevaluation's loop: np.load + findContours per image and "
-                     "threshold), one mode per command, same .npy files; reference once per case, ours the mean of "
-                     "`repeat` runs after a first run with an empty numba cache", "intervals": args.intervals},
+                     "threshold), one mode per command, same .npy files; reference once per case (one thread), ours "
+                     "the mean of `repeat` runs on every core (`threads`) and of `repeat` runs pinned to one core, "
+                     "after a first run with an empty numba cache", "intervals": args.intervals},
         "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
                                     "after": [round(v, 2) for v in os.getloadavg()]},
         "note": "the machine is shared with other jobs (see the load averages: 2 cores); the ratio (both timed "

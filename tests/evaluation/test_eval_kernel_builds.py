@@ -57,8 +57,8 @@ def test_aot_equals_jit(interval: float):
     outs = []
     for impl in (aot, _kernels):
         out = (np.zeros((b, nt)), np.zeros((b, nt)), np.zeros((b, nt), np.uint8), np.zeros((b, nt), np.int64),
-               np.ones(b, np.bool_))
-        impl.batch_box_ious(maps, thresholds, boxes, offsets, 0, b, *out, True)
+               np.ones(b, np.bool_), np.zeros(b))
+        impl.batch_box_ious(maps, thresholds, boxes, offsets, 0, b, *out[:5], True, out[5], True)
         q, hist = np.empty((224, 224), np.uint8), np.empty((4, 256), np.int64)
         top = impl.quantize(maps[0], q, hist)
         fg, bg = np.zeros(len(edges) - 1, np.int64), np.zeros(len(edges) - 1, np.int64)
@@ -173,7 +173,7 @@ def test_aot_kernel_releases_the_gil():
         started.set()
         span.append(time.perf_counter())
         aot.batch_box_ious(maps, thresholds, np.array([[10, 10, 100, 100]]), np.zeros(b + 1, np.int64), 0, b,
-                           *out, True)
+                           *out, True, np.zeros(b), True)
         span.append(time.perf_counter())
 
     thread = threading.Thread(target=kernel)
@@ -187,3 +187,24 @@ def test_aot_kernel_releases_the_gil():
     quarter = (end - start) / 4
     assert quarter > 0.01
     assert sum(start + quarter < t < end - quarter for t in seen) > 0
+
+
+def test_score_says_when_it_falls_back_to_the_jit(monkeypatch, capsys, tmp_path: Path):
+    """Without a current AOT module (nobody asked for the JIT), `kdcicam score` says so on stderr, with the
+    reason and the cost, and scores as usual; with the AOT module, or the JIT asked for, it says nothing."""
+    from _eval_helpers import make_metadata, write_split
+
+    from kdcicam.cli import main
+
+    md = make_metadata(boxes={"a/x.jpg": [(10, 20, 100, 150)]}, sizes={"a/x.jpg": (224, 224)})
+    split = write_split(tmp_path, md)
+    (tmp_path / "cams" / "a").mkdir(parents=True)
+    np.save(tmp_path / "cams" / "a" / "x.jpg.npy", smooth_map(np.random.default_rng(0)))
+    args = ["score", str(tmp_path / "cams"), "--metadata", str(split)]
+    monkeypatch.setattr(_compiled, "_FALLBACK", "no usable ahead-of-time kernels (ImportError: gone)")
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "ImportError: gone" in err and "numba's JIT" in err and "first one compiles" in err
+    monkeypatch.setattr(_compiled, "_FALLBACK", "")
+    assert main(args) == 0
+    assert capsys.readouterr().err == ""

@@ -336,10 +336,11 @@ def test_a_failed_batch_adds_nothing(four_images, workers):
 
 
 def test_a_failed_side_job_adds_nothing(four_images, monkeypatch):
-    """The pixel metrics fail on their pool thread while the box kernel succeeds: nothing is added."""
+    """The pixel metrics (with masks: without, leakage is the box kernel's) fail on their pool thread
+    while the box kernel succeeds: nothing is added."""
     md, ids, maps = four_images
     ev = WSOLEvaluator(md, workers=2)
-    ev.accumulate(maps[:2], ids[:2])
+    ev.accumulate(maps[:2], ids[:2], gt_masks=np.ones((2, 224, 224), np.uint8))
     before = ev.compute()
 
     def broken(*args):
@@ -347,7 +348,7 @@ def test_a_failed_side_job_adds_nothing(four_images, monkeypatch):
 
     monkeypatch.setattr(ev, "_pixel_metrics", broken)
     with pytest.raises(RuntimeError, match="side job failed"):
-        ev.accumulate(maps[2:], ids[2:])
+        ev.accumulate(maps[2:], ids[2:], gt_masks=np.ones((2, 224, 224), np.uint8))
     assert ev.compute() == before
 
 

@@ -271,3 +271,22 @@ def test_read_ahead_scores_as_one_batch(tmp_path: Path, monkeypatch, capsys):
     capsys.readouterr()
     _fails(capsys, ["score", str(tmp_path / "cams"), "--metadata", str(split)], repr(ids[late]), "NaN or inf",
            f"{ids[late]}.npy")
+
+
+def test_score_loads_no_heavy_module_up_front():
+    """What `kdcicam score` imports before scoring: neither torch, nor YAML (unless a dataset.yaml is read),
+    nor OpenCV (loaded on a pool thread when a map needs tracing); numba only without current AOT kernels."""
+    import os
+    import subprocess
+    import sys
+
+    import kdcicam
+    from kdcicam.evaluation import _compiled
+
+    src = str(Path(kdcicam.__file__).resolve().parents[1])
+    code = ("import sys\nfrom kdcicam.cli import build_parser\nbuild_parser('score')\n"
+            "import kdcicam.evaluation.saved_cams, kdcicam.evaluation.cam_batches, kdcicam.evaluation.metrics\n"
+            "print(' '.join(m for m in ('torch', 'yaml', 'cv2', 'numba') if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ([] if _compiled.BACKEND == "aot" else ["numba"]), done.stdout

@@ -69,8 +69,15 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from ..data.metadata import atomic_write_text
+    from ..evaluation import _compiled
     from ..evaluation.saved_cams import score_saved_cams
+
+    notice = _compiled.fallback_notice()
+    if notice:  # on stderr, before a first run's compilation, so that a silent pause has its reason
+        print(f"kdcicam score: {notice}", file=sys.stderr, flush=True)
 
     result = score_saved_cams(Path(args.cam_dir), Path(args.metadata), args.multi_contour, args.iou, args.interval,
                               _size(args.cam_size), args.normalize,

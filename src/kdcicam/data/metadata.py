@@ -25,8 +25,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import yaml
-
 from ..errors import MetadataError  # MetadataError re-exported: callers import it from here
 from .atomic import atomic_write_text  # re-exported: the writers below and many callers use it from here
 from .numbers import parse_number
@@ -144,6 +142,8 @@ def _require(path: Path) -> Path:
 
 def read_dataset_info(dataset_dir: str | os.PathLike) -> DatasetInfo:
     """Read ``dataset.yaml`` (safe YAML only). A relative ``image_root`` is relative to the yaml."""
+    import yaml  # here: most readers of a split (``kdcicam score``) never read a dataset.yaml
+
     path = Path(dataset_dir) / DATASET_YAML
     _require(path)
     try:
@@ -170,6 +170,8 @@ def read_dataset_info(dataset_dir: str | os.PathLike) -> DatasetInfo:
 
 def write_dataset_info(dataset_dir: str | os.PathLike, info: DatasetInfo) -> Path:
     """Write ``dataset.yaml``; the image root is stored relative to it when it lies inside."""
+    import yaml
+
     dataset_dir = Path(dataset_dir)
     root, base = Path(info.image_root).resolve(), dataset_dir.resolve()
     # inside the dataset folder → relative (the folder can be moved); elsewhere → absolute

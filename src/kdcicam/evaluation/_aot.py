@@ -27,7 +27,7 @@ MODULE = "_kernels_aot"
 #: wrappers in :mod:`._compiled` make the arguments match)
 SIGNATURES = {
     "batch_box_ious": "void(f8[:,:,::1], f8[::1], i8[:,::1], i8[::1], i8, i8, f8[:,::1], f8[:,::1], u1[:,::1], "
-                      "i8[:,::1], b1[::1], b1)",
+                      "i8[:,::1], b1[::1], b1, f8[::1], b1)",
     "quantize": "i8(f8[:,::1], u1[:,::1], i8[:,::1])",
     "best_ious": "f8[::1](i8[:,::1], i8[:,::1])",
     "mask_histograms": "void(f8[:,::1], u1[:,::1], f8[::1], i8[::1], i8[::1])",

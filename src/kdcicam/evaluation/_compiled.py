@@ -49,20 +49,35 @@ def _aot_module() -> tuple[ModuleType | None, str]:
     return module, ""
 
 
-def _load() -> tuple[ModuleType, str]:
+def _load() -> tuple[ModuleType, str, str]:
     choice = os.environ.get(ENV, "").strip().lower()
     if choice not in ("", "aot", "jit"):
         raise KernelBackendError(f"{ENV}={os.environ[ENV]!r}: expected 'aot', 'jit' or unset")
+    why = ""
     if choice != "jit":
         module, why = _aot_module()
         if module is not None:
-            return module, "aot"
+            return module, "aot", ""
         if choice == "aot":
             raise KernelBackendError(f"{ENV}=aot: {why}")
-    return importlib.import_module(".evaluation._kernels", "kdcicam"), "jit"
+    return importlib.import_module(".evaluation._kernels", "kdcicam"), "jit", why
 
 
-_impl, BACKEND = _load()  #: ``"aot"`` or ``"jit"``: which build this process runs
+_impl, BACKEND, _FALLBACK = _load()  #: ``"aot"`` or ``"jit"``: which build this process runs
+
+
+def fallback_notice() -> str | None:
+    """One line for the user when this process runs on the JIT although nobody asked for it (the AOT
+    module is missing, stale or for another CPU): each run then imports numba (about 0.3 s), and the
+    first one compiles the kernels (about 20 s of CPU, cached after). ``None`` on the AOT module or
+    with ``KDCICAM_KERNELS=jit``."""
+    if not _FALLBACK:
+        return None
+    return (f"note: {_FALLBACK}. Using numba's JIT instead: each run starts some 0.3 s slower, and the first one "
+            "compiles the kernels (about 20 s, once; same results).")
+
+
+_NO_LEAK = np.zeros(0, dtype=np.float64)  #: the ``leak`` argument when leakage is not asked for
 
 
 def _c(a: np.ndarray, dtype: type) -> np.ndarray:
@@ -79,14 +94,18 @@ def _out(a: np.ndarray, dtype: type, name: str) -> np.ndarray:
 
 def batch_box_ious(maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray, gt_offsets: np.ndarray,
                    first: int, stop: int, out_single: np.ndarray, out_multi: np.ndarray, flags: np.ndarray,
-                   levels: np.ndarray, valid: np.ndarray, with_holes: bool) -> None:
-    """:func:`._kernels.batch_box_ious` (images ``first .. stop - 1``; the outputs are ``[B, T]``)."""
+                   levels: np.ndarray, valid: np.ndarray, with_holes: bool, leak: np.ndarray | None = None) -> None:
+    """:func:`._kernels.batch_box_ious` (images ``first .. stop - 1``; the outputs are ``[B, T]``; ``leak``
+    ``[B]``: also each map's leakage against its GT boxes)."""
     if not 0 <= first <= stop <= maps.shape[0]:
         raise ValueError(f"image range {first}..{stop} outside a batch of {maps.shape[0]}")
+    if leak is not None and leak.shape != (maps.shape[0],):
+        raise ValueError(f"leak: expected shape ({maps.shape[0]},), got {leak.shape}")
     _impl.batch_box_ious(_c(maps, np.float64), _c(thresholds, np.float64), _c(gt_boxes, np.int64),
                          _c(gt_offsets, np.int64), int(first), int(stop), _out(out_single, np.float64, "out_single"),
                          _out(out_multi, np.float64, "out_multi"), _out(flags, np.uint8, "flags"),
-                         _out(levels, np.int64, "levels"), _out(valid, np.bool_, "valid"), bool(with_holes))
+                         _out(levels, np.int64, "levels"), _out(valid, np.bool_, "valid"), bool(with_holes),
+                         _NO_LEAK if leak is None else _out(leak, np.float64, "leak"), leak is not None)
 
 
 def quantize(scoremap: np.ndarray, q: np.ndarray, hist: np.ndarray) -> int:

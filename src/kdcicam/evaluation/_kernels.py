@@ -755,14 +755,17 @@ def box_ious(q, hist, top, thresholds, gt, out_single, out_multi, flags, with_ho
 
 @njit(cache=True, nogil=True)
 def batch_box_ious(maps, thresholds, gt_boxes, gt_offsets, first, stop, out_single, out_multi, flags,
-                   levels, valid, with_holes):
+                   levels, valid, with_holes, leak, with_leak):
     """``box_ious`` for images ``first .. stop - 1`` of ``maps [B, H, W]`` (float64); the GT boxes
     of image ``i`` are ``gt_boxes[gt_offsets[i]:gt_offsets[i + 1]]``. ``valid[i]`` is False for a map
-    with a value outside [0, 1] (its rows are left untouched)."""
+    with a value outside [0, 1] (its rows are left untouched). ``with_leak``: also ``leak[i]``, the
+    map's context leakage against the union of its GT boxes (:func:`leakage_share`), computed while
+    the map is still in the cache (a second pass over the maps later read them from memory again)."""
     h = maps.shape[1]
     w = maps.shape[2]
     q = np.empty((h, w), dtype=np.uint8)
     hist = np.empty((4, 256), dtype=np.int64)
+    region = np.empty((h, w), dtype=np.uint8)
     ws = workspace(h, w)
     for i in range(first, stop):
         top = quantize(maps[i], q, hist)
@@ -770,6 +773,9 @@ def batch_box_ious(maps, thresholds, gt_boxes, gt_offsets, first, stop, out_sing
         if top < 0:
             continue
         gt = gt_boxes[gt_offsets[i]:gt_offsets[i + 1]]
+        if with_leak:
+            _boxes_region(gt, region)
+            leak[i] = _leakage(maps[i].ravel(), region.ravel())
         levels[i] = box_ious(q, hist, top, thresholds, gt, out_single[i], out_multi[i], flags[i], with_holes, ws)
 
 
@@ -799,37 +805,74 @@ def mask_histograms(scoremap, mask, edges, fg_hist, bg_hist):
             bg_hist[b] += 1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _lane(v, r, t, o):
+    """One pixel into its lane's sums (``v >= 0``: ``v * 0.0`` adds +0.0, which changes no sum)."""
+    return t + v * np.float64(r <= 1), o + v * np.float64(r == 0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _leakage(flat, labels):
+    """The share of ``flat``'s mass (above its minimum) where ``labels`` is 0, among labels 0 and 1 (any
+    other label ignored); NaN when a value is NaN or infinite; a flat map counts as uniform.
+
+    Why eight lanes: one running sum is a chain of dependent additions, four cycles each, and cost
+    as much as the box kernel's foreground pass; pixel ``i`` goes to lane ``i % 8`` (eight scalars, kept
+    in registers) and the lanes are added pairwise at the end, an order fixed by this code (not by the
+    compiler's vectoriser), so every build gives the same bits. The minimum is exact in any order."""
+    n = flat.shape[0]
+    m = n - n % 8
+    bad = 0
+    lo = np.inf
+    for i in range(n):
+        v = flat[i]
+        bad += np.int64(not (abs(v) < np.inf))  # NaN fails the comparison too
+        lo = min(lo, v)
+    if bad:
+        return np.nan
+    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = 0.0
+    o0 = o1 = o2 = o3 = o4 = o5 = o6 = o7 = 0.0
+    for i in range(0, m, 8):
+        t0, o0 = _lane(flat[i] - lo, labels[i], t0, o0)
+        t1, o1 = _lane(flat[i + 1] - lo, labels[i + 1], t1, o1)
+        t2, o2 = _lane(flat[i + 2] - lo, labels[i + 2], t2, o2)
+        t3, o3 = _lane(flat[i + 3] - lo, labels[i + 3], t3, o3)
+        t4, o4 = _lane(flat[i + 4] - lo, labels[i + 4], t4, o4)
+        t5, o5 = _lane(flat[i + 5] - lo, labels[i + 5], t5, o5)
+        t6, o6 = _lane(flat[i + 6] - lo, labels[i + 6], t6, o6)
+        t7, o7 = _lane(flat[i + 7] - lo, labels[i + 7], t7, o7)
+    for i in range(m, n):
+        t0, o0 = _lane(flat[i] - lo, labels[i], t0, o0)
+    n_valid = 0
+    n_outside = 0
+    for i in range(n):
+        r = labels[i]
+        n_valid += np.int64(r <= 1)
+        n_outside += np.int64(r == 0)
+    total = ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7))
+    outside = ((o0 + o1) + (o2 + o3)) + ((o4 + o5) + (o6 + o7))
+    if total <= 0.0:
+        return n_outside / max(n_valid, 1)
+    return outside / total
+
+
 @njit(cache=True, nogil=True)
 def leakage_share(scoremap, region):
     """:func:`~kdcicam.evaluation.metrics.leakage` in one compiled pass: the share of the map's mass
     (above its minimum) outside the object. ``region``: 1 object, 0 background, any other value
     ignored (the minimum is taken over the whole map, as there). A flat map counts as uniform; a
-    map with NaN or inf gives NaN. (Branches suit real regions, boxes and masks, which come in long
-    runs; lane-split branch-free sums measured no faster.)"""
-    flat = scoremap.ravel()
-    labels = region.ravel()
-    lo = flat[0]
-    bad = 0
-    for i in range(flat.shape[0]):
-        v = flat[i]
-        lo = min(lo, v)
-        bad += np.int64(not (abs(v) < np.inf))  # NaN fails the comparison too
-    if bad:
-        return np.nan
-    total = 0.0
-    outside = 0.0
-    n_valid = 0
-    n_outside = 0
-    for i in range(flat.shape[0]):
-        r = labels[i]
-        if r > 1:
-            continue
-        v = flat[i] - lo
-        total += v
-        n_valid += 1
-        if r == 0:
-            outside += v
-            n_outside += 1
-    if total <= 0.0:
-        return n_outside / max(n_valid, 1)
-    return outside / total
+    map with NaN or inf gives NaN. Summed in eight lanes (:func:`_leakage`): equal to the numpy
+    definition up to rounding."""
+    return _leakage(scoremap.ravel(), region.ravel())
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _boxes_region(gt, region):
+    """``region`` (h x w uint8) = 1 inside any of the boxes ``gt [k, 4]`` (inclusive pixels, clipped to
+    the map), 0 elsewhere: :func:`~kdcicam.evaluation.masks.boxes_mask`."""
+    h, w = region.shape
+    region[:, :] = 0
+    for g in range(gt.shape[0]):
+        for y in range(max(gt[g, 1], 0), min(gt[g, 3] + 1, h)):
+            for x in range(max(gt[g, 0], 0), min(gt[g, 2] + 1, w)):
+                region[y, x] = 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import cv2
 import numpy as np
 
 from ..errors import KdcicamError
@@ -105,6 +104,8 @@ def normalize_scoremap(cam: np.ndarray) -> np.ndarray:
 def prepare_scoremap(cam: np.ndarray, size: int | Sequence[int] = 224) -> np.ndarray:
     """A raw CAM of any resolution -> the evaluated score map: bicubic resize to ``size`` (w, h),
     then min-max normalisation, in that order (bicubic overshoot is normalised away)."""
+    import cv2  # here, not at the top: `kdcicam score` loads OpenCV only when a map needs tracing
+
     w, h = as_size(size)
     cam = np.asarray(cam, dtype=np.float64)
     if cam.ndim != 2:
@@ -170,6 +171,8 @@ def box_iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
 
 def _contour_boxes(binary: np.ndarray, multi_contour: bool) -> np.ndarray:
     """Boxes of one binary (uint8 0/255) map: the largest contour's, or every contour's."""
+    import cv2
+
     height, width = binary.shape
     contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
     if len(contours) == 0:
@@ -190,6 +193,8 @@ def scoremap_to_boxes(scoremap: np.ndarray, thresholds: Sequence[float] | np.nda
     Exactly wsolevaluation's boxes (same contours, same order), but a binary map is traced once
     however many thresholds produce it (the map is 8-bit, so at most 256 distinct ones).
     """
+    import cv2
+
     scoremap = check_scoremap(scoremap)
     q = quantize_scoremap(scoremap)
     levels = threshold_levels(np.asarray(thresholds, dtype=np.float64), int(q.max()))

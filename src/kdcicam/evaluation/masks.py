@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from ..errors import ImageReadError
@@ -23,6 +22,8 @@ IGNORE = 255  #: mask value of pixels that count neither as object nor as backgr
 def load_mask_image(path: str, size: int | Sequence[int]) -> np.ndarray:
     """One mask file -> float32 ``[h, w]`` resized with INTER_NEAREST (wsolevaluation's
     ``load_mask_image``)."""
+    import cv2  # here: scoring boxes alone never loads OpenCV's masks path
+
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise ImageReadError(path, "missing or not an image OpenCV can decode")

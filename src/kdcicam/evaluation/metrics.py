@@ -415,8 +415,13 @@ class ContextLeakage:
             mask = self._masks.mask(image_id)
         if mask is None:
             mask = boxes_mask(self._gt(image_id) if boxes is None else boxes, self.grid.shape).view(np.uint8)
-        share = float(_compiled.leakage_share(scoremap, np.ascontiguousarray(mask)))
-        if math.isnan(share):  # the kernel's answer to a NaN or inf in the map
+        return self.units(float(_compiled.leakage_share(scoremap, np.ascontiguousarray(mask))), image_id)
+
+    @staticmethod
+    def units(share: float, image_id: str) -> int:
+        """A share from the kernel in units of 2**-52 (NaN, the kernel's answer to a NaN or inf in the
+        map: a :class:`ScoremapError` naming the image)."""
+        if math.isnan(share):
             raise ScoremapError(image_id, "contains NaN or inf")
         return round(share * _LEAKAGE_UNIT)
 
@@ -534,17 +539,30 @@ class WSOLEvaluator:
         elif self.masks or gt_masks is not None:
             masks = list(self._mask_reader.masks_for(ids, gt_masks))
         # the pixel metrics run on a pool thread beside the box kernel's chunks (both release the
-        # GIL); nothing is added to the counters until every part of the batch has succeeded
+        # GIL); nothing is added to the counters until every part of the batch has succeeded. Without
+        # masks, leakage is against the GT boxes: the box kernel computes it on each map it reads.
         workers = default_workers() if self.workers is None else max(1, int(self.workers))
         gts = [self._gt(i) for i in ids] if self.boxes else None  # for the box kernel and leakage alike
-        side = worker_pool(workers).submit(self._pixel_metrics, maps, ids, masks, gts) if workers > 1 else None
+        leak_in_kernel = gts is not None and masks[0] is None
+        pixel_work = not leak_in_kernel
+        side = None
+        if pixel_work and workers > 1:
+            side = worker_pool(workers).submit(self._pixel_metrics, maps, ids, masks, gts)
         try:
             result = None
             if gts is not None:
-                result = batch_box_ious(maps, gts, self.grid.thresholds, ids, workers, multi_contour=True)
+                result = batch_box_ious(maps, gts, self.grid.thresholds, ids, workers, multi_contour=True,
+                                        leakage=leak_in_kernel)
             else:
                 self.grid.check_range(maps, ids)
-            mask_counts, shares = side.result() if side is not None else self._pixel_metrics(maps, ids, masks, gts)
+            mask_counts, shares = None, None
+            if side is not None:
+                mask_counts, shares = side.result()
+            elif pixel_work:
+                mask_counts, shares = self._pixel_metrics(maps, ids, masks, gts)
+            if leak_in_kernel:
+                assert result is not None and result.leakage is not None  # leak_in_kernel implies GT boxes
+                shares = [self._leak.units(float(v), i) for v, i in zip(result.leakage, ids, strict=True)]
         finally:
             if side is not None:
                 wait([side])  # never leave it running into the next batch
