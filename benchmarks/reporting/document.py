@@ -26,6 +26,10 @@ PAPER_CUB_VGG16 = {
 }
 
 
+#: tagged runs with a section of their own (practitioner.dilemma_control_section: E3 scores test once, by design,
+#: so it is not an ablation scored on val)
+OWN_SECTION_TAGS = ("e3",)
+
 #: suites whose section is shown even before it has results (a redrawn test pair awaiting its runs); each has
 #: a
 #: block ``expected_<suite>`` in report_templates/page.md
@@ -139,10 +143,11 @@ def main() -> int:
             continue
         lines += suite_section(suite, groups[(suite, "")], groups)
     lines += spent_sections() + archive_section()
-    for suite in sorted({suite for suite, tag in groups if tag}):
+    ablations = {key: runs for key, runs in groups.items() if key[1] and key[1] not in OWN_SECTION_TAGS}
+    for suite in sorted({suite for suite, _ in ablations}):
         lines += ablation_section(
             suite,
-            {tag: runs for (s, tag), runs in groups.items() if s == suite and tag},
+            {tag: runs for (s, tag), runs in ablations.items() if s == suite},
             groups.get((suite, "")),
         )
     for suite in ("synthetic", "cub50"):
