@@ -96,9 +96,9 @@ def test_the_parity_rule_allows_only_near_ties():
 
 
 def test_the_report_summarises_a_device_check(smoke):
-    import report
+    from reporting.speed import device_check_section
 
-    lines = report.device_check_section(smoke[0])
+    lines = device_check_section(smoke[0])
     text = "\n".join(lines)
     assert lines[0].startswith("### Device check") and "mode cpu-smoke" in text
     assert "- ddp: ok" in text and "backend gloo" in text and "pools identical across ranks: True" in text

@@ -45,13 +45,13 @@ def _fake_run(suite: str, method: str, device: str, cpu: str, v2: float) -> dict
 
 
 def test_the_report_shows_gpu_rows_beside_the_cpu_rows():
-    import report
+    from reporting.tables import device_comparison
 
     groups = {("cub50", ""): {"cam": [_fake_run("cub50", "cam", "CPU: AMD EPYC", "AMD EPYC", 50.0)]}}
-    assert report.device_comparison(groups) == []  # one device: nothing to set side by side
+    assert device_comparison(groups) == []  # one device: nothing to set side by side
     groups[("cub50-gpu", "")] = {m: [_fake_run("cub50-gpu", m, "NVIDIA H200 (x1)", "Intel Xeon", 60.0 + i)]
                                  for i, m in enumerate(("cam", "ci-cam", "kd-ci-cam"))}
-    lines = report.device_comparison(groups)
+    lines = device_comparison(groups)
     rows = [ln for ln in lines if ln.startswith("| cub50")]
     assert len(rows) == 12  # each run at best_cls, best_loc and last
     assert rows[0].startswith("| cub50 | AMD EPYC, 2 cores | CAM | best_cls |")

@@ -35,16 +35,17 @@ def _run(method: str, seed: int, cls: float, loc: float, v2: float) -> dict:
 
 
 def test_the_report_rows_and_the_teachers_contribution():
-    import report
+    from reporting import runs as run_queries
+    from reporting import tables, targets
 
     runs = {m: [_run(m, s, 60.0 + s, 50.0, 70.0 + s) for s in (0, 1)] for m in ("cam", "ci-cam", "kd-ci-cam")}
-    assert report.teachers_contribution(runs, "test") == []  # no baseline run: nothing to say
+    assert targets.teachers_contribution(runs, "test") == []  # no baseline run: nothing to say
     runs["kd-baseline"] = [_run("kd-baseline", 0, 58.0, 51.0, 69.0), _run("kd-baseline", 1, 62.0, 49.0, 70.0)]
-    rows = [ln for ln in report.table(runs, "test") if ln.startswith("| ")][1:]
+    rows = [ln for ln in tables.table(runs, "test") if ln.startswith("| ")][1:]
     names = ["| CAM", "| CI-CAM", "| KD-CI-CAM", "| KD baseline (no teachers)"]
     assert [r.split(" | ")[:2] for r in rows] == [[n, k] for n in names for k in ("best_cls", "best_loc", "last")]
-    (line,) = report.teachers_contribution(runs, "test")
+    (line,) = targets.teachers_contribution(runs, "test")
     # seed 0: 60-58 = +2, seed 1: 61-62 = -1 -> mean +0.50; Top-1 Loc -1, +1 -> 0; V2 +1, +1 -> +1
     assert "seeds 0,1" in line and "Top-1 Cls +0.50" in line and "MaxBoxAccV2 +1.00" in line
     # a seed's budget counts the three methods only: the baseline is extra
-    assert report.seeds_of(runs) == [0, 1] and report.seed_minutes(runs) == [70.0 * 3 / 60] * 2
+    assert run_queries.seeds_of(runs) == [0, 1] and run_queries.seed_minutes(runs) == [70.0 * 3 / 60] * 2
