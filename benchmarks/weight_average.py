@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--eval-splits", default="val,test", metavar="A,B")
     args = p.parse_args()
     from kdcicam.checkpoints import average_checkpoints
+    from kdcicam.data.metadata import atomic_write_text
     from kdcicam.training.evaluate import evaluate
 
     splits = [s for s in args.eval_splits.split(",") if s]
@@ -85,9 +86,7 @@ def main() -> None:
             "seconds": round(time.perf_counter() - start, 1),
             **stamp(REPO, "benchmarks/weight_average.py"), "machine": machine(),
         }
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(out)
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
         for s in splits:
             m = record["metrics"].get(s, {})
             print(f"{args.suite} seed {seed} epochs {chosen} {s}: top1_cls {m.get('top1_cls', float('nan')):.2f} "

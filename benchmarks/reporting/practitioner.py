@@ -8,7 +8,9 @@ import json
 import statistics
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+from .formatting import fmt
+from .loading import RESULTS, floor_metrics
+
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = (0, 1, 2)
 
@@ -17,16 +19,9 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _ms(values: list[float]) -> str:
-    """mean ± sd (sd only with two values or more)."""
-    if not values:
-        return "–"
-    return f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
-
-
-def _floor(suite: str, split: str, results: Path) -> float | None:
-    floor = _read(results / f"floor_centre_gaussian_{suite}.json")
-    return None if floor is None else floor.get("splits", {}).get(split, {}).get("max_box_acc_v2")
+def _floor_v2(suite: str, split: str, results: Path) -> float | None:
+    m = floor_metrics(suite, split, results)
+    return None if m is None else m["max_box_acc_v2"]
 
 
 def dilemma_control_section(results: Path = RESULTS, suite: str = "cub50", tag: str = "e3") -> list[str]:
@@ -63,9 +58,9 @@ def dilemma_control_section(results: Path = RESULTS, suite: str = "cub50", tag: 
              "| model | Top-1 Cls | MaxBoxAccV2 | seeds | file |", "|---|---|---|---|---|"]
     for name, values in rows.items():
         file = files.get(name, files.get("CAM", ""))
-        lines.append(f"| {name} | {_ms([v[0] for v in values])} | {_ms([v[1] for v in values])} | {len(values)} "
+        lines.append(f"| {name} | {fmt([v[0] for v in values])} | {fmt([v[1] for v in values])} | {len(values)} "
                      f"| `{file}` |")
-    floor = _floor(suite, "test", results)
+    floor = _floor_v2(suite, "test", results)
     if floor is not None:
         lines.append(f"| centre-Gaussian floor | – | {floor:.2f} | – | `floor_centre_gaussian_{suite}.json` |")
     cls_bar = statistics.mean(v[0] for v in rows["CAM `best_cls`"]) - 0.5
@@ -113,7 +108,7 @@ def posthoc_section(results: Path = RESULTS) -> list[str]:
                     cells = []
                     for s in splits:
                         values = [e["metrics"][s]["max_box_acc_v2"] for e in entries]
-                        cells.append(_ms(values))
+                        cells.append(fmt(values))
                         if kind == "best_cls" and method != "native":
                             mean = statistics.mean(values)
                             if s not in best or mean > best[s][1]:
@@ -121,7 +116,7 @@ def posthoc_section(results: Path = RESULTS) -> list[str]:
                         if kind == "best_loc" and method == "native":
                             native_loc[s] = statistics.mean(values)
                     lines.append(f"| `{kind}` | {method} | " + " | ".join(cells) + f" | {len(entries)} |")
-            floors = [_floor(suite, s, results) for s in splits]
+            floors = [_floor_v2(suite, s, results) for s in splits]
             if any(f is not None for f in floors):
                 lines.append("| – | centre-Gaussian floor | " + " | ".join(
                     "–" if f is None else f"{f:.2f}" for f in floors) + " | – |")
