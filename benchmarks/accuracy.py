@@ -121,11 +121,23 @@ def rescore(path: Path) -> dict:
     metrics = evaluate(folder, splits, progress=False)
     r.update(metrics={s: metrics[s] for s in splits}, box_threshold=metrics["box_threshold"],
              by_monitor=score_by_monitor(folder, r["method"], splits), stage_configs=stage_configs(folder),
-             diagnostics=run_diagnostics(folder),
+             diagnostics=run_diagnostics(folder), test_draw=test_draw(REPO / SUITES[r["suite"]]["data"]),
              rescored={"commit": commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                        "evaluate_seconds": round(time.time() - t, 1)})
     atomic_write_text(path, json.dumps(r, indent=2))
     return r
+
+
+def test_draw(data: Path) -> int | None:
+    """Which test pair a synthetic suite's data holds (``SyntheticConfig.test_draw``; None for data with no draws,
+    e.g. cub50): recorded with every score, because a redraw leaves the run folders valid but changes the test
+    numbers (docs/confounding.md)."""
+    from kdcicam.data.metadata import read_dataset_info
+
+    if not (data / "dataset.yaml").is_file():
+        return None
+    extra = read_dataset_info(data).extra
+    return int(extra.get("test_draw", 0)) if extra.get("variant") == "v2" else None
 
 
 def result_path(suite: str, method: str, seed: int, tag: str) -> Path:
@@ -238,7 +250,7 @@ def run_one(suite: str, method: str, seed: int, tag: str, overrides: list[str],
     result = {
         "suite": suite, "method": method, "seed": seed, "tag": tag, "overrides": overrides,
         "trained_as": {"method": config_method, "overrides": method_overrides},
-        "metrics": {s: metrics[s] for s in splits},
+        "metrics": {s: metrics[s] for s in splits}, "test_draw": test_draw(data),
         "box_threshold": metrics["box_threshold"], "box_threshold_chosen_on": metrics["box_threshold_chosen_on"],
         "by_monitor": score_by_monitor(folder, method, splits),
         "stage_configs": stage_configs(folder),
