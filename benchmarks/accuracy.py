@@ -40,7 +40,7 @@ SUITES = {
 METHODS = ("cam", "ci-cam", "kd-ci-cam")
 #: the KD paper's own baseline: the KD-CI-CAM student pipeline (its augmentation, pool rate and epochs) trained
 #: with no teacher at all (alpha = 0, route 0 only): what the teachers add is KD-CI-CAM minus this
-BASELINES = {"kd-baseline": ("kd-ci-cam", ["kd.teachers=none"])}
+BASELINES = {"kd-baseline": ("kd-ci-cam", ["kd.teachers=none", "kd.student_init=null"])}
 
 
 def training_recipe(method: str) -> tuple[str, list[str]]:

@@ -45,7 +45,7 @@ def test_the_v2_preset_is_the_chosen_point_as_measured():
 
     recorded = json.loads((cal.REPO / "benchmarks/results/synthetic_calibration/grid8_seed0.json").read_text())
     assert v2_config(**cal.SIZES, seed=0, test_draw=0).settings() == recorded["data"]
-    assert v2_config().test_draw == 1  # the first test pair was read (docs/confounding.md): the preset's is fresh
+    assert v2_config().test_draw == 2  # draws 0 and 1 were read (docs/confounding.md): the preset's is fresh
     assert recorded["cam_grid"] == [8, 8] and recorded["criteria"]["passes"]
 
 

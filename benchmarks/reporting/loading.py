@@ -107,5 +107,10 @@ SPENT = {
         "synthetic-v2",
         "Superseded: synthetic-v2, test draw 0 (read by a diagnostic; spent)",
         {"closure": 30.0, "gain": 5.0, "cls": None},
-    )
+    ),
+    "synthetic-v2-draw1": (
+        "synthetic-v2",
+        "Superseded: synthetic-v2, test draw 1 (round 1's student; its miss shaped round 2; spent)",
+        {"closure": 15.0, "gain": 5.0, "cls": -0.5},
+    ),
 }

@@ -145,14 +145,15 @@ def test_a_fresh_test_draw_changes_the_test_pair_only():
     stay byte for byte what draw 0 made (so models trained before a redraw are still valid)."""
     from kdcicam.data.synthetic import plan_split, render_sample
 
-    first, fresh = v2_config(test_draw=0), v2_config(test_draw=1)
-    for split in ("train", "val", "val_conflict"):
-        assert plan_split(first, split) == plan_split(fresh, split)
-        a, b = (render_sample(c, split, 3, *plan_split(c, split)[3]) for c in (first, fresh))
-        assert all(np.array_equal(x, y) for x, y in zip(a[:2], b[:2], strict=True)) and a[2] == b[2]
+    first, second, third = v2_config(test_draw=0), v2_config(test_draw=1), v2_config(test_draw=2)
+    for fresh in (second, third):
+        for split in ("train", "val", "val_conflict"):
+            assert plan_split(first, split) == plan_split(fresh, split)
+            a, b = (render_sample(c, split, 3, *plan_split(c, split)[3]) for c in (first, fresh))
+            assert all(np.array_equal(x, y) for x, y in zip(a[:2], b[:2], strict=True)) and a[2] == b[2]
     for split in ("test", "test_conflict"):
-        a, b = (render_sample(c, split, 3, *plan_split(c, split)[3]) for c in (first, fresh))
-        assert not np.array_equal(a[0], b[0])
-    assert "test_draw" not in first.settings() and fresh.settings()["test_draw"] == 1
+        images = [render_sample(c, split, 3, *plan_split(c, split)[3])[0] for c in (first, second, third)]
+        assert not any(np.array_equal(images[i], images[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
+    assert "test_draw" not in first.settings() and third.settings()["test_draw"] == 2
     with pytest.raises(ConfigError, match="test_draw"):
         v2_config(test_draw=-1).validate()

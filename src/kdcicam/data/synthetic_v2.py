@@ -39,9 +39,10 @@ if TYPE_CHECKING:
 #: boundary lobes of class 0, 1, ...: the class lives in this count (and in a faint texture)
 LOBES = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 #: v2's defaults where they differ from v1's: the point the calibration chose (``grid8``, docs/confounding.md)
-#: ``test_draw`` 1: the first test pair was read by a diagnostic that shaped later choices (docs/confounding.md)
+#: ``test_draw`` 2: draw 0 was read by a diagnostic that shaped later choices, draw 1 by the round-1 student whose
+#: miss shaped round 2 (docs/confounding.md); each judges nothing after it
 V2_PRESET = {"size": 128, "rho": 0.97, "min_radius": 0.12, "max_radius": 0.22, "n_val_conflict": 400,
-             "test_draw": 1}
+             "test_draw": 2}
 TEST_SPLITS = ("test", "test_conflict")
 _PLAN_STREAM, _IMAGE_STREAM = 10, 11  # v1 uses 0 and 1
 
