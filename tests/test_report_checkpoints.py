@@ -177,7 +177,7 @@ def test_a_spent_draw_renders_only_as_superseded(tmp_path, monkeypatch):
     assert report.main() == 0
     text = (tmp_path / "benchmarks.md").read_text()
     current = text.split("## synthetic-v2\n", 1)[1].split("\n## ", 1)[0]
-    assert "No results on the current test pair yet (test draw 1" in current and "|" not in current
+    assert "No results on the current test pair yet (test draw 2" in current and "|" not in current
     spent = text.split("## Superseded: synthetic-v2, test draw 0 (read by a diagnostic; spent)\n", 1)[1]
     spent = spent.split("\n## ", 1)[0]
     assert "this test pair is **spent**" in spent and "target ≥ 30 %" in spent
