@@ -90,6 +90,11 @@ def suite_section(
     lines += ([*why, ""] if why else []) + budget(suite, runs)
     lines += ["Targets (each run's `best_loc` checkpoint):", "", *targets(suite, runs, results, v2_goals)]
     lines += ["", *oracle_section(suite, runs, results, v2_goals)]
+    if results is None or results == loading.RESULTS:  # a spent section shows its own reading (spent_sections)
+        lines += teachers_diagnostic(
+            loading.RESULTS / f"teachers_{suite}.json",
+            "A control: the KD-CI-CAM teachers on test, scored after the final runs",
+        )
     lines += dilemma_section(suite, runs, n, level + "#") + diagnostics_section(suite, runs, level + "#")
     if suite == "cub50":
         lines += device_comparison(groups)

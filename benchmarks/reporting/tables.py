@@ -156,10 +156,11 @@ def device_comparison(
     return [*lines, ""]
 
 
-def teachers_diagnostic(path: Path) -> list[str]:
-    """The teachers scored on test (benchmarks/results/archive/…/teachers_<suite>.json): the diagnostic that
-    read a
-    test pair, shown where that pair is marked spent."""
+def teachers_diagnostic(
+    path: Path, heading: str = "The reading that spent this test pair: the KD-CI-CAM teachers on test"
+) -> list[str]:
+    """The teachers scored on test (teachers_<suite>.json, benchmarks/teachers_on_test.py): in a spent section,
+    the diagnostic that read its test pair; in the current one, the control scored after the final runs."""
     if not path.is_file():
         return []
     data = json.loads(path.read_text())
@@ -171,7 +172,7 @@ def teachers_diagnostic(path: Path) -> list[str]:
     )
     keys = (("Top-1 Cls", "top1_cls"), ("MaxBoxAccV2", "max_box_acc_v2"), ("Leakage ↓", "context_leakage"))
     lines = [
-        "### The reading that spent this test pair: the KD-CI-CAM teachers on test",
+        f"### {heading}",
         "",
         (
             f"`{path.name}` (commit `{data['commit'][:12]}`, {data['date']}): {data['what']}. Each teacher's "
