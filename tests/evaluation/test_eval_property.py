@@ -114,12 +114,15 @@ def test_box_evaluator_equals_reference_evaluator(specs, multi, size):
 
 
 @settings(max_examples=15, deadline=None, derandomize=True)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.booleans())
-def test_holes_beyond_the_background_pass_are_traced(seed, holes, hole_is_gt):
+@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.sampled_from(["hole", "around_hole", "plateau"]))
+def test_holes_beyond_the_background_pass_are_traced(seed, holes, gt_kind):
     """224 x 224 maps whose holes sit in a small high plateau: the background pass would have to
     sweep almost the whole map to reach them, so the kernel flags those thresholds and the engine
     traces them with findContours. The answers still equal the plain loop's, hole boxes included
-    (with ``hole_is_gt`` the GT box is a hole's contour box, so the hole decides MaxBoxAccV2)."""
+    (``gt_kind="hole"``: the GT box is a hole's contour box, so the hole decides MaxBoxAccV2;
+    ``"around_hole"``: a box inside the plateau around it). With the plateau's own box as GT
+    (``"plateau"``) no hole can beat the plateau's box (a hole's box lies inside it), so nothing is
+    traced for the holes, and the answers are the same."""
     rng = np.random.default_rng(seed)
     scoremap = np.tile(np.linspace(0.1, 0.2, 224), (224, 1))  # a ramp: no holes of its own
     y0, x0 = (int(v) for v in rng.integers(10, 120, 2))
@@ -134,14 +137,37 @@ def test_holes_beyond_the_background_pass_are_traced(seed, holes, hole_is_gt):
         scoremap[y0 + hy:y0 + hy + hh, x0 + hx:x0 + hx + hw] = top - rng.uniform(0.01, 0.03)
         hole_boxes.append([x0 + hx - 1, y0 + hy - 1, x0 + hx + hw + 1, y0 + hy + hh + 1])  # contour's box
     scoremap /= scoremap.max()
-    gt = np.array([hole_boxes[0]] if hole_is_gt else [[x0, y0, x0 + size, y0 + size]], dtype=np.int64)
+    hx0, hy0, hx1, hy1 = hole_boxes[0]
+    gt = np.array({"hole": [hole_boxes[0]],
+                   "around_hole": [[max(hx0 - 2, x0), max(hy0 - 2, y0), min(hx1 + 2, x0 + size - 1),
+                                    min(hy1 + 2, y0 + size - 1)]],
+                   "plateau": [[x0, y0, x0 + size, y0 + size]]}[gt_kind], dtype=np.int64)
     thresholds = threshold_list(0.01)
     fast = batch_box_ious(scoremap[None], [gt], thresholds, workers=1)
-    assert fast.traced > 0  # the flagged branch ran
+    if gt_kind == "plateau":
+        assert fast.traced == 0  # the holes could not matter: neither swept to nor traced
+    else:
+        assert fast.traced > 0  # the flagged branch ran
     assert np.array_equal(fast.multi[0], reference_best_ious(scoremap, gt, thresholds, True))
     assert np.array_equal(fast.single[0], reference_best_ious(scoremap, gt, thresholds, False))
-    if hole_is_gt and holes == 1:
+    if gt_kind == "hole" and holes == 1:
         assert fast.multi[0].max() == 1.0  # the hole's contour box is the GT box
+
+
+@pytest.mark.parametrize("gt_on_a_blob", [False, True])
+def test_tied_components_are_traced_only_when_their_boxes_score_apart(gt_on_a_blob):
+    """Two blobs of the same shape and height tie for the largest contour, which only findContours'
+    order decides; when both boxes score the same IoU (0: the GT box is elsewhere) the single-contour
+    answer is known without it, else the threshold is traced. Either way it equals the plain loop's."""
+    scoremap = np.tile(np.linspace(0.0, 0.3, 96), (96, 1))
+    scoremap[10:30, 12:40] = 0.9
+    scoremap[60:80, 50:78] = 0.9
+    gt = np.array([[14, 12, 36, 28]] if gt_on_a_blob else [[80, 2, 94, 12]], dtype=np.int64)
+    thresholds = threshold_list(0.01)
+    fast = batch_box_ious(scoremap[None], [gt], thresholds, workers=1)
+    assert (fast.traced > 0) == gt_on_a_blob
+    assert np.array_equal(fast.single[0], reference_best_ious(scoremap, gt, thresholds, False))
+    assert np.array_equal(fast.multi[0], reference_best_ious(scoremap, gt, thresholds, True))
 
 
 def _plain_mask_metrics(maps: list[np.ndarray], masks: list[np.ndarray], thresholds: np.ndarray) -> tuple[float, float]:

@@ -10,7 +10,6 @@ target. Its name is ``.NAME.<random>.tmp``, which a cleaner can recognise (see
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -21,7 +20,9 @@ __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
 def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
     """A new, exclusive temp file in ``folder`` (mode 0o666 less the umask), as ``(fd, path)``."""
     for _ in range(100):
-        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        # os.urandom, as secrets.token_hex does, without importing secrets (hmac, hashlib: OpenSSL), which
+        # cost ``kdcicam score`` a few milliseconds of its start
+        tmp = folder / f".{name}.{os.urandom(4).hex()}.tmp"
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
         except FileExistsError:

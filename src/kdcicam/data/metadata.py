@@ -228,8 +228,9 @@ def read_metadata(
         for number, fields in _lines(file):
             if len(fields) != nfields:
                 raise MetadataError(file, number, f"malformed line: expected {nfields} fields ({what}), got {len(fields)}")
-            image_id = check_relative_path(fields[0], file, number, "image path")
-            if image_id not in id_line:
+            image_id = fields[0]
+            if image_id not in id_line:  # the ids in it passed check_relative_path already
+                check_relative_path(image_id, file, number, "image path")
                 raise MetadataError(file, number, f"image id {image_id!r} is not in {IMAGE_IDS}")
             if not repeat and image_id in seen:
                 raise MetadataError(file, number, f"duplicate image id {image_id!r} (first on line {seen[image_id]})")

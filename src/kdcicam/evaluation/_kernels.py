@@ -20,10 +20,15 @@ tracing a single contour. Why it is exact:
   than its parent's, so a hole never wins ``max(contours, key=cv2.contourArea)``; that choice is the
   component of largest (filled) area.
 
+- A hole's box lies inside its component's box, so its IoU is at most ``|P & G| / |G|`` for the
+  component's box ``P`` and a GT box ``G``: where no component reaches the components' best IoU by
+  that bound, the holes cannot change the multi-contour answer and are not looked for.
+
 When the largest component is not certain (two components tied, or holes make the area bound
-inconclusive), or a threshold with holes lies beyond the background pass (sparse high ones are
-cheaper to trace than to extend the pass to), the threshold is flagged and the caller traces it
-with ``cv2.findContours``. The property tests compare every threshold with the plain loop.
+inconclusive) and the components it may be do not all score the same IoU, or a threshold with holes
+that may matter lies beyond the background pass (sparse high ones are cheaper to trace than to
+extend the pass to), the threshold is flagged and the caller traces it with ``cv2.findContours``.
+The property tests compare every threshold with the plain loop.
 
 How it is fast: the union-find runs over component ids, not pixels. A pixel's label is the id of
 the component it joined; the ids' parent array is small and stays in the L1 cache. Most pixels
@@ -192,6 +197,22 @@ def _best_iou(x0, y0, x1, y1, gt):
     return best
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _inner_iou_bound(x0, y0, x1, y1, gt):
+    """An upper bound of the protocol's IoU (:func:`_best_iou`) of any box inside this one: the max over GT
+    boxes of ``|box & G| / |G|`` (a box inside meets G in less and its union with G is at least G); the
+    rounded quotients keep the order of the exact ones. Infinite for a GT box of no area."""
+    best = 0.0
+    for g in range(gt.shape[0]):
+        area_g = (gt[g, 2] - gt[g, 0] + 1) * (gt[g, 3] - gt[g, 1] + 1)
+        if area_g <= 0:
+            return np.inf
+        iw = min(x1, gt[g, 2]) - max(x0, gt[g, 0]) + 1
+        ih = min(y1, gt[g, 3]) - max(y0, gt[g, 1]) + 1
+        best = max(best, max(0, iw) * max(0, ih) / area_g)
+    return best
+
+
 @njit(cache=True, nogil=True)
 def best_ious(boxes, gt):
     """Per box ``[n, 4]`` (valid: non-negative, ``x1 >= x0``, ``y1 >= y0``), its best IoU with the
@@ -203,23 +224,21 @@ def best_ious(boxes, gt):
     return out
 
 
-@njit(cache=True, nogil=True)
-def quantize(scoremap, q, hist):
-    """``q = uint8(map * 255)`` (truncation, as numpy's cast), and the grey-level histogram (split
-    four ways: ``hist [4, 256]``, summed by the caller). Returns the largest grey level, or -1
-    (``q`` then unspecified) when a value is NaN, infinite or outside [0, 1].
-
-    Three plain loops (check, cast, count) run faster than one that does all three: the first two
-    vectorise, and the histogram's read-modify-write chains then read bytes, not doubles."""
+@njit(cache=True, nogil=True, inline="always")
+def _quantize(scoremap, q, hist):
+    """:func:`quantize`, and the map's minimum (what context leakage subtracts; taken in the check's pass,
+    so that :func:`batch_box_ious` need not read the map once more for it)."""
     flat = scoremap.ravel()
     out = q.ravel()
     n = flat.shape[0]
     nbad = 0
+    lo = np.inf
     for i in range(n):
         v = flat[i]
         nbad += np.int64(not ((v >= 0.0) & (v <= 1.0)))  # NaN fails both comparisons
+        lo = min(lo, v)
     if nbad:
-        return -1
+        return np.int64(-1), lo
     top = np.uint8(0)
     for i in range(n):
         v = np.uint8(flat[i] * 255.0)
@@ -231,7 +250,18 @@ def quantize(scoremap, q, hist):
             hist[k, out[i + k]] += 1
     for i in range(n - n % 4, n):
         hist[0, out[i]] += 1
-    return np.int64(top)
+    return np.int64(top), lo
+
+
+@njit(cache=True, nogil=True)
+def quantize(scoremap, q, hist):
+    """``q = uint8(map * 255)`` (truncation, as numpy's cast), and the grey-level histogram (split
+    four ways: ``hist [4, 256]``, summed by the caller). Returns the largest grey level, or -1
+    (``q`` then unspecified) when a value is NaN, infinite or outside [0, 1].
+
+    Three plain loops (check, cast, count) run faster than one that does all three: the first two
+    vectorise, and the histogram's read-modify-write chains then read bytes, not doubles."""
+    return _quantize(scoremap, q, hist)[0]
 
 
 @njit(cache=True, nogil=True)
@@ -380,9 +410,13 @@ def workspace(h, w):
 
 
 @njit(cache=True, nogil=True)
-def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, holes, ws, with_multi):
+def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, holes, hole_need, ws, with_multi):
     """Top-down union-find over the foreground. Fills the single-contour IoU (or a flag), the best
-    IoU over component boxes (when ``with_multi``), and the number of holes, per threshold."""
+    IoU over component boxes (when ``with_multi``), and the number of holes, per threshold; with
+    ``with_multi``, ``hole_need[t] = 1`` where holes could raise the multi-contour answer: a hole's
+    box lies inside its component's (its contour runs over the component's pixels), so no hole
+    beats the components' best IoU when no component's box covers more of a GT box than that
+    (:func:`_inner_iou_bound`), and then neither the background pass nor a trace is needed there."""
     h, w = shape
     nt = start.shape[0] - 2
     pw = w + 2
@@ -423,6 +457,7 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
             out_multi[t] = out_multi[t + 1]
             flags[t] = flags[t + 1]
             holes[t] = holes[t + 1]
+            hole_need[t] = hole_need[t + 1]
             continue
         i = np.uint64(start[b])
         end = np.uint64(start[b + 1])
@@ -535,11 +570,15 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
                 winner = np.uint64(live[j])
         if with_multi:
             best_multi = 0.0
+            bound = 0.0
             for j in range(nlive):
                 r = np.uint64(live[j])
-                iou = _best_iou(bx0[r], bp0[r] // pw - 1, min(bx1[r] + 1, w - 1), min(bp1[r] // pw, h - 1), gt)
-                best_multi = max(best_multi, iou)
+                x0, y0, x1, y1 = bx0[r], bp0[r] // pw - 1, min(bx1[r] + 1, w - 1), min(bp1[r] // pw, h - 1)
+                best_multi = max(best_multi, _best_iou(x0, y0, x1, y1, gt))
+                if holes[t] > 0:
+                    bound = max(bound, _inner_iou_bound(x0, y0, x1, y1, gt))
             out_multi[t] = best_multi
+            hole_need[t] = np.uint8(holes[t] > 0 and bound > best_multi)
         if nlive > 1:
             runner_up = -1  # the largest area (bound) among the others
             for j in range(nlive):
@@ -551,18 +590,33 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
                     bound = 2 * (bx1[r] - bx0[r]) * (bp1[r] // pw - bp0[r] // pw)
                 runner_up = max(runner_up, bound)
             if runner_up >= area2[winner]:
-                flags[t] = FLAG_SINGLE
-                out_single[t] = 0.0
+                # which is largest is not known, but the answer is when every component that may be
+                # (its bound reaches the winner's area) scores as the winner does
+                iou = _best_iou(bx0[winner], bp0[winner] // pw - 1, min(bx1[winner] + 1, w - 1),
+                                min(bp1[winner] // pw, h - 1), gt)
+                for j in range(nlive):
+                    r = np.uint64(live[j])
+                    if r == winner:
+                        continue
+                    bound = area2[r]
+                    if holes[t] > 0:
+                        bound = 2 * (bx1[r] - bx0[r]) * (bp1[r] // pw - bp0[r] // pw)
+                    if bound >= area2[winner] and _best_iou(bx0[r], bp0[r] // pw - 1, min(bx1[r] + 1, w - 1),
+                                                            min(bp1[r] // pw, h - 1), gt) != iou:
+                        flags[t] = FLAG_SINGLE
+                        iou = 0.0
+                        break
+                out_single[t] = iou
                 continue
         out_single[t] = _best_iou(bx0[winner], bp0[winner] // pw - 1, min(bx1[winner] + 1, w - 1),
                                   min(bp1[winner] // pw, h - 1), gt)
 
 
 @njit(cache=True, nogil=True)
-def _background_pass(shape, order, start, gt, holes, hole_iou, t_max, ws):
+def _background_pass(shape, order, start, gt, hole_need, hole_iou, t_max, ws):
     """Bottom-up union-find over the background (4-connectivity; the image frame is one outside
-    component). Fills the best IoU over hole boxes at every threshold up to ``t_max`` that has
-    holes."""
+    component). Fills the best IoU over hole boxes at every threshold up to ``t_max`` whose holes
+    may matter (``hole_need``)."""
     h, w = shape
     nt = start.shape[0] - 2
     if t_max < 0:
@@ -687,7 +741,7 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max, ws):
         box[cur, 1] = cp0
         box[cur, 2] = cx1
         box[cur, 3] = cp1
-        if holes[t] > 0:
+        if hole_need[t]:
             outside = _find(parent, outer)
             best = 0.0
             for j in range(nlive):
@@ -701,14 +755,14 @@ def _background_pass(shape, order, start, gt, holes, hole_iou, t_max, ws):
 
 
 @njit(cache=True, nogil=True)
-def _background_extent(levels, start, holes):
-    """Highest threshold index the background pass should reach: beyond it, thresholds with holes
-    are cheaper to trace one by one than to extend the pass (-1: no pass)."""
+def _background_extent(levels, start, hole_need):
+    """Highest threshold index the background pass should reach: beyond it, thresholds whose holes
+    may matter are cheaper to trace one by one than to extend the pass (-1: no pass)."""
     nt = levels.shape[0]
     traced = 0  # distinct levels with holes above the candidate cut
     last_level = -1
     for t in range(nt - 1, -1, -1):
-        if holes[t] > 0 and levels[t] != last_level:
+        if hole_need[t] and levels[t] != last_level:
             traced += 1
             last_level = levels[t]
     best_t = -1
@@ -716,7 +770,7 @@ def _background_extent(levels, start, holes):
     last_level = -1
     total = start[nt + 1]
     for t in range(nt):
-        if holes[t] > 0 and levels[t] != last_level:
+        if hole_need[t] and levels[t] != last_level:
             traced -= 1
             last_level = levels[t]
             background = total - start[nt - t]  # pixels of groups nt - t .. nt
@@ -738,13 +792,14 @@ def box_ious(q, hist, top, thresholds, gt, out_single, out_multi, flags, with_ho
     order = ws[2]
     start = _band_order(q, hist, levels, order, ws[0], ws[3])
     holes = np.zeros(nt, dtype=np.int64)
-    _foreground_pass(q.shape, order, start, gt, out_single, out_multi, flags, holes, ws, with_holes)
+    hole_need = np.zeros(nt, dtype=np.uint8)
+    _foreground_pass(q.shape, order, start, gt, out_single, out_multi, flags, holes, hole_need, ws, with_holes)
     if with_holes:
-        t_cut = _background_extent(levels, start, holes)
+        t_cut = _background_extent(levels, start, hole_need)
         hole_iou = np.zeros(nt, dtype=np.float64)
-        _background_pass(q.shape, order, start, gt, holes, hole_iou, t_cut, ws)
+        _background_pass(q.shape, order, start, gt, hole_need, hole_iou, t_cut, ws)
         for t in range(nt):
-            if holes[t] == 0:
+            if not hole_need[t]:
                 continue
             if t > t_cut:
                 flags[t] |= FLAG_MULTI
@@ -768,14 +823,14 @@ def batch_box_ious(maps, thresholds, gt_boxes, gt_offsets, first, stop, out_sing
     region = np.empty((h, w), dtype=np.uint8)
     ws = workspace(h, w)
     for i in range(first, stop):
-        top = quantize(maps[i], q, hist)
+        top, lo = _quantize(maps[i], q, hist)
         valid[i] = top >= 0
         if top < 0:
             continue
         gt = gt_boxes[gt_offsets[i]:gt_offsets[i + 1]]
-        if with_leak:
+        if with_leak:  # the map is valid: finite, its minimum known
             _boxes_region(gt, region)
-            leak[i] = _leakage(maps[i].ravel(), region.ravel())
+            leak[i] = _leakage_of(maps[i].ravel(), region.ravel(), lo)
         levels[i] = box_ious(q, hist, top, thresholds, gt, out_single[i], out_multi[i], flags[i], with_holes, ws)
 
 
@@ -821,7 +876,6 @@ def _leakage(flat, labels):
     in registers) and the lanes are added pairwise at the end, an order fixed by this code (not by the
     compiler's vectoriser), so every build gives the same bits. The minimum is exact in any order."""
     n = flat.shape[0]
-    m = n - n % 8
     bad = 0
     lo = np.inf
     for i in range(n):
@@ -830,6 +884,15 @@ def _leakage(flat, labels):
         lo = min(lo, v)
     if bad:
         return np.nan
+    return _leakage_of(flat, labels, lo)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _leakage_of(flat, labels, lo):
+    """:func:`_leakage` of a finite map whose minimum is ``lo``. The label counts are needed only for a
+    flat map, so they are counted only then."""
+    n = flat.shape[0]
+    m = n - n % 8
     t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = 0.0
     o0 = o1 = o2 = o3 = o4 = o5 = o6 = o7 = 0.0
     for i in range(0, m, 8):
@@ -843,15 +906,15 @@ def _leakage(flat, labels):
         t7, o7 = _lane(flat[i + 7] - lo, labels[i + 7], t7, o7)
     for i in range(m, n):
         t0, o0 = _lane(flat[i] - lo, labels[i], t0, o0)
-    n_valid = 0
-    n_outside = 0
-    for i in range(n):
-        r = labels[i]
-        n_valid += np.int64(r <= 1)
-        n_outside += np.int64(r == 0)
     total = ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7))
     outside = ((o0 + o1) + (o2 + o3)) + ((o4 + o5) + (o6 + o7))
     if total <= 0.0:
+        n_valid = 0
+        n_outside = 0
+        for i in range(n):
+            r = labels[i]
+            n_valid += np.int64(r <= 1)
+            n_outside += np.int64(r == 0)
         return n_outside / max(n_valid, 1)
     return outside / total
 
