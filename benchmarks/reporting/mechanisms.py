@@ -170,6 +170,23 @@ MAP_UNCHANGED = 0.999
 TERM_ACTS = 0.05
 
 
+def _kd_form(runs: dict[str, list[dict]]) -> str:
+    """The logit route as the student's saved config has it (docs/method.md §3.2, §9)."""
+    mode = _config_value(runs, "kd-ci-cam", "kd", "kd_mode") or "official"
+    if mode == "official":
+        return "the authors' form: probabilities into KLDivLoss"
+    squared = _config_value(runs, "kd-ci-cam", "kd", "kd_t_squared")
+    return f"KL at T = {_config_value(runs, 'kd-ci-cam', 'kd', 'temperature')}" + (" × T²" if squared else "")
+
+
+def _cam_form(runs: dict[str, list[dict]]) -> str:
+    """The CAM route as the student's saved config has it."""
+    if (_config_value(runs, "kd-ci-cam", "kd", "cam_loss") or "mse") == "at":
+        share = _config_value(runs, "kd-ci-cam", "kd", "cam_grad_share")
+        return "attention transfer on the scored map" + (f", weight adapted to a {share:g} share" if share else "")
+    return "MSE of every class's σ-map, the CAM temperature at the loc teacher's CAM scale"
+
+
 def _distillation_verdict(logit_acts: bool, cam_acts: bool) -> str:
     """The distillation line's heading, from which of its two terms carry a share of the gradient."""
     if logit_acts and cam_acts:
@@ -227,8 +244,10 @@ def mechanism_reading(suite: str, runs: dict[str, list[dict]]) -> list[str]:
             corr=f"{corr:.5f}",
             lr_ablation=" " + intervention_lr_ablation(suite, runs),
         )
-    shares = {t: _final(runs, "kd-ci-cam", "student", f"train/grad_share_{t}") for t in ("ce", "kd", "cam")}
-    ce, kd, cam = shares["ce"], shares["kd"], shares["cam"]
+    shares = {
+        t: _final(runs, "kd-ci-cam", "student", f"train/grad_share_{t}") for t in ("ce", "kd", "cam", "counterfactual")
+    }
+    ce, kd, cam, cf = shares["ce"], shares["kd"], shares["cam"], shares["counterfactual"]
     if ce is not None and kd is not None and cam is not None:
         out += templates.render(
             "mechanisms",
@@ -236,6 +255,9 @@ def mechanism_reading(suite: str, runs: dict[str, list[dict]]) -> list[str]:
             ce=f"{ce:.3f}",
             kd=f"{kd:.3f}",
             cam=f"{cam:.3f}",
+            kd_form=_kd_form(runs),
+            cam_form=_cam_form(runs),
+            cf=f", counterfactual {cf:.3f}" if cf else "",
             cam_percent=f"{100 * cam:.1f}",
             acts=f"{100 * TERM_ACTS:g}",
             verdict=_distillation_verdict(kd >= TERM_ACTS, cam >= TERM_ACTS),

@@ -34,7 +34,12 @@ def targets(
     suite: str, runs: dict[str, list[dict]], results: Path | None = None, v2_goals: dict | None = None
 ) -> list[str]:
     """Targets met or not, on the seeds every method has (a method compared on its own seeds only
-    would mix seed noise into the difference)."""
+    would mix seed noise into the difference); on synthetic-v2 each method is paired with CAM seed by seed
+    (v2_targets), so a method with no runs on the current test pair (CI-CAM after a redraw) does not blank the
+    others."""
+    if suite == "synthetic-v2":
+        return v2_targets(runs, sorted({r["seed"] for rs in runs.values() for r in rs}), results=results,
+                          goals=v2_goals)
     common = set(seeds_of(runs))
     runs = {m: [r for r in rs if r["seed"] in common] for m, rs in runs.items()}
     out = []
@@ -58,8 +63,6 @@ def targets(
                 f"**{'met' if gain >= goal['gain'] else 'not met'}**)."
             )
         out += teachers_contribution(runs, split)
-    elif suite == "synthetic-v2":
-        out += v2_targets(runs, sorted(common), results=results, goals=v2_goals)
     elif suite in ("cub50", "cub50-gpu"):
         split = "test"
         vals = {
@@ -154,7 +157,7 @@ def v2_targets(
         closure = (
             f"closes {fmt_delta(closed)} % of CAM's leakage gap to the oracle ({V2_ORACLE_MODE}, leakage "
             f"{oracle:.2f}; target ≥ {goals['closure']:g} %: "
-            f"**{'met' if statistics.fmean(closed) >= goals['closure'] else 'not met'}**)"
+            f"**{_closure_verdict(closed, cam, mine, both, split, oracle, goals['closure'])}**)"
             if closed
             else f"CAM's leakage is at or below the oracle's ({oracle:.2f}): no gap to close"
         )
@@ -173,6 +176,20 @@ def v2_targets(
             )
         out.append(line + ".")
     return out + teachers_contribution(runs, split)
+
+
+def _closure_verdict(
+    closed: list[float], cam: dict, mine: dict, seeds: list[int], split: str, oracle: float, goal: float
+) -> str:
+    """Met or not: the mean of the per-seed closures, checked against the closure of the seed means (how
+    ../shared/tools/claims_status.py reads it); where the two disagree the target is at its edge, not met."""
+    per_seed = statistics.fmean(closed) >= goal
+    lc = statistics.fmean(cam[s][split]["context_leakage"] for s in seeds)
+    lm = statistics.fmean(mine[s][split]["context_leakage"] for s in seeds)
+    of_means = 100 * (lc - lm) / (lc - oracle) if lc > oracle else float("nan")
+    if per_seed == (of_means >= goal):
+        return "met" if per_seed else "not met"
+    return f"at its edge, not counted as met: {of_means:.1f} % from the seed means"
 
 
 def teachers_contribution(runs: dict[str, list[dict]], split: str) -> list[str]:
