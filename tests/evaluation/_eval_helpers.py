@@ -1,12 +1,9 @@
 """Helpers of the evaluation tests: small metadata and CAM-like maps made on the fly."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from cam_maps import smooth_map  # the benchmark's CAM-like maps, for the evaluation tests
+from cam_maps import smooth_map  # benchmarks/ (on pytest's pythonpath): the benchmark's CAM-like maps
 
 from kdcicam.data.metadata import Metadata, write_metadata
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-_PRELOAD = ["kdcicam.cli", "kdcicam.cli.train", "kdcicam.training.pipeline", "faults._proc"]
+_PRELOAD = ["kdcicam.cli", "kdcicam.cli.train", "kdcicam.training.pipeline", "_proc"]
 _CTX = None
 
 
