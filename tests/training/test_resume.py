@@ -15,19 +15,30 @@ from .conftest import FAST
 
 
 def _cmd(tiny_data: Path, out: Path, *extra: str) -> list[str]:
+    # 32 px: what is resumed (weights, optimizer, pool, sampler, step) does not depend on the image size
     return ["train", "none", "--method", "ci-cam", "--out", str(out), f"data.root={tiny_data}", *FAST,
-            "optim.epochs=3", "trainer.checkpoint_every_n_steps=3", *extra]
+            "data.image_size=32", "data.augment.resize=36", "optim.epochs=3", "trainer.checkpoint_every_n_steps=3",
+            *extra]
 
 
 def _mid_epoch_step_checkpoint(last: Path):
-    """True once ``last`` holds step 6 or later: a step checkpoint inside epoch 1 (4 steps per epoch)."""
+    """True once ``last`` holds step 6 or later: a step checkpoint inside epoch 1 (4 steps per epoch). Each
+    version of the file (a write replaces it: a new inode) is read once."""
+    seen: set[tuple[int, int]] = set()
+
     def check() -> bool:
-        if not last.is_file():
+        try:
+            st = last.stat()
+        except FileNotFoundError:
+            return False
+        if (st.st_ino, st.st_mtime_ns) in seen:
             return False
         try:
-            return torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= 6
+            step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
         except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError):  # not written yet
             return False
+        seen.add((st.st_ino, st.st_mtime_ns))
+        return step >= 6
     return check
 
 
