@@ -241,7 +241,7 @@ def test_cli_serves_until_interrupted(trained_run: Path, tmp_path: Path):
     log = tmp_path / "app.log"
     proc = _proc.start(["app", str(trained_run), "--port", "0", "--device", "cpu"], tmp_path, log)
     try:
-        url, deadline = None, time.monotonic() + 300
+        url, deadline = None, time.monotonic() + 900  # pytest's own per-test limit
         while url is None and proc.alive() and time.monotonic() < deadline:
             served = [ln for ln in proc.output().splitlines() if "serving http://127.0.0.1:" in ln]
             url = served[0].split("serving ", 1)[1].split()[0] if served else None
