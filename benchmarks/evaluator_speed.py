@@ -74,6 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import kernel_builds
+from cam_maps import smooth_map
 from provenance import cpu_model, git_commit
 
 from kdcicam.data.metadata import Metadata, atomic_write_text, read_metadata, write_metadata
@@ -87,18 +88,8 @@ BATCH = 64
 
 
 def cam_like(rng: np.random.Generator, size: int = 224) -> np.ndarray:
-    """A CAM as this project's backbones make them: a 7 x 7 (EfficientNet-Lite) or 14 x 14 (VGG16)
-    map of 1-3 blobs on low-level noise, bicubic-upsampled to 224 and min-max normalised."""
-    low = int(rng.choice([7, 14]))
-    yy, xx = np.mgrid[0:low, 0:low] / low
-    m = rng.uniform(0, 0.3) * rng.random((low, low))
-    for _ in range(int(rng.integers(1, 4))):
-        cy, cx = rng.uniform(0.15, 0.85, 2)
-        sy, sx = rng.uniform(0.05, 0.3, 2)
-        m += rng.uniform(0.3, 1.0) * np.exp(-((yy - cy) ** 2 / (2 * sy ** 2) + (xx - cx) ** 2 / (2 * sx ** 2)))
-    cam = cv2.resize(m, (size, size), interpolation=cv2.INTER_CUBIC)
-    cam -= cam.min()
-    return cam / cam.max()
+    """A CAM of either backbone's grid (7 x 7 EfficientNet-Lite or 14 x 14 VGG16), drawn at random."""
+    return smooth_map(rng, size, low=int(rng.choice([7, 14])))
 
 
 def synthetic_metadata(n: int, rng: np.random.Generator) -> Metadata:

@@ -10,9 +10,8 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
+import _proc  # `kdcicam` commands as processes forked from one preloaded server
 from kdcicam.cli import main
 
 
@@ -235,28 +235,27 @@ def test_cli_refuses_what_is_not_a_checkpoint(tmp_path: Path, capsys, trained_ru
     assert main(["app", str(trained_run), "--max-upload-mb", "0"]) == 2
 
 
-def test_cli_serves_until_interrupted(trained_run: Path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "kdcicam", "app", str(trained_run), "--port", "0",
-                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def test_cli_serves_until_interrupted(trained_run: Path, tmp_path: Path):
+    """`kdcicam app` in a process of its own (forked from the preloaded server of tests/_proc.py: no new
+    interpreter start-up) serves the page, and a SIGTERM stops it with exit code 0."""
+    log = tmp_path / "app.log"
+    proc = _proc.start(["app", str(trained_run), "--port", "0", "--device", "cpu"], tmp_path, log)
     try:
-        url = None
-        for _ in range(5):
-            line = proc.stdout.readline()
-            if "serving http://127.0.0.1:" in line:
-                url = line.split("serving ", 1)[1].split()[0]
-                break
-        assert url, proc.stderr.read() if proc.poll() is not None else "no URL printed"
+        url, deadline = None, time.monotonic() + 900  # pytest's own per-test limit
+        while url is None and proc.alive() and time.monotonic() < deadline:
+            served = [ln for ln in proc.output().splitlines() if "serving http://127.0.0.1:" in ln]
+            url = served[0].split("serving ", 1)[1].split()[0] if served else None
+            time.sleep(0.05)
+        assert url, proc.output()[-2000:] or "no URL printed"
         host_port = url.removeprefix("http://").rstrip("/")
         conn = http.client.HTTPConnection(host_port, timeout=20)
         conn.request("GET", "/")
         resp = conn.getresponse()
         assert resp.status == 200 and b"kdcicam" in resp.read()  # the page ships with the package
         conn.close()
-        proc.send_signal(signal.SIGTERM)  # as `kill` sends it; Ctrl-C takes the same path
-        assert proc.wait(60) == 0
+        proc.signal(signal.SIGTERM)  # as `kill` sends it; Ctrl-C takes the same path
+        assert proc.wait(60) == 0, proc.output()[-2000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.alive():
+            proc.signal(signal.SIGKILL)
             proc.wait()

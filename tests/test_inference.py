@@ -218,3 +218,33 @@ def test_bad_inputs_are_named(localizer, tmp_path: Path):
         Localizer.from_checkpoint(junk)
     with pytest.raises(KdcicamError, match="threshold"):
         Localizer(BrightnessModel(), image_size=32, threshold=1.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_tensor_and_numpy_inputs_follow_one_rule(dtype, channels):
+    """A CxHxW tensor is read exactly as the same HxWxC numpy image (grey to RGB, alpha on white)."""
+    from kdcicam.inference import to_image_tensor
+
+    g = torch.Generator().manual_seed(channels)
+    chw = (torch.rand(channels, 5, 7, generator=g) * (255 if dtype == torch.uint8 else 1)).to(dtype)
+    hwc = chw.permute(1, 2, 0).numpy()
+    from_tensor, _ = to_image_tensor(chw)
+    from_numpy, _ = to_image_tensor(hwc.astype(np.float32) if chw.is_floating_point() else hwc)
+    assert from_tensor.shape == (3, 5, 7) and torch.equal(from_tensor, from_numpy)
+
+
+@pytest.mark.parametrize("bad, words", [(1.5, r"must lie in \[0, 1\], got min 0, max 1.5"),
+                                        (float("nan"), "NaN or inf"), (-float("inf"), "NaN or inf")])
+def test_tensor_and_numpy_inputs_fail_alike(bad, words):
+    from kdcicam.inference import to_image_tensor
+    from kdcicam.localization import ImageInputError
+
+    arr = np.zeros((4, 4, 3), np.float32)
+    arr[1, 2, 0] = bad
+    messages = []
+    for image in (arr, torch.from_numpy(arr).permute(2, 0, 1)):
+        with pytest.raises(ImageInputError, match=words) as err:
+            to_image_tensor(image, "images[3]")
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and messages[0].startswith("images[3]: ")

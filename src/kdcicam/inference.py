@@ -57,7 +57,12 @@ def _from_numpy(arr: np.ndarray, name: str) -> torch.Tensor:
 
 
 def _from_chw(t: torch.Tensor, name: str) -> torch.Tensor:
-    """CHW (C in 1, 3, 4) uint8 or float in [0, 1] → 3-channel CHW of the same dtype family."""
+    """CHW (C in 1, 3, 4) uint8 or float in [0, 1] → 3-channel CHW of the same dtype family (float32).
+
+    The layout and dtype are checked here; the pixel rules are the numpy path's
+    (:func:`kdcicam.preprocess.pixels_rgb`), so both inputs fail with the same messages."""
+    from .preprocess import pixels_rgb
+
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
@@ -66,27 +71,11 @@ def _from_chw(t: torch.Tensor, name: str) -> torch.Tensor:
     if t.shape[1] < 1 or t.shape[2] < 1:
         raise ImageInputError(f"{name}: empty image of shape {tuple(t.shape)}")
     t = t.detach().cpu()
-    if t.dtype == torch.uint8:
-        if t.shape[0] == 4:
-            from .preprocess import _rgba_on_white
-
-            t = torch.from_numpy(_rgba_on_white(t.permute(1, 2, 0).numpy())).permute(2, 0, 1)
-    elif t.is_floating_point():
-        t = t.float()
-        if not torch.isfinite(t).all():
-            raise ImageInputError(f"{name}: the image contains NaN or inf")
-        lo, hi = float(t.min()), float(t.max())
-        if lo < 0.0 or hi > 1.0:
-            raise ImageInputError(f"{name}: float images must lie in [0, 1], got min {lo:g}, max {hi:g} "
-                                  "(pass uint8, or divide by 255)")
-        if t.shape[0] == 4:
-            rgb, alpha = t[:3], t[3:]
-            t = rgb * alpha + (1.0 - alpha)  # on white, as load_image_rgb does
-    else:
+    if t.is_floating_point():
+        t = t.float()  # float16 / bfloat16 / float64 → float32 (numpy has no bfloat16)
+    elif t.dtype != torch.uint8:
         raise ImageInputError(f"{name}: tensor images must be uint8 or floating point, got {t.dtype}")
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
-    return t
+    return torch.from_numpy(pixels_rgb(t.permute(1, 2, 0).numpy(), name)).permute(2, 0, 1)
 
 
 def to_image_tensor(image: ImageInput, name: str = "image") -> tuple[torch.Tensor, str | None]:

@@ -100,10 +100,21 @@ def _array_rgb(arr: np.ndarray, name: str) -> np.ndarray:
                               f"(RGB order), got shape {arr.shape}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageInputError(f"{name}: empty image of shape {arr.shape}")
+    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+        raise ImageInputError(f"{name}: numpy images must be uint8 (0-255) or float (0-1), got dtype {arr.dtype}")
+    return pixels_rgb(arr, name)
+
+
+def pixels_rgb(arr: np.ndarray, name: str) -> np.ndarray:
+    """HxWxC (C in 1, 3, 4) uint8 or float → HxWx3 uint8, or float32 checked to lie in [0, 1].
+
+    The one definition of an image's pixel rules (finite, in range, alpha composited on white as
+    ``load_image_rgb`` does, grey to RGB), shared by the numpy path and the PyTorch Localizer's tensor path:
+    callers check their own layout (HxWxC / CxHxW) and dtype family first."""
     if arr.dtype == np.uint8:
         if arr.shape[2] == 4:
             arr = _rgba_on_white(arr)
-    elif np.issubdtype(arr.dtype, np.floating):
+    else:
         arr = arr.astype(np.float32)
         if not np.isfinite(arr).all():
             raise ImageInputError(f"{name}: the image contains NaN or inf")
@@ -113,8 +124,6 @@ def _array_rgb(arr: np.ndarray, name: str) -> np.ndarray:
                                   "(pass uint8, or divide by 255)")
         if arr.shape[2] == 4:
             arr = arr[:, :, :3] * arr[:, :, 3:] + (1.0 - arr[:, :, 3:])  # on white, as load_image_rgb does
-    else:
-        raise ImageInputError(f"{name}: numpy images must be uint8 (0-255) or float (0-1), got dtype {arr.dtype}")
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     return np.ascontiguousarray(arr)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from . import _proc
+import _proc
+
 from .conftest import train_args
 
 CAT = "crashes"

@@ -4,7 +4,9 @@ Lightning start-up (~10 s on a loaded 2-core machine) per process.
 A multiprocessing *forkserver* imports kdcicam's training stack once; every command is a fork of
 that clean server (no torch thread pool has started in it, so forking is safe), runs
 ``kdcicam.cli.main(argv)`` in its own folder with stdout/stderr in a log file, and can be sent
-SIGKILL or SIGINT at any moment like a real process.
+SIGKILL or SIGINT at any moment like a real process. Shared by the fault suite, the kill-and-resume test
+(tests/training/test_resume.py) and `kdcicam app` (tests/test_app.py): the server starts once a session.
+Waits give up after 900 s, pytest's own per-test limit (pyproject), not earlier: a loaded machine is slow.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-_PRELOAD = ["kdcicam.cli", "kdcicam.cli.train", "kdcicam.training.pipeline", "faults._proc"]
+_PRELOAD = ["kdcicam.cli", "kdcicam.cli.train", "kdcicam.training.pipeline", "_proc"]
 _CTX = None
 
 
@@ -65,7 +67,7 @@ class Command:
         if self.process.pid is not None and self.process.is_alive():
             os.kill(self.process.pid, sig)
 
-    def wait(self, timeout: float = 300) -> int:
+    def wait(self, timeout: float = 900) -> int:
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
@@ -73,7 +75,7 @@ class Command:
             raise TimeoutError(f"kdcicam did not finish in {timeout} s; log: {self.output()[-2000:]}")
         return int(self.process.exitcode)
 
-    def when(self, condition: Callable[[], bool], sig: int, timeout: float = 300, poll: float = 0.002) -> bool:
+    def when(self, condition: Callable[[], bool], sig: int, timeout: float = 900, poll: float = 0.002) -> bool:
         """Send ``sig`` as soon as ``condition()`` holds; False if the process ended first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
