@@ -137,7 +137,9 @@ def test_draw(data: Path) -> int | None:
     if not (data / "dataset.yaml").is_file():
         return None
     extra = read_dataset_info(data).extra
-    return int(extra.get("test_draw", 0)) if extra.get("variant") == "v2" else None
+    if "test_draw" in extra:  # v1 and v2 alike write it once it is not 0
+        return int(extra["test_draw"])
+    return 0 if "rho" in extra else None  # a synthetic tree (its generator settings) of the first draw
 
 
 def result_path(suite: str, method: str, seed: int, tag: str) -> Path:
