@@ -270,7 +270,8 @@ def test_timm_backbone_freezes_by_timm_groups():
 def torchvision_vgg16_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "vgg16.pth"
     torch.save(torchvision.models.vgg16().state_dict(), path)
-    return path
+    yield path
+    path.unlink()  # 528 MiB (the fc layers): not left on a small CI disk until the session ends
 
 
 @pytest.mark.parametrize("name", ["vgg16", "vgg16_imagenet"])

@@ -15,6 +15,7 @@ the JIT instead of failing on an unknown instruction).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -43,7 +44,20 @@ def build(output_dir: str | os.PathLike, target_cpu: str | None = None) -> Path:
     only on a CPU with the same flags), else generic: for the host the kernels took about 15 % less CPU
     time than for generic x86-64 (AMD EPYC, numba 0.68). Compiles in a fresh numba cache directory: a kernel
     loaded from a cache cannot be linked into the module."""
-    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdcicam-aot-cache-")
+    cache = tempfile.mkdtemp(prefix="kdcicam-aot-cache-")
+    previous = os.environ.get("NUMBA_CACHE_DIR")
+    os.environ["NUMBA_CACHE_DIR"] = cache
+    try:
+        return _compile(output_dir, target_cpu)
+    finally:  # the cache only served this build: leave no folder behind in /tmp
+        shutil.rmtree(cache, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("NUMBA_CACHE_DIR", None)
+        else:
+            os.environ["NUMBA_CACHE_DIR"] = previous
+
+
+def _compile(output_dir: str | os.PathLike, target_cpu: str | None) -> Path:
     from numba.pycc import CC
     from numba.pycc import compiler as pycc_compiler
 
