@@ -82,6 +82,30 @@ def test_score_multi_contour_and_options(scored, tmp_path: Path):
     assert per_iou["30"] != per_iou["50"]  # so the mean differs from the reported IoU's value
 
 
+@pytest.mark.parametrize("multi", [False, True], ids=["single-contour", "multi-contour"])
+def test_one_mode_matches_the_full_run_in_its_mode(scored, tmp_path: Path, capsys, multi: bool):
+    """``--one-mode`` computes only the mode asked for (as one wsolevaluation run): its boxes' numbers are the
+    full run's, bit for bit; GT-known Loc is that mode's (the reference's ``multi_contour_eval`` run's)."""
+    from kdcicam.evaluation import BoxEvaluator
+
+    split, cams, maps = scored
+    mode = ["--multi-contour"] if multi else []
+    full, one = tmp_path / "full.json", tmp_path / "one.json"
+    assert main(["score", str(cams), "--metadata", str(split), *mode, "--json", str(full)]) == 0
+    assert main(["score", str(cams), "--metadata", str(split), *mode, "--one-mode", "--json", str(one)]) == 0
+    printed = capsys.readouterr().out
+    a, b = json.loads(full.read_text()), json.loads(one.read_text())
+    for key in ("max_box_acc", "best_threshold", "box_acc_curve", "num_images", "multi_contour"):
+        assert b[key] == a[key], key
+    assert b["one_mode"] is True and b["context_leakage"] is None and "pxap" not in b
+    assert ("max_box_acc_v2" in b) == multi and (not multi or b["max_box_acc_v2"] == a["max_box_acc_v2"])
+    ev = BoxEvaluator(read_metadata(split, check_images=False), multi_contour=multi)
+    ev.accumulate(np.stack([maps[i] for i in IDS]), IDS)
+    assert b["gt_known_loc_oracle"] == ev.compute()["gt_known_loc_oracle"]
+    one_table = printed.split("full.json")[-1]  # what the --one-mode run printed
+    assert f"GT-known Loc ({'multi' if multi else 'single'}-contour)" in one_table and "leakage" not in one_table
+
+
 @pytest.mark.parametrize("batch", [64, 1], ids=["one-batch", "read-ahead"])
 def test_score_mask_split_without_image_sizes(tmp_path: Path, capsys, monkeypatch, batch: int):
     """wsolevaluation's OpenImages layout: localization.txt of masks, no image_sizes.txt. PxAP equals
@@ -120,6 +144,8 @@ def test_score_mask_split_without_image_sizes(tmp_path: Path, capsys, monkeypatc
     assert "max_box_acc" not in result and "max_box_acc_v2" not in result
     assert result["pxap"] == pytest.approx(reference_pxap(maps, truth), abs=1e-9)
     assert "PxAP" in capsys.readouterr().out
+    _fails(capsys, ["score", str(cams), "--metadata", str(split), "--mask-root", str(root), "--one-mode"],
+           "--one-mode scores boxes")  # a masks-only split has no boxes for it
 
 
 def _fails(capsys, args: list[str], *needles: str) -> None:

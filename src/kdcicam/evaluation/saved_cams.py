@@ -124,13 +124,19 @@ def check_no_strays(cam_dir: Path, image_ids: list[str]) -> None:
 
 def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = False, iou: list[int] | None = None,
                       interval: float = 0.01, cam_size: int | tuple[int, int] | None = None, normalize: bool = False,
-                      mask_root: Path | None = None, box_threshold: float | None = None) -> dict[str, Any]:
+                      mask_root: Path | None = None, box_threshold: float | None = None,
+                      one_mode: bool = False) -> dict[str, Any]:
     """Score a folder of maps; returns the JSON-ready metrics. ``cam_size=None``: the first map's size (every
-    map must have it); ``box_threshold``: also read GT-known Loc there (a threshold chosen on another split)."""
+    map must have it); ``box_threshold``: also read GT-known Loc there (a threshold chosen on another split).
+
+    By default every metric the split allows is computed in one pass: single-contour MaxBoxAcc and GT-known
+    Loc, MaxBoxAccV2 (multi-contour), PxAP with masks, context leakage. ``one_mode``: only the boxes of the
+    contour mode asked for, as one wsolevaluation run computes them (GT-known Loc then in that mode, no
+    leakage, no PxAP); faster when only that mode is wanted (docs/benchmarks.md, evaluator speed)."""
     from ..data.metadata import read_metadata
     from .boxes import ScoremapError, as_size
     from .cam_batches import batches, value_error
-    from .metrics import WSOLEvaluator
+    from .metrics import V2_IOU_THRESHOLDS, BoxEvaluator, WSOLEvaluator
 
     if not cam_dir.is_dir():
         raise KdcicamError(f"{cam_dir}: CAM folder not found")
@@ -142,21 +148,34 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
     if not (metadata.has_boxes or metadata.has_masks):
         raise KdcicamError(f"{metadata_dir}: the split has neither boxes nor masks (no localization.txt or masks.txt): "
                            "nothing to score")
+    if one_mode and not metadata.has_boxes:
+        raise KdcicamError(f"{metadata_dir}: --one-mode scores boxes, and the split has none (masks only): "
+                           "drop --one-mode to get PxAP")
     iou = list(iou or [30, 50, 70])
     if cam_size is None:
         h, w = load_cam(cam_dir, metadata.image_ids[0], None, normalize).shape
         cam_size = (w, h)
     ids = metadata.image_ids
+    workers = 1 if len(ids) < PARALLEL_FROM else None
+    evaluator: WSOLEvaluator | BoxEvaluator
     try:
-        evaluator = WSOLEvaluator(metadata, cam_size, iou, interval, workers=1 if len(ids) < PARALLEL_FROM else None)
+        if one_mode:  # MaxBoxAccV2's IoUs are counted too in the multi-contour mode (its definition)
+            counted = sorted(set(iou) | set(V2_IOU_THRESHOLDS)) if multi_contour else iou
+            evaluator = BoxEvaluator(metadata, cam_size, counted, multi_contour, interval, workers=workers)
+        else:
+            evaluator = WSOLEvaluator(metadata, cam_size, iou, interval, workers=workers)
     except ValueError as e:
         raise KdcicamError(str(e)) from None
     check_no_strays(cam_dir, ids)
     w, h = as_size(cam_size)
     # the next batch's files (and masks) are read on a thread while this one is scored
-    for batch, maps, masks in batches(cam_dir, ids, (h, w), normalize, BATCH, evaluator.metadata_masks, reuse=True):
+    read_masks = evaluator.metadata_masks if isinstance(evaluator, WSOLEvaluator) else None
+    for batch, maps, masks in batches(cam_dir, ids, (h, w), normalize, BATCH, read_masks, reuse=True):
         try:
-            evaluator.accumulate(maps, batch, loaded_masks=masks)
+            if isinstance(evaluator, WSOLEvaluator):
+                evaluator.accumulate(maps, batch, loaded_masks=masks)
+            else:
+                evaluator.accumulate(maps, batch)
         except ScoremapError:
             found = value_error(cam_dir, batch, maps)  # NaN, inf or out of range: name the file
             if found is not None:
@@ -168,12 +187,14 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
         except ValueError as e:
             raise KdcicamError(f"--box-threshold {box_threshold}: {e}") from None
     m = evaluator.compute(threshold=box_threshold)
-    key = "_v2" if multi_contour else ""
     out: dict[str, Any] = {
         "cam_dir": str(cam_dir), "metadata": str(metadata_dir), "num_images": m["num_images"],
         "multi_contour": multi_contour, "iou_thresholds": iou, "cam_curve_interval": interval,
         "cam_size": list(as_size(cam_size)),
     }
+    if one_mode:
+        return {**out, "one_mode": True, **_one_mode_metrics(m, iou, multi_contour, box_threshold is not None)}
+    key = "_v2" if multi_contour else ""
     if metadata.has_boxes:
         out.update({
             "max_box_acc": m["max_box_acc_v2_per_iou"] if multi_contour else m["max_box_acc"],
@@ -189,4 +210,26 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
     if m["pxap"] is not None:
         out.update({"pxap": m["pxap"], "piou": m["piou"], "piou_threshold": m["piou_threshold"]})
     out["context_leakage"] = m["context_leakage"]
+    return out
+
+
+def _one_mode_metrics(m: dict[str, Any], iou: list[int], multi_contour: bool, given: bool) -> dict[str, Any]:
+    """A :class:`~.metrics.BoxEvaluator`'s metrics in ``kdcicam score``'s JSON form, the asked IoUs only
+    (GT-known Loc in the mode scored, as wsolevaluation reports it)."""
+    from .metrics import V2_IOU_THRESHOLDS
+
+    wanted = [str(i) for i in iou]
+    out: dict[str, Any] = {
+        "max_box_acc": {k: m["max_box_acc"][k] for k in wanted},
+        "best_threshold": {k: m["best_threshold"][k] for k in wanted},
+        "box_acc_curve": {"thresholds": m["box_acc_curve"]["thresholds"],
+                          **{k: m["box_acc_curve"][k] for k in wanted}},
+        "gt_known_loc_oracle": m["gt_known_loc_oracle"],
+        "oracle_threshold": m["best_threshold"].get("50", None if given else m["best_threshold"]["used"]),
+    }
+    if multi_contour:
+        out["max_box_acc_v2"] = float(sum(m["max_box_acc"][str(i)] for i in V2_IOU_THRESHOLDS) / len(V2_IOU_THRESHOLDS))
+    if given:
+        out.update({"gt_known_loc": m["gt_known_loc"], "box_threshold": m["best_threshold"]["used"]})
+    out["context_leakage"] = None
     return out
