@@ -47,10 +47,16 @@ def test_aot_equals_jit(interval: float):
     maps = np.stack([smooth_map(rng, low=int(rng.choice([7, 14]))) for _ in range(24)])
     maps[3] = np.floor(maps[3] * 8) / 8  # plateaus: ties and holes
     maps[7, 5, 5] = 1.5  # invalid
+    # a small high plateau with a shallow hole on a ramp, the hole's box as GT: the kernel flags the hole's
+    # thresholds for findContours rather than sweep the whole background (test_eval_property's case)
+    maps[4] = np.tile(np.linspace(0.1, 0.2, 224), (224, 1))
+    maps[4, 40:80, 60:100] = 1.0
+    maps[4, 50:53, 70:74] = 1 - 1.5 * interval  # the hole lives at the top threshold only
     thresholds = threshold_list(interval)
     corner = rng.integers(0, 200, (30, 2))
     boxes = np.concatenate([corner, corner + rng.integers(1, 24, (30, 2))], axis=1).astype(np.int64)
     offsets = np.linspace(0, 30, 25).astype(np.int64)  # one or two GT boxes per image
+    boxes[offsets[4]:offsets[5]] = [69, 49, 75, 54]  # the hole's contour box
     mask = (rng.random((224, 224)) < 0.3).astype(np.uint8)
     edges = np.append(thresholds, [1.0, 2.0, 3.0])
     b, nt = len(maps), len(thresholds)

@@ -58,10 +58,11 @@ from numba import njit
 FLAG_SINGLE = 1  #: the single-contour answer at this threshold needs the plain findContours
 FLAG_MULTI = 2   #: the multi-contour answer at this threshold needs the plain findContours
 #: one plain findContours (with the Python around it) costs about as much as this many pixels of
-#: the background pass (multi-contour time on 1,389 synthetic maps is lowest at 8,000 of 4,000,
-#: 8,000, 12,000 and 20,000), so sparse high thresholds with holes are traced
-#: rather than paid for with the whole pass
-_TRACE_PIXELS = 8000
+#: the background pass, so sparse high thresholds with holes are traced rather than paid for with the
+#: whole pass. Multi-contour CPU time on 1,389 CAM-like maps is flat from 32,000 to 96,000, 7-10 % below
+#: the 8,000 used before (benchmarks/results/trace_cost.json); the metrics never change. 32,000, the low
+#: end: above 50,176 (224 x 224) a 224 map is never traced, and tracing pays on larger maps
+_TRACE_PIXELS = 32000
 
 # Neighbour order of the 8-bit neighbourhood mask: bit i set when neighbour i is foreground.
 #   0 1 2        (-1,-1) (-1,0) (-1,1)
