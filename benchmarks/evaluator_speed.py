@@ -17,7 +17,8 @@ reference runs. All alternate batch by batch, so that on a shared machine they s
 End to end (``end_to_end``, on cub50_test when it is there, else the synthetic maps): the maps are
 saved as ``.npy`` files (as ``kdcicam evaluate --save-cams`` and wsolevaluation's inference write
 them) and each command is timed as a whole, process start, imports, kernel loading and file reads
-included: ``python -m kdcicam score CAM_DIR --metadata SPLIT --interval I [--multi-contour]`` against
+included: ``python -m kdcicam score CAM_DIR --metadata SPLIT --interval I [--multi-contour] --one-mode``
+(that mode's boxes only: the reference run's work) against
 ``benchmarks/reference_score.py`` (wsolevaluation's evaluation loop: one ``np.load`` and one
 findContours per image and threshold), at each ``--intervals`` value, in each mode, curves asserted
 equal. ``first_run_s`` is our command's first run with an empty numba cache (what the first run after
@@ -25,9 +26,10 @@ equal. ``first_run_s`` is our command's first run with an empty numba cache (wha
 reference is one thread), ``ours_one_core_s`` the same command pinned to one core (``ratio_one_core``:
 the speed-up that owes nothing to the extra cores); the reference runs once per case (a minute or more at
 0.001, so its run-to-run spread is small beside it). ``both_modes`` (per interval, from the two cases'
-timings, nothing run again): every ``kdcicam score`` run reports both modes (MaxBoxAcc and GT-known Loc
-single-contour, MaxBoxAccV2 multi-contour) where wsolevaluation needs one run per mode, so one of our runs
-is set against the sum of the two reference runs, metrics asserted equal to both.
+timings, nothing run again): the default ``kdcicam score`` run (no ``--one-mode``, timed in each case
+beside the one-mode command: ``full_*``) reports both modes (MaxBoxAcc and GT-known Loc single-contour,
+MaxBoxAccV2 multi-contour) and context leakage, where wsolevaluation needs one run per mode, so one of our
+default runs is set against the sum of the two reference runs, metrics asserted equal to both.
 
 ``kernel_builds`` (issue 27, :mod:`kernel_builds`, also written to ``benchmarks/results/kernel_builds.json``):
 the AOT module against numba's cached JIT, import and first-call (compile) times, and ``kdcicam score``
@@ -281,12 +283,15 @@ def end_to_end(split: Path, ids: list[str], maps: np.ndarray, intervals: list[fl
             reference = [sys.executable, str(ROOT / "benchmarks" / "reference_score.py"), *common, "--json", str(ref_json)]
             with tempfile.TemporaryDirectory(dir=tmp) as cache:  # an empty numba cache: the first run after install
                 first = _run(ours, {**env, "NUMBA_CACHE_DIR": cache})
+            with tempfile.TemporaryDirectory(dir=tmp) as cache:
+                first_full = _run(full, {**env, "NUMBA_CACHE_DIR": cache})
             t_ref = _run(reference, env)
-            t_ours, t_one, t_full = [], [], []
+            t_ours, t_one, t_full, t_full_one = [], [], [], []
             for _ in range(repeat):  # alternating, so that all see the same load
                 t_ours.append(_run(ours, env))
                 t_one.append(_run(ours, env, one_core=True))
                 t_full.append(_run(full, env))
+                t_full_one.append(_run(full, env, one_core=True))
             got, want = json.loads(ours_json.read_text()), json.loads(ref_json.read_text())
             got_full = json.loads(full_json.read_text())
             for result in (got, got_full):
@@ -300,7 +305,8 @@ def end_to_end(split: Path, ids: list[str], maps: np.ndarray, intervals: list[fl
                 "ours_one_core_s": round(one, 3), "ours_one_core_runs_s": [round(t, 3) for t in t_one],
                 "ratio": round(t_ref / mean, 2), "ratio_one_core": round(t_ref / one, 2),
                 "ratio_first_run": round(t_ref / first, 2),
-                "full_runs_s": [round(t, 3) for t in t_full],
+                "full_runs_s": [round(t, 3) for t in t_full], "full_one_core_runs_s": [round(t, 3) for t in t_full_one],
+                "full_first_run_s": round(first_full, 3),
                 "max_box_acc": got["max_box_acc"], "equal_to_reference": True,
             }
             out["cases"].append(case)
@@ -319,7 +325,7 @@ def both_modes_case(interval: float, per_mode: dict[str, tuple[dict[str, Any], d
     (multi-contour) and context leakage, whichever mode it is asked for, where wsolevaluation needs one run per
     mode. So one of our default runs (the mean over both commands' ``full_runs_s``: they do the same work) is
     set against the *sum* of the two reference runs, and its metrics are asserted equal to both reference
-    runs'. The first-run and one-core columns are the ``--one-mode`` commands' (not timed for the default)."""
+    runs'."""
     (single, got_single, want_single) = per_mode["single_contour"]
     (multi, _, want_multi) = per_mode["multi_contour"]
     v2 = float(np.mean([want_multi["max_box_acc"][k] for k in ("30", "50", "70")]))
@@ -327,10 +333,9 @@ def both_modes_case(interval: float, per_mode: dict[str, tuple[dict[str, Any], d
     assert got_single["gt_known_loc_oracle"] == want_single["max_box_acc"]["50"], interval
     t_ref = single["reference_s"] + multi["reference_s"]
     runs = single["full_runs_s"] + multi["full_runs_s"]
-    one_runs = [round(a + b, 3) for a, b in zip(single["ours_one_core_runs_s"], multi["ours_one_core_runs_s"],
-                                                strict=True)]  # a --one-mode run per mode, summed
+    one_runs = single["full_one_core_runs_s"] + multi["full_one_core_runs_s"]
     mean, one = float(np.mean(runs)), float(np.mean(one_runs))
-    first = single["first_run_s"] + multi["first_run_s"]
+    first = float(np.mean([single["full_first_run_s"], multi["full_first_run_s"]]))
     print(f"  interval {interval:<6g} both modes      reference {t_ref:7.2f} s (two runs)   ours {mean:6.3f} s "
           f"(one run)   ratio {t_ref / mean:6.1f}x (one core {t_ref / one:5.1f}x)", flush=True)
     return {
@@ -342,8 +347,7 @@ def both_modes_case(interval: float, per_mode: dict[str, tuple[dict[str, Any], d
         "max_box_acc_v2": got_single["max_box_acc_v2"], "equal_to_reference": True,
         "note": "one default `kdcicam score` run (it reports both modes: MaxBoxAcc, GT-known Loc and MaxBoxAccV2, "
                 "and context leakage) against the sum of the two reference runs (wsolevaluation: one run per mode); "
-                "times from the two cases above, ours the mean over both commands' default runs; first run and "
-                "one core: the --one-mode commands', summed",
+                "times from the two cases above, ours the mean over both commands' default runs",
     }
 
 
@@ -499,9 +503,10 @@ def main(argv: list[str] | None = None) -> int:
                      "end_to_end": "whole commands timed from process start to exit: `python -m kdcicam score` vs "
                      "benchmarks/reference_score.py (wsolevaluation's loop: np.load + findContours per image and "
                      "threshold), one mode per command, same .npy files; reference once per case (one thread), ours "
-                     "the mean of `repeat` runs on every core (`threads`) and of `repeat` runs pinned to one core, "
-                     "after a first run with an empty numba cache; both_modes: one kdcicam score run (it reports "
-                     "both modes) against the sum of the two reference runs", "intervals": args.intervals},
+                     "(`kdcicam score --one-mode`, that mode only) the mean of `repeat` runs on every core "
+                     "(`threads`) and of `repeat` runs pinned to one core, after a first run with an empty numba "
+                     "cache; both_modes: one default kdcicam score run (both modes and leakage, `full_*` in the "
+                     "cases) against the sum of the two reference runs", "intervals": args.intervals},
         "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
                                     "after": [round(v, 2) for v in os.getloadavg()]},
         "note": "the machine is shared with other jobs (see the load averages: 2 cores); the ratio (both timed "

@@ -45,8 +45,8 @@ def _end_to_end_lines(e2e: dict) -> list[str]:
                   + (" Both modes: the default `kdcicam score` run (without `--one-mode`) reports single-contour "
                      "MaxBoxAcc and GT-known Loc *and* MaxBoxAccV2 (multi-contour) and context leakage, where "
                      "wsolevaluation needs one run per mode, so one default run of ours (the mean over both commands' "
-                     f"{runs} runs each) is set against the sum of the two reference runs; its first-run and one-core "
-                     "columns are the two `--one-mode` runs' summed."
+                     f"{runs} runs each, and their first and one-core runs) is set against the sum of the two "
+                     "reference runs."
                      if any(c["mode"] == "both_modes" for c in e2e.get("cases", [])) else "")), "",
              "| interval | mode | reference s (1 thread) | ours s" + (f" ({threads} threads)" if threads else "")
              + " | ours, first run s | ratio" + (" | ours, one core s | ratio, one core" if one_core else "")
