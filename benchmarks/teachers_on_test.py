@@ -9,6 +9,10 @@ the test splits, so nothing may be chosen on what it prints.
     MALLOC_MMAP_THRESHOLD_=10000000000 MALLOC_TRIM_THRESHOLD_=10000000000 \\
         .venv/bin/python benchmarks/teachers_on_test.py --suite synthetic-v2 --seeds 0 1 2
 
+``--control TAG:METHOD`` also scores the suite's tagged runs ``runs/bench/<suite>_<TAG>/<METHOD>-seed<k>`` (their
+``best.ckpt``) the same way, as rows named TAG: an ablation trained and chosen on val (e.g. E1, CAM + the loc
+teacher's fg/bg loss with no teacher at all), set beside the student on test only after its final runs.
+
 Writes ``benchmarks/results/teachers_<suite>.json`` (rewritten after each teacher; a scored one is skipped).
 """
 from __future__ import annotations
@@ -28,7 +32,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--control", action="append", default=[], metavar="TAG:METHOD",
+                   help="also score the tagged runs runs/bench/<suite>_<TAG>/<METHOD>-seed<k> (repeatable)")
     args = p.parse_args()
+    controls = {}
+    for item in args.control:
+        tag, sep, method = item.partition(":")
+        if not (sep and tag and method):
+            p.error(f"--control {item!r}: expected TAG:METHOD, e.g. E1-control:ci-cam")
+        controls[tag] = method
     from kdcicam.data.metadata import atomic_write_text
     from kdcicam.training.evaluate import evaluate
 
@@ -40,14 +52,22 @@ def main() -> int:
                   machine=machine(), test_draw=test_draw(Path(cfg.data.root)),
                   what=f"the KD-CI-CAM teachers of the {args.suite} benchmark runs, scored on "
                        f"{' and '.join(splits)} after the final runs (a control: nothing is chosen on it)")
+    record["controls"] = {**record.get("controls", {}), **controls}
+    if record["controls"]:
+        record["what"] += "; also the tagged runs " + ", ".join(
+            f"{tag} (`runs/bench/{args.suite}_{tag}/{method}-seed<k>`)" for tag, method in record["controls"].items())
     done = {(r["seed"], r["stage"]) for r in record["runs"]}
     for seed in args.seeds:
-        for stage in STAGES:
+        for stage in (*STAGES, *controls):
             if (seed, stage) in done:
                 continue
-            ckpt = run_dir(args.suite, "kd-ci-cam", seed) / stage / "checkpoints" / "best.ckpt"
+            if stage in controls:
+                ckpt = run_dir(args.suite, controls[stage], seed, stage) / "checkpoints" / "best.ckpt"
+            else:
+                ckpt = run_dir(args.suite, "kd-ci-cam", seed) / stage / "checkpoints" / "best.ckpt"
             if not ckpt.is_file():
-                sys.exit(f"{ckpt}: no such checkpoint (train the suite's kd-ci-cam seed {seed} first)")
+                sys.exit(f"{ckpt}: no such checkpoint (train the suite's {'run' if stage in controls else 'kd-ci-cam'} "
+                         f"seed {seed} first)")
             m = evaluate(ckpt, splits, progress=False, write=False)
             record["runs"].append({"seed": seed, "stage": stage, "checkpoint": str(ckpt.relative_to(REPO)),
                                    "box_threshold": m["box_threshold"],

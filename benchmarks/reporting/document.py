@@ -94,6 +94,7 @@ def suite_section(
         lines += teachers_diagnostic(
             loading.RESULTS / f"teachers_{suite}.json",
             "A control: the KD-CI-CAM teachers on test, scored after the final runs",
+            runs,
         )
     lines += dilemma_section(suite, runs, n, level + "#") + diagnostics_section(suite, runs, level + "#")
     if suite == "cub50":

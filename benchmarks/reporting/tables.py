@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import loading
-from .formatting import binomial_se, fmt
+from .formatting import binomial_se, fmt, fmt_delta
 from .loading import LABEL, METHODS, SHOWN, SPENT, floor_metrics, portable
 from .runs import CHECKPOINTS, CHOSEN_BY, checkpoint_metrics, chosen_score, machine_line, val_images
 
@@ -157,7 +157,9 @@ def device_comparison(
 
 
 def teachers_diagnostic(
-    path: Path, heading: str = "The reading that spent this test pair: the KD-CI-CAM teachers on test"
+    path: Path,
+    heading: str = "The reading that spent this test pair: the KD-CI-CAM teachers on test",
+    runs: dict[str, list[dict]] | None = None,
 ) -> list[str]:
     """The teachers scored on test (teachers_<suite>.json, benchmarks/teachers_on_test.py): in a spent section,
     the diagnostic that read its test pair; in the current one, the control scored after the final runs."""
@@ -194,7 +196,31 @@ def teachers_diagnostic(
             + " | ".join(fmt([r["metrics"][split].get(k) for r in rs]) for split in splits for _, k in keys)
             + " |"
         )
-    return [*lines, ""]
+    return [*lines, "", *_student_minus_rows(per_stage, runs or {}, splits, keys)]
+
+
+def _student_minus_rows(
+    per_stage: dict[str, list[dict]], runs: dict[str, list[dict]], splits: list[str], keys: tuple
+) -> list[str]:
+    """The KD-CI-CAM student (its benchmark runs' scored checkpoint) minus each row, seed by seed."""
+    student = {r["seed"]: r["metrics"] for r in runs.get("kd-ci-cam", [])}
+    out = []
+    for stage, rs in sorted(per_stage.items()):
+        for split in splits:
+            seeds = sorted(r["seed"] for r in rs if split in student.get(r["seed"], {}))
+            if not seeds:
+                continue
+            row = {r["seed"]: r["metrics"][split] for r in rs}
+            parts = [
+                f"{label} {fmt_delta([student[s][split][k] - row[s][k] for s in seeds])}"
+                for label, k in keys
+                if all(student[s][split].get(k) is not None and row[s].get(k) is not None for s in seeds)
+            ]
+            out.append(
+                f"- KD-CI-CAM student − {stage.replace('_', ' ')}, {split}, seeds {','.join(map(str, seeds))}: "
+                + ", ".join(parts) + "."
+            )
+    return [*out, ""] if out else []
 
 
 def archive_section() -> list[str]:
