@@ -40,6 +40,8 @@ def main() -> int:
         tag, sep, method = item.partition(":")
         if not (sep and tag and method):
             p.error(f"--control {item!r}: expected TAG:METHOD, e.g. E1-control:ci-cam")
+        if tag in STAGES:
+            p.error(f"--control {item!r}: the tag {tag!r} is a teacher's row name; name the control otherwise")
         controls[tag] = method
     from kdcicam.data.metadata import atomic_write_text
     from kdcicam.training.evaluate import evaluate
@@ -52,6 +54,9 @@ def main() -> int:
                   machine=machine(), test_draw=test_draw(Path(cfg.data.root)),
                   what=f"the KD-CI-CAM teachers of the {args.suite} benchmark runs, scored on "
                        f"{' and '.join(splits)} after the final runs (a control: nothing is chosen on it)")
+    for tag, method in controls.items():
+        if record.get("controls", {}).get(tag, method) != method:
+            sys.exit(f"--control {tag}:{method}: {out.name} already holds {tag} as {record['controls'][tag]} runs")
     record["controls"] = {**record.get("controls", {}), **controls}
     if record["controls"]:
         record["what"] += "; also the tagged runs " + ", ".join(

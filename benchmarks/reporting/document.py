@@ -93,7 +93,7 @@ def suite_section(
     if results is None or results == loading.RESULTS:  # a spent section shows its own reading (spent_sections)
         lines += teachers_diagnostic(
             loading.RESULTS / f"teachers_{suite}.json",
-            "A control: the KD-CI-CAM teachers on test, scored after the final runs",
+            "Controls: the KD-CI-CAM teachers (and tagged controls) on test, scored after the final runs",
             runs,
         )
     lines += dilemma_section(suite, runs, n, level + "#") + diagnostics_section(suite, runs, level + "#")

@@ -184,7 +184,7 @@ def teachers_diagnostic(
             f"`{portable(data['command'])}`."
         ),
         "",
-        "| teacher | seeds | "
+        "| run | seeds | "
         + " | ".join(f"{label} {split}" for split in splits for label, _ in keys)
         + " |",
         "|---|---|" + "---|" * (len(splits) * len(keys)),

@@ -271,7 +271,7 @@ def torchvision_vgg16_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "vgg16.pth"
     torch.save(torchvision.models.vgg16().state_dict(), path)
     yield path
-    path.unlink()  # 528 MiB (the fc layers): not left on a small CI disk until the session ends
+    path.unlink(missing_ok=True)  # 528 MiB (the fc layers): not left on a small CI disk until the session ends
 
 
 @pytest.mark.parametrize("name", ["vgg16", "vgg16_imagenet"])

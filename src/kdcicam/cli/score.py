@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "max_box_acc_v2 is always the multi-contour mean over IoU 30/50/70")
     parser.add_argument("--one-mode", action="store_true",
                         help="compute only the contour mode asked for, as one wsolevaluation run does (faster; "
-                        "GT-known Loc in that mode, MaxBoxAccV2 only with --multi-contour, no PxAP or leakage)")
+                        "GT-known Loc only single-contour, MaxBoxAccV2 only with --multi-contour, no PxAP or leakage)")
     parser.add_argument("--iou", type=int, nargs="+", default=[30, 50, 70], metavar="PCT",
                         help="IoU thresholds in percent (default: 30 50 70)")
     parser.add_argument("--interval", type=float, default=0.01, help="CAM threshold interval (default: 0.01)")
@@ -58,11 +58,9 @@ def format_table(result: dict[str, Any]) -> str:
             rows.append((f"MaxBoxAcc@{iou} ({mode})", f"{value:.2f}  (threshold {result['best_threshold'][iou]:.3f})"))
         if "max_box_acc_v2" in result:
             rows.append(("MaxBoxAccV2 (multi-contour, mean of IoU 30/50/70)", f"{result['max_box_acc_v2']:.2f}"))
-        known = "GT-known Loc, oracle threshold (best on this split)"
-        if result.get("one_mode"):
-            known = f"GT-known Loc ({mode}), oracle threshold (best on this split)"
-        at = "" if result["oracle_threshold"] is None else f"  (threshold {result['oracle_threshold']:.3f})"
-        rows.append((known, f"{result['gt_known_loc_oracle']:.2f}{at}"))
+        if "gt_known_loc_oracle" in result:  # single-contour by definition: not in a --one-mode multi-contour run
+            rows.append(("GT-known Loc, oracle threshold (best on this split)",
+                         f"{result['gt_known_loc_oracle']:.2f}  (threshold {result['oracle_threshold']:.3f})"))
         if "gt_known_loc" in result:
             given = f"{result['gt_known_loc']:.2f}  (threshold {result['box_threshold']:.3f})"
             rows.append(("GT-known Loc at the given threshold", given))

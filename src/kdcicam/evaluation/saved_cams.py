@@ -152,6 +152,12 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
         raise KdcicamError(f"{metadata_dir}: --one-mode scores boxes, and the split has none (masks only): "
                            "drop --one-mode to get PxAP")
     iou = list(iou or [30, 50, 70])
+    if one_mode and multi_contour and box_threshold is not None:
+        raise KdcicamError("--box-threshold reads GT-known Loc, which is single-contour here: drop --one-mode or "
+                           "--multi-contour")
+    # IoU 50 is always counted (GT-known Loc and the oracle threshold are read there), and in the multi-contour
+    # mode MaxBoxAccV2's IoUs (its definition); only the IoUs asked for are reported
+    counted = sorted(set(iou) | {50} | (set(V2_IOU_THRESHOLDS) if multi_contour else set()))
     if cam_size is None:
         h, w = load_cam(cam_dir, metadata.image_ids[0], None, normalize).shape
         cam_size = (w, h)
@@ -159,11 +165,10 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
     workers = 1 if len(ids) < PARALLEL_FROM else None
     evaluator: WSOLEvaluator | BoxEvaluator
     try:
-        if one_mode:  # MaxBoxAccV2's IoUs are counted too in the multi-contour mode (its definition)
-            counted = sorted(set(iou) | set(V2_IOU_THRESHOLDS)) if multi_contour else iou
+        if one_mode:
             evaluator = BoxEvaluator(metadata, cam_size, counted, multi_contour, interval, workers=workers)
         else:
-            evaluator = WSOLEvaluator(metadata, cam_size, iou, interval, workers=workers)
+            evaluator = WSOLEvaluator(metadata, cam_size, counted, interval, workers=workers)
     except ValueError as e:
         raise KdcicamError(str(e)) from None
     check_no_strays(cam_dir, ids)
@@ -195,13 +200,14 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
     if one_mode:
         return {**out, "one_mode": True, **_one_mode_metrics(m, iou, multi_contour, box_threshold is not None)}
     key = "_v2" if multi_contour else ""
+    wanted = [str(i) for i in iou]
     if metadata.has_boxes:
         out.update({
-            "max_box_acc": m["max_box_acc_v2_per_iou"] if multi_contour else m["max_box_acc"],
+            "max_box_acc": _only(m["max_box_acc_v2_per_iou"] if multi_contour else m["max_box_acc"], wanted),
             "max_box_acc_v2": m["max_box_acc_v2"],
             # per IoU threshold only, in both modes (GT-known Loc: single-contour, IoU 50)
-            "best_threshold": {k: v for k, v in m["best_threshold" + key].items() if k != "used"},
-            "box_acc_curve": m["box_acc_curve" + key],
+            "best_threshold": _only(m["best_threshold" + key], wanted),
+            "box_acc_curve": _only(m["box_acc_curve" + key], ["thresholds", *wanted]),
             "gt_known_loc_oracle": m["gt_known_loc_oracle"],
             "oracle_threshold": m["best_threshold"]["50"],
         })
@@ -213,23 +219,28 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
     return out
 
 
+def _only(values: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The entries of ``values`` for ``keys``, in that order (the IoUs asked for; the curve's thresholds)."""
+    return {k: values[k] for k in keys}
+
+
 def _one_mode_metrics(m: dict[str, Any], iou: list[int], multi_contour: bool, given: bool) -> dict[str, Any]:
-    """A :class:`~.metrics.BoxEvaluator`'s metrics in ``kdcicam score``'s JSON form, the asked IoUs only
-    (GT-known Loc in the mode scored, as wsolevaluation reports it)."""
+    """A :class:`~.metrics.BoxEvaluator`'s metrics in ``kdcicam score``'s JSON form, the asked IoUs only. Every
+    key means what it means in the default run: GT-known Loc is single-contour, so a multi-contour run reports
+    MaxBoxAcc and MaxBoxAccV2 only (its IoU-50 MaxBoxAcc is wsolevaluation's multi-contour GT-known Loc)."""
     from .metrics import V2_IOU_THRESHOLDS
 
     wanted = [str(i) for i in iou]
     out: dict[str, Any] = {
-        "max_box_acc": {k: m["max_box_acc"][k] for k in wanted},
-        "best_threshold": {k: m["best_threshold"][k] for k in wanted},
-        "box_acc_curve": {"thresholds": m["box_acc_curve"]["thresholds"],
-                          **{k: m["box_acc_curve"][k] for k in wanted}},
-        "gt_known_loc_oracle": m["gt_known_loc_oracle"],
-        "oracle_threshold": m["best_threshold"].get("50", None if given else m["best_threshold"]["used"]),
+        "max_box_acc": _only(m["max_box_acc"], wanted),
+        "best_threshold": _only(m["best_threshold"], wanted),
+        "box_acc_curve": _only(m["box_acc_curve"], ["thresholds", *wanted]),
     }
     if multi_contour:
         out["max_box_acc_v2"] = float(sum(m["max_box_acc"][str(i)] for i in V2_IOU_THRESHOLDS) / len(V2_IOU_THRESHOLDS))
-    if given:
-        out.update({"gt_known_loc": m["gt_known_loc"], "box_threshold": m["best_threshold"]["used"]})
+    else:
+        out.update({"gt_known_loc_oracle": m["gt_known_loc_oracle"], "oracle_threshold": m["best_threshold"]["50"]})
+        if given:
+            out.update({"gt_known_loc": m["gt_known_loc"], "box_threshold": m["best_threshold"]["used"]})
     out["context_leakage"] = None
     return out
