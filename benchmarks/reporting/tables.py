@@ -202,24 +202,26 @@ def teachers_diagnostic(
 def _student_minus_rows(
     per_stage: dict[str, list[dict]], runs: dict[str, list[dict]], splits: list[str], keys: tuple
 ) -> list[str]:
-    """The KD-CI-CAM student (its benchmark runs' scored checkpoint) minus each row, seed by seed."""
+    """The KD-CI-CAM student (its benchmark runs' scored checkpoint) minus each row, and each row minus CAM,
+    seed by seed."""
     student = {r["seed"]: r["metrics"] for r in runs.get("kd-ci-cam", [])}
+    cam = {r["seed"]: r["metrics"] for r in runs.get("cam", [])}
     out = []
     for stage, rs in sorted(per_stage.items()):
-        for split in splits:
-            seeds = sorted(r["seed"] for r in rs if split in student.get(r["seed"], {}))
-            if not seeds:
-                continue
-            row = {r["seed"]: r["metrics"][split] for r in rs}
-            parts = [
-                f"{label} {fmt_delta([student[s][split][k] - row[s][k] for s in seeds])}"
-                for label, k in keys
-                if all(student[s][split].get(k) is not None and row[s].get(k) is not None for s in seeds)
-            ]
-            out.append(
-                f"- KD-CI-CAM student − {stage.replace('_', ' ')}, {split}, seeds {','.join(map(str, seeds))}: "
-                + ", ".join(parts) + "."
-            )
+        name = stage.replace("_", " ")
+        row = {r["seed"]: r["metrics"] for r in rs}
+        for label, minuend, subtrahend in (("KD-CI-CAM student − " + name, student, row), (name + " − CAM", row, cam)):
+            for split in splits:
+                seeds = sorted(s for s in row if split in minuend.get(s, {}) and split in subtrahend.get(s, {}))
+                if not seeds:
+                    continue
+                a, b = ({s: side[s][split] for s in seeds} for side in (minuend, subtrahend))
+                parts = [
+                    f"{key_label} {fmt_delta([a[s][k] - b[s][k] for s in seeds])}"
+                    for key_label, k in keys
+                    if all(a[s].get(k) is not None and b[s].get(k) is not None for s in seeds)
+                ]
+                out.append(f"- {label}, {split}, seeds {','.join(map(str, seeds))}: " + ", ".join(parts) + ".")
     return [*out, ""] if out else []
 
 
