@@ -131,8 +131,11 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
 
     By default every metric the split allows is computed in one pass: single-contour MaxBoxAcc and GT-known
     Loc, MaxBoxAccV2 (multi-contour), PxAP with masks, context leakage. ``one_mode``: only the boxes of the
-    contour mode asked for, as one wsolevaluation run computes them (GT-known Loc then in that mode, no
-    leakage, no PxAP); faster when only that mode is wanted (docs/benchmarks.md, evaluator speed)."""
+    contour mode asked for, as one wsolevaluation run computes them (every key keeps its default meaning, so
+    GT-known Loc, single-contour, only in that mode; no leakage, no PxAP); faster when only that mode is wanted
+    (docs/benchmarks.md, evaluator speed)."""
+    import numpy as np
+
     from ..data.metadata import read_metadata
     from .boxes import ScoremapError, as_size
     from .cam_batches import batches, value_error
@@ -174,13 +177,10 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
     check_no_strays(cam_dir, ids)
     w, h = as_size(cam_size)
     # the next batch's files (and masks) are read on a thread while this one is scored
-    read_masks = evaluator.metadata_masks if isinstance(evaluator, WSOLEvaluator) else None
+    read_masks = None if isinstance(evaluator, BoxEvaluator) else evaluator.metadata_masks
     for batch, maps, masks in batches(cam_dir, ids, (h, w), normalize, BATCH, read_masks, reuse=True):
         try:
-            if isinstance(evaluator, WSOLEvaluator):
-                evaluator.accumulate(maps, batch, loaded_masks=masks)
-            else:
-                evaluator.accumulate(maps, batch)
+            evaluator.accumulate(maps, batch, **({} if read_masks is None else {"loaded_masks": masks}))
         except ScoremapError:
             found = value_error(cam_dir, batch, maps)  # NaN, inf or out of range: name the file
             if found is not None:
@@ -198,24 +198,31 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
         "cam_size": list(as_size(cam_size)),
     }
     if one_mode:
-        return {**out, "one_mode": True, **_one_mode_metrics(m, iou, multi_contour, box_threshold is not None)}
-    key = "_v2" if multi_contour else ""
-    wanted = [str(i) for i in iou]
+        out["one_mode"] = True
     if metadata.has_boxes:
+        wanted = [str(i) for i in iou]
+        if one_mode:  # a BoxEvaluator's metrics are its mode's
+            key, per_iou = "", m["max_box_acc"]
+        else:
+            key = "_v2" if multi_contour else ""
+            per_iou = m["max_box_acc_v2_per_iou"] if multi_contour else m["max_box_acc"]
+        out["max_box_acc"] = _only(per_iou, wanted)
+        if not one_mode:
+            out["max_box_acc_v2"] = m["max_box_acc_v2"]
+        elif multi_contour:  # MaxBoxAccV2's IoUs were counted (above)
+            out["max_box_acc_v2"] = float(np.mean([per_iou[str(i)] for i in V2_IOU_THRESHOLDS]))
         out.update({
-            "max_box_acc": _only(m["max_box_acc_v2_per_iou"] if multi_contour else m["max_box_acc"], wanted),
-            "max_box_acc_v2": m["max_box_acc_v2"],
             # per IoU threshold only, in both modes (GT-known Loc: single-contour, IoU 50)
             "best_threshold": _only(m["best_threshold" + key], wanted),
             "box_acc_curve": _only(m["box_acc_curve" + key], ["thresholds", *wanted]),
-            "gt_known_loc_oracle": m["gt_known_loc_oracle"],
-            "oracle_threshold": m["best_threshold"]["50"],
         })
-        if box_threshold is not None:
-            out.update({"gt_known_loc": m["gt_known_loc"], "box_threshold": m["best_threshold"]["used"]})
-    if m["pxap"] is not None:
+        if not (one_mode and multi_contour):  # GT-known Loc is single-contour by definition
+            out.update({"gt_known_loc_oracle": m["gt_known_loc_oracle"], "oracle_threshold": m["best_threshold"]["50"]})
+            if box_threshold is not None:
+                out.update({"gt_known_loc": m["gt_known_loc"], "box_threshold": m["best_threshold"]["used"]})
+    if m.get("pxap") is not None:  # a BoxEvaluator (--one-mode) has neither PxAP nor leakage
         out.update({"pxap": m["pxap"], "piou": m["piou"], "piou_threshold": m["piou_threshold"]})
-    out["context_leakage"] = m["context_leakage"]
+    out["context_leakage"] = m.get("context_leakage")
     return out
 
 
@@ -223,24 +230,3 @@ def _only(values: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     """The entries of ``values`` for ``keys``, in that order (the IoUs asked for; the curve's thresholds)."""
     return {k: values[k] for k in keys}
 
-
-def _one_mode_metrics(m: dict[str, Any], iou: list[int], multi_contour: bool, given: bool) -> dict[str, Any]:
-    """A :class:`~.metrics.BoxEvaluator`'s metrics in ``kdcicam score``'s JSON form, the asked IoUs only. Every
-    key means what it means in the default run: GT-known Loc is single-contour, so a multi-contour run reports
-    MaxBoxAcc and MaxBoxAccV2 only (its IoU-50 MaxBoxAcc is wsolevaluation's multi-contour GT-known Loc)."""
-    from .metrics import V2_IOU_THRESHOLDS
-
-    wanted = [str(i) for i in iou]
-    out: dict[str, Any] = {
-        "max_box_acc": _only(m["max_box_acc"], wanted),
-        "best_threshold": _only(m["best_threshold"], wanted),
-        "box_acc_curve": _only(m["box_acc_curve"], ["thresholds", *wanted]),
-    }
-    if multi_contour:
-        out["max_box_acc_v2"] = float(sum(m["max_box_acc"][str(i)] for i in V2_IOU_THRESHOLDS) / len(V2_IOU_THRESHOLDS))
-    else:
-        out.update({"gt_known_loc_oracle": m["gt_known_loc_oracle"], "oracle_threshold": m["best_threshold"]["50"]})
-        if given:
-            out.update({"gt_known_loc": m["gt_known_loc"], "box_threshold": m["best_threshold"]["used"]})
-    out["context_leakage"] = None
-    return out
