@@ -225,19 +225,32 @@ def best_ious(boxes, gt):
     return out
 
 
+_ONE_BITS = np.uint64(0x3FF0000000000000)  #: the bits of 1.0: a double in [+0.0, 1.0] has bits 0 .. these
+_NEG_ZERO_BITS = np.uint64(0x8000000000000000)  #: -0.0, also in [0, 1]; every other value above _ONE_BITS is not
+_ABS_BITS = np.uint64(0x7FFFFFFFFFFFFFFF)
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _quantize(scoremap, q, hist):
     """:func:`quantize`, and the map's minimum (what context leakage subtracts; taken in the check's pass,
-    so that :func:`batch_box_ious` need not read the map once more for it)."""
+    so that :func:`batch_box_ious` need not read the map once more for it).
+
+    The check compares the values' bits as integers: a double lies in [0, 1] exactly when its bits are at
+    most 1.0's or it is -0.0 (NaN, inf and negatives have larger bits), and for such values the order of
+    the bits (sign cleared) is the order of the values. Float comparisons with NaN kept this loop scalar;
+    the integer one vectorises (five times faster; it was half of the quantisation). The minimum of a valid
+    map comes out as +0.0 where it is -0.0, which changes no difference taken from it."""
     flat = scoremap.ravel()
     out = q.ravel()
     n = flat.shape[0]
+    bits = flat.view(np.uint64)
     nbad = 0
-    lo = np.inf
+    low = _ABS_BITS
     for i in range(n):
-        v = flat[i]
-        nbad += np.int64(not ((v >= 0.0) & (v <= 1.0)))  # NaN fails both comparisons
-        lo = min(lo, v)
+        u = bits[i]
+        nbad += np.int64((u > _ONE_BITS) & (u != _NEG_ZERO_BITS))
+        low = min(low, u & _ABS_BITS)
+    lo = np.array([low], dtype=np.uint64).view(np.float64)[0]
     if nbad:
         return np.int64(-1), lo
     top = np.uint8(0)

@@ -1,5 +1,7 @@
-"""Saved CAM files -> batches for the evaluator, read on a background thread while the kernel scores
-the previous batch (what ``kdcicam score`` spends its time on besides the kernel).
+"""Saved CAM files -> the evaluator: as a :class:`CamFiles` source that the box kernel's workers read
+map by map (boxes and leakage), or as batches read on a background thread while the kernel scores the
+previous batch (PxAP, which needs whole batches of maps and masks). Reading is what ``kdcicam score``
+spends its time on besides the kernel.
 
 A map saved as ``np.save`` writes it (little-endian float64, C order, the grid's shape) is read
 straight into the batch buffer: no intermediate array, no cast, and the header parsed once per
@@ -24,7 +26,7 @@ _MAGIC = b"\x93NUMPY"
 _PEEK = 256  #: header bytes read with the first read (np.save pads the header to 128 bytes)
 
 
-class _Headers:
+class Headers:
     """.npy headers already parsed (most folders have one distinct header): raw bytes -> data offset,
     or -1 when the file is not a plain float64 C-order array of the expected shape."""
 
@@ -60,7 +62,7 @@ class _Headers:
         return header["descr"] == "<f8" and header["fortran_order"] is False and header["shape"] == self.shape
 
 
-def read_into(cam_dir: Path, image_id: str, out: np.ndarray, headers: _Headers, normalize: bool) -> None:
+def read_into(cam_dir: Path, image_id: str, out: np.ndarray, headers: Headers, normalize: bool) -> None:
     """Fill ``out`` (float64, C order, the grid's shape) with an image's map; values unchecked
     unless ``normalize`` (then the general path: min-max needs them whole anyway)."""
     if not normalize:
@@ -86,6 +88,40 @@ def read_into(cam_dir: Path, image_id: str, out: np.ndarray, headers: _Headers, 
     out[...] = load_cam(cam_dir, image_id, headers.shape, normalize)
 
 
+class CamFiles:
+    """The maps of ``image_ids`` under ``cam_dir``, read when the evaluator's workers ask for them
+    (:class:`~.engine.MapSource`): each straight into the worker's own buffer, scored while it is still in
+    that core's cache. ``headers`` may be shared by the sources of one folder."""
+
+    def __init__(self, cam_dir: Path, image_ids: Sequence[str], shape: tuple[int, int], normalize: bool,
+                 headers: Headers | None = None):
+        self.cam_dir = cam_dir
+        self.image_ids = list(image_ids)
+        self.shape = shape
+        self.normalize = normalize
+        self.headers = headers or Headers(shape)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def read_into(self, index: int, out: np.ndarray) -> None:
+        read_into(self.cam_dir, self.image_ids[index], out, self.headers, self.normalize)
+
+    def invalid(self, index: int) -> Exception:
+        image_id = self.image_ids[index]
+        found = _file_error(self.cam_dir, image_id, self.normalize)
+        return found or CamFileError(image_id, cam_path(self.cam_dir, image_id), "changed while it was being scored")
+
+
+def _file_error(cam_dir: Path, image_id: str, normalize: bool = False) -> CamFileError | None:
+    """What :func:`~.saved_cams.load_cam` says of an image's file (``None``: nothing wrong)."""
+    try:
+        load_cam(cam_dir, image_id, None, normalize)
+    except CamFileError as e:
+        return e
+    return None
+
+
 def value_error(cam_dir: Path, image_ids: Sequence[str], maps: np.ndarray) -> CamFileError | None:
     """The first map with NaN, inf or a value outside [0, 1], as :func:`~.saved_cams.load_cam`
     reports it (``None`` if all are valid)."""
@@ -93,20 +129,19 @@ def value_error(cam_dir: Path, image_ids: Sequence[str], maps: np.ndarray) -> Ca
         return None
     ok = ((maps >= 0.0) & (maps <= 1.0)).reshape(len(maps), -1).all(axis=1)
     for k in np.flatnonzero(~ok):
-        try:
-            load_cam(cam_dir, image_ids[int(k)], None, False)
-        except CamFileError as e:
-            return e
+        found = _file_error(cam_dir, image_ids[int(k)])
+        if found is not None:
+            return found
     return None
 
 
 def read_batch(cam_dir: Path, image_ids: Sequence[str], shape: tuple[int, int], normalize: bool,
-               headers: _Headers | None = None, out: np.ndarray | None = None) -> np.ndarray:
+               headers: Headers | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Maps ``[B, H, W]`` of ``image_ids``, in order (into the first ``B`` rows of ``out``, a float64
     C-order buffer of at least ``B`` maps, when given). A file that cannot be read raises its
     :class:`~.saved_cams.CamFileError`, unless an earlier map of the batch has invalid values: that one's
     error comes first, as if the files had been checked one by one."""
-    headers = headers or _Headers(shape)
+    headers = headers or Headers(shape)
     maps = np.empty((len(image_ids), *shape), dtype=np.float64) if out is None else out[:len(image_ids)]
     for k, image_id in enumerate(image_ids):
         try:
@@ -130,7 +165,7 @@ def batches(cam_dir: Path, image_ids: Sequence[str], shape: tuple[int, int], nor
     then refilled): ``prefetch + 2`` buffers are allocated once and written over, rather than fresh
     memory per batch, whose page faults cost as much as the copy from the page cache."""
     groups = [list(image_ids[i:i + size]) for i in range(0, len(image_ids), size)]
-    headers = _Headers(shape)
+    headers = Headers(shape)
     ring: list[np.ndarray] = []
     if reuse and groups:  # the consumer's batch, ``prefetch`` queued ones and the one being read
         ring = [np.empty((min(size, len(image_ids)), *shape), dtype=np.float64)

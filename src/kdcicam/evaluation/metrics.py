@@ -31,7 +31,7 @@ from ..data.metadata import Metadata
 from ..errors import KdcicamError
 from . import _compiled
 from .boxes import ScoremapError, as_size, resize_box, threshold_list
-from .engine import batch_box_ious, default_workers, worker_pool
+from .engine import MapSource, batch_box_ious, default_workers, read_all, worker_pool
 from .masks import boxes_mask, check_gt_mask, load_gt_mask
 
 __all__ = [
@@ -65,7 +65,21 @@ class _Grid:
         self.thresholds = threshold_list(self.interval)
 
     def check_batch(self, scoremaps: Any, image_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """The batch as a float64 ``[B, H, W]`` array (a :class:`~.engine.MapSource` is read whole), and its ids."""
+        maps, ids = self.check_lazy(scoremaps, image_ids)
+        return (read_all(maps) if isinstance(maps, MapSource) else maps), ids
+
+    def check_lazy(self, scoremaps: Any, image_ids: Sequence[str]) -> tuple[np.ndarray | MapSource, list[str]]:
+        """:meth:`check_batch`, a :class:`~.engine.MapSource` left unread (the box kernel's workers read it)."""
         ids = [str(i) for i in image_ids]
+        if isinstance(scoremaps, MapSource):
+            if len(ids) != len(scoremaps):
+                raise ValueError(f"{len(scoremaps)} score maps but {len(ids)} image ids")
+            if tuple(scoremaps.shape) != self.shape:
+                raise ScoremapError(ids[0] if ids else None, f"score map has shape {tuple(scoremaps.shape)}, "
+                                    f"expected {self.shape} (height, width) of the evaluation grid")
+            self._check_ids(ids)
+            return scoremaps, ids
         maps = np.asarray(scoremaps)
         if maps.ndim == 2:
             maps = maps[None]
@@ -79,10 +93,13 @@ class _Grid:
         if maps.shape[1:] != self.shape:
             raise ScoremapError(first, f"score map has shape {maps.shape[1:]}, expected {self.shape} "
                                 "(height, width) of the evaluation grid")
+        self._check_ids(ids)
+        return np.ascontiguousarray(maps, dtype=np.float64), ids
+
+    def _check_ids(self, ids: list[str]) -> None:
         for image_id in ids:
             if image_id not in self.metadata.class_labels:  # every id has a class label
                 raise ScoremapError(image_id, "image id is not in the metadata")
-        return np.ascontiguousarray(maps, dtype=np.float64), ids
 
     def threshold_index(self, threshold: float) -> int:
         """Index of a threshold on this grid (one chosen on val with the same interval)."""
@@ -244,10 +261,12 @@ class BoxEvaluator:
         self.count = 0
         self.count_with_classes = 0
 
-    def accumulate(self, scoremaps: np.ndarray, image_ids: Sequence[str], topk: np.ndarray | None = None) -> None:
-        """Score a batch. ``topk``: predicted classes best first ``[B, k]`` (or logits ``[B, C]``),
-        needed for Top-1 / Top-5 Loc; give it for every batch or for none."""
-        maps, ids = self.grid.check_batch(scoremaps, image_ids)
+    def accumulate(self, scoremaps: np.ndarray | MapSource, image_ids: Sequence[str],
+                   topk: np.ndarray | None = None) -> None:
+        """Score a batch (``[B, H, W]``, or a :class:`~.engine.MapSource` read by the kernel's workers).
+        ``topk``: predicted classes best first ``[B, k]`` (or logits ``[B, C]``), needed for Top-1 / Top-5
+        Loc; give it for every batch or for none."""
+        maps, ids = self.grid.check_lazy(scoremaps, image_ids)
         classes = None if topk is None else topk_from(topk, len(ids), ids=ids)
         if (classes is None) != (self.count_with_classes == 0) and self.count:
             raise ValueError("give top-k classes for every batch or for none")
@@ -519,12 +538,13 @@ class WSOLEvaluator:
         scored, and hand them over as ``loaded_masks``."""
         return [self._mask_reader.mask(str(i)) for i in image_ids] if self.masks else None
 
-    def accumulate(self, scoremaps: np.ndarray, image_ids: Sequence[str], logits_or_topk: Any = None,
+    def accumulate(self, scoremaps: np.ndarray | MapSource, image_ids: Sequence[str], logits_or_topk: Any = None,
                    gt_masks: np.ndarray | None = None, *, loaded_masks: Sequence[np.ndarray] | None = None) -> None:
-        """Score a batch of maps ``[B, H, W]`` in [0, 1]; ``logits_or_topk``: ``[B, C]`` logits or
-        ``[B, k]`` classes best first; ``gt_masks``: ``[B, H, W]`` (1 / 0 / 255 or bool);
+        """Score a batch of maps ``[B, H, W]`` in [0, 1] (or a :class:`~.engine.MapSource`: read map by map
+        by the box kernel's workers when boxes are all it needs, else whole); ``logits_or_topk``: ``[B, C]``
+        logits or ``[B, k]`` classes best first; ``gt_masks``: ``[B, H, W]`` (1 / 0 / 255 or bool);
         ``loaded_masks``: what :meth:`metadata_masks` returned for these images (used as they are)."""
-        maps, ids = self.grid.check_batch(scoremaps, image_ids)
+        lazy, ids = self.grid.check_lazy(scoremaps, image_ids)
         if not ids:
             return
         classes = None if logits_or_topk is None else topk_from(logits_or_topk, len(ids), ids=ids)
@@ -545,6 +565,7 @@ class WSOLEvaluator:
         gts = [self._gt(i) for i in ids] if self.boxes else None  # for the box kernel and leakage alike
         leak_in_kernel = gts is not None and masks[0] is None
         pixel_work = not leak_in_kernel
+        maps = read_all(lazy) if pixel_work and isinstance(lazy, MapSource) else lazy
         side = None
         if pixel_work and workers > 1:
             side = worker_pool(workers).submit(self._pixel_metrics, maps, ids, masks, gts)

@@ -17,7 +17,10 @@ from typing import Any
 
 from ..errors import KdcicamError
 
-BATCH = 64  #: maps per evaluator call (memory stays flat however many images)
+BATCH = 64  #: maps per evaluator call when PxAP needs them whole (memory stays flat however many images)
+#: images per evaluator call when the kernel's workers read the maps themselves (boxes and leakage: no map is
+#: held, only the per-threshold IoUs, 32 bytes per image and threshold)
+SOURCE_BATCH = 512
 #: splits of at least this many images are scored on every core; smaller ones on one thread. Measured
 #: (benchmarks/results/evaluator_speed.json, parallel_from, 2 cores): two workers were already faster at 4
 #: maps (2.8 vs 3.7 ms), the smallest size tried; below that a split is too small for either to matter
@@ -138,7 +141,7 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
 
     from ..data.metadata import read_metadata
     from .boxes import ScoremapError, as_size
-    from .cam_batches import batches, value_error
+    from .cam_batches import CamFiles, Headers, batches, value_error
     from .metrics import V2_IOU_THRESHOLDS, BoxEvaluator, WSOLEvaluator
 
     if not cam_dir.is_dir():
@@ -176,16 +179,25 @@ def score_saved_cams(cam_dir: Path, metadata_dir: Path, multi_contour: bool = Fa
         raise KdcicamError(str(e)) from None
     check_no_strays(cam_dir, ids)
     w, h = as_size(cam_size)
-    # the next batch's files (and masks) are read on a thread while this one is scored
-    read_masks = None if isinstance(evaluator, BoxEvaluator) else evaluator.metadata_masks
-    for batch, maps, masks in batches(cam_dir, ids, (h, w), normalize, BATCH, read_masks, reuse=True):
-        try:
-            evaluator.accumulate(maps, batch, **({} if read_masks is None else {"loaded_masks": masks}))
-        except ScoremapError:
-            found = value_error(cam_dir, batch, maps)  # NaN, inf or out of range: name the file
-            if found is not None:
-                raise found from None
-            raise
+    if isinstance(evaluator, BoxEvaluator) or not evaluator.masks:
+        # boxes and leakage only: the kernel's workers read each map into a buffer of their own and score it
+        # there (cam_batches.CamFiles); a file's error is raised after the images before it are scored
+        headers = Headers((h, w))
+        for start in range(0, len(ids), SOURCE_BATCH):
+            batch = ids[start:start + SOURCE_BATCH]
+            evaluator.accumulate(CamFiles(cam_dir, batch, (h, w), normalize, headers), batch)
+    else:
+        # PxAP needs whole batches of maps and masks: the next batch's files and masks are read on a thread
+        # while this one is scored
+        for batch, maps, masks in batches(cam_dir, ids, (h, w), normalize, BATCH, evaluator.metadata_masks,
+                                          reuse=True):
+            try:
+                evaluator.accumulate(maps, batch, loaded_masks=masks)
+            except ScoremapError:
+                found = value_error(cam_dir, batch, maps)  # NaN, inf or out of range: name the file
+                if found is not None:
+                    raise found from None
+                raise
     if box_threshold is not None:
         try:
             evaluator.grid.threshold_index(box_threshold)
