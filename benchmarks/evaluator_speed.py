@@ -37,11 +37,16 @@ end to end with each build on the same maps.
 
 ``end_to_end.profile`` (at interval 0.01): where ``kdcicam score``'s time goes, each part timed on its
 own: the interpreter (``python -c pass``), the imports of the command (``python -c "import ..."`` of the
-modules ``kdcicam score`` loads, minus the interpreter), and in this process on the same files: reading the
-metadata, the check for stray files, reading the ``.npy`` maps (one thread), the evaluator on the maps in
-memory (both modes and context leakage, every core, as the command runs it) and the output (metrics, table,
-JSON file); ``score_saved_cams`` is the whole scoring call (reads overlapped with the kernel). Wall seconds,
-best of ``--repeat``, and CPU seconds of this process for the in-process parts.
+modules ``kdcicam score`` loads, minus the interpreter), the exit (from the end of a default ``kdcicam score``
+run's work to its process's end), and in this process on the same files: reading the metadata, the check for
+stray files, reading the ``.npy`` maps (one thread, one map at a time into one buffer, as the kernel's
+workers read them), the evaluator on the maps in memory (both modes and context leakage, every core) and the
+output (metrics, table, JSON file); ``score_saved_cams`` is the whole scoring call (the workers read each map
+and score it). Wall seconds, best of ``--repeat``, and CPU seconds of this process for the in-process parts.
+
+Before any command is timed, the package's bytecode is compiled (``compileall``), as ``pip install`` leaves
+an installed package: both commands import it, and where ``PYTHONDONTWRITEBYTECODE`` is set (as on this
+project's machines) each run would otherwise compile the modules it imports again.
 
 ``parallel_from``: one batch of N maps (N = 4 .. 64) scored with one thread and with every core, the
 smallest N from which every core is faster is where ``kdcicam score`` should start using them
@@ -57,6 +62,7 @@ and the kernels' build (``aot``: compiled at install; ``jit``: numba's JIT).
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime
 import json
 import os
@@ -265,10 +271,13 @@ def end_to_end(split: Path, ids: list[str], maps: np.ndarray, intervals: list[fl
     """``kdcicam score`` against the reference command on the same .npy files, whole processes timed."""
     cams = tmp / "cams"
     _save_cams(cams, ids, maps)
+    compileall.compile_dir(str(ROOT / "src" / "kdcicam"), quiet=1)  # as pip install leaves it (module doc)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     backend = subprocess.run([sys.executable, "-c", "from kdcicam.evaluation import _compiled; print(_compiled.BACKEND)"],
                              env=env, capture_output=True, text=True, check=True).stdout.strip()
-    out: dict[str, Any] = {"images": len(ids), "kernels": backend, "threads": default_workers(), "cases": []}
+    out: dict[str, Any] = {"images": len(ids), "kernels": backend, "threads": default_workers(),
+                           "bytecode": "compiled before timing (compileall), as pip install leaves the package",
+                           "cases": []}
     print(f"  end to end, {len(ids)} .npy files, kernels: {backend}", flush=True)
     for interval in intervals:
         per_mode: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
@@ -370,7 +379,7 @@ def profile_score(split: Path, cams: Path, maps: np.ndarray, interval: float, en
                   tmp: Path) -> dict[str, Any]:
     """Where ``kdcicam score CAMS --metadata SPLIT`` spends its time, part by part (see the module's doc)."""
     from kdcicam.cli.score import format_table
-    from kdcicam.evaluation.cam_batches import _Headers, read_batch
+    from kdcicam.evaluation.cam_batches import CamFiles
     from kdcicam.evaluation.saved_cams import check_no_strays, score_saved_cams
 
     def child(code: str) -> float:
@@ -378,17 +387,29 @@ def profile_score(split: Path, cams: Path, maps: np.ndarray, interval: float, en
 
     interpreter = child("pass")
     imports = child("import " + ", ".join(SCORE_IMPORTS)) - interpreter
+    exit_code = ("import sys, time; from kdcicam.cli import entry; sys.argv = ['kdcicam', 'score', "
+                 f"{str(cams)!r}, '--metadata', {str(split)!r}, '--interval', {repr(interval)!r}, '--json', "
+                 f"{str(tmp / 'profile_exit.json')!r}]; entry(); sys.stderr.write(repr(time.time()))")
+    finish = []
+    for _ in range(max(repeat, 3)):  # from the end of the command's work to the process's exit
+        done = subprocess.run([sys.executable, "-c", exit_code], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, check=True)
+        finish.append(time.time() - float(done.stderr.strip().splitlines()[-1]))
     md = read_metadata(split, check_images=False)
     ids = md.image_ids
     shape = maps.shape[1:]
-    buffer = np.empty((BATCH, *shape), dtype=np.float64)
-    headers = _Headers(shape)
+    one = np.empty(shape, dtype=np.float64)
     size = (shape[1], shape[0])
+
+    def reads() -> None:  # as the kernel's workers read them: one map at a time into one buffer
+        files = CamFiles(cams, ids, shape, False)
+        for i in range(len(ids)):
+            files.read_into(i, one)
+
     parts: dict[str, tuple[float, float]] = {
         "metadata": _best(lambda: read_metadata(split, check_images=False), repeat),
         "stray_check": _best(lambda: check_no_strays(cams, ids), repeat),
-        "reads": _best(lambda: [read_batch(cams, ids[i:i + BATCH], shape, False, headers, buffer)
-                                for i in range(0, len(ids), BATCH)], repeat),
+        "reads": _best(reads, repeat),
     }
     evaluators: list[WSOLEvaluator] = []
 
@@ -414,7 +435,7 @@ def profile_score(split: Path, cams: Path, maps: np.ndarray, interval: float, en
 
     parts["output"] = _best(output, repeat)
     out: dict[str, Any] = {"interval": interval, "images": len(ids), "interpreter_s": round(interpreter, 4),
-                           "imports_s": round(imports, 4)}
+                           "imports_s": round(imports, 4), "exit_s": round(min(finish), 4)}
     for name, (wall, cpu) in parts.items():
         out[f"{name}_s"] = round(wall, 4)
         out[f"{name}_cpu_s"] = round(cpu, 4)

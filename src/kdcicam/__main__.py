@@ -1,6 +1,6 @@
 """``python -m kdcicam``: the `kdcicam` command."""
 import sys
 
-from .cli import main
+from .cli import entry
 
-sys.exit(main())
+sys.exit(entry())
