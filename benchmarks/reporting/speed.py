@@ -31,7 +31,7 @@ def _end_to_end_lines(e2e: dict) -> list[str]:
                   f"`{e2e.get('kernels', '?')}`): each command timed from process start to exit (imports, kernel loading, "
                   "file reads included), one contour mode per command, as wsolevaluation runs. Reference: "
                   "`benchmarks/reference_score.py` (wsolevaluation's loop: `np.load` and one `cv2.findContours` per "
-                  f"image and threshold), one thread, one run per case. Ours"
+                  f"image and threshold), one thread, " + _reference_runs(e2e.get("cases", [])) + ". Ours"
                   + (": `python -m kdcicam score CAM_DIR --metadata SPLIT --interval I [--multi-contour] --one-mode` "
                      "(that mode's boxes only, the reference's work)" if any(c.get("command") for c in e2e.get("cases", []))
                      else ": `python -m kdcicam score CAM_DIR --metadata SPLIT --interval I [--multi-contour]` (both "
@@ -64,6 +64,16 @@ def _end_to_end_lines(e2e: dict) -> list[str]:
     if e2e.get("profile"):
         lines += _profile_lines(e2e["profile"])
     return lines
+
+
+def _reference_runs(cases: list[dict]) -> str:
+    """How often the reference ran per case: once (older files), or as often as ours where it is short."""
+    counts = {c["interval"]: len(c["reference_each_run_s"]) for c in cases if "reference_each_run_s" in c}
+    if not counts:
+        return "one run per case"
+    each = [f"at {i:g} " + ("one run per case" if n == 1 else f"the mean of {n} runs per case")
+            for i, n in sorted(counts.items(), reverse=True)]
+    return "; ".join(each) + " (each interleaved with ours, so that a slow spell of the shared machine falls on both sides)"
 
 
 def _summed_modes_lines(cases: list[dict]) -> list[str]:
@@ -99,9 +109,12 @@ def _profile_lines(p: dict) -> list[str]:
         ("metadata", "metadata_s", "metadata_cpu_s"),
         ("stray-file check", "stray_check_s", "stray_check_cpu_s"),
         (".npy reads (one thread)", "reads_s", "reads_cpu_s"),
-        ("evaluator (both modes + leakage, every core)", "kernel_s", "kernel_cpu_s"),
+        ("evaluator on the maps in memory (both modes + leakage, every core)", "kernel_s", "kernel_cpu_s"),
         ("output (metrics, table, JSON)", "output_s", "output_cpu_s"),
-        ("`score_saved_cams` whole (reads overlapped)", "score_saved_cams_s", "score_saved_cams_cpu_s"),
+        # before the exit was measured, the reads ran on a thread of their own beside the kernel
+        ("`score_saved_cams` whole (the workers read each map and score it)" if "exit_s" in p
+         else "`score_saved_cams` whole (reads overlapped)", "score_saved_cams_s", "score_saved_cams_cpu_s"),
+        ("exit (end of the work to the process's end)", "exit_s", None),
     ]
     lines = [
         "",
