@@ -140,3 +140,36 @@ def test_reused_buffers_hold_each_batch_until_the_next_is_asked_for(tmp_path: Pa
             seen += batch
         assert seen == ids
         assert len(buffers) <= prefetch + 2
+
+
+def test_one_call_reads_bet_on_the_last_header_and_check_it(tmp_path: Path):
+    """Files read in turn with one ``Headers`` (as a folder is): each is read header and data in one call on
+    the bet that its header is the last one's; a file whose header differs (another dtype, order or header
+    version) or that ends early is read or refused exactly as on its own."""
+    rng = np.random.default_rng(6)
+    shape = (9, 11)
+    plain = rng.random(shape)
+    kinds = {
+        "a": plain,
+        "b": rng.random(shape).astype(np.float32),
+        "c": np.asfortranarray(rng.random(shape)),
+        "d": rng.random(shape),
+        "e": rng.random(shape),
+    }
+    for name, array in kinds.items():
+        _save(tmp_path, name, array)
+    short = tmp_path / "d.npy"
+    short.write_bytes(short.read_bytes()[:-8])  # the same header as "a", one value missing
+    headers = cam_batches.Headers(shape)
+    out = np.empty(shape)
+    for name in ["a", "b", "c", "a", "d", "e", "e"]:
+        if name == "d":
+            with pytest.raises(CamFileError) as caught:
+                cam_batches.read_into(tmp_path, name, out, headers, False)
+            with pytest.raises(CamFileError) as expected:
+                load_cam(tmp_path, name, shape, False)
+            assert str(caught.value) == str(expected.value)
+            continue
+        cam_batches.read_into(tmp_path, name, out, headers, False)
+        assert np.array_equal(out, np.load(tmp_path / f"{name}.npy").astype(np.float64)), name
+    assert headers.last is not None and headers.last.startswith(b"\x93NUMPY")

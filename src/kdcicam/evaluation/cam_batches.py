@@ -12,6 +12,7 @@ finds one, :func:`value_error` names the file as :func:`~.saved_cams.load_cam` w
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,9 @@ class Headers:
     def __init__(self, shape: tuple[int, int]):
         self.shape = shape
         self.offsets: dict[bytes, int] = {}
+        #: the last plain header seen (the whole header, data offset included): the next file is read in one call,
+        #: header and data together, on the bet that it has the same header (checked, byte for byte)
+        self.last: bytes | None = None
 
     def offset(self, head: bytes) -> int:
         if not head.startswith(_MAGIC) or len(head) < 12:
@@ -48,6 +52,8 @@ class Headers:
         if found is None:
             found = start + length if self._plain(key[start:]) else -1
             self.offsets[key] = found
+        if found >= 0:
+            self.last = key
         return found
 
     def _plain(self, text: bytes) -> bool:
@@ -66,25 +72,37 @@ def read_into(cam_dir: Path, image_id: str, out: np.ndarray, headers: Headers, n
     """Fill ``out`` (float64, C order, the grid's shape) with an image's map; values unchecked
     unless ``normalize`` (then the general path: min-max needs them whole anyway)."""
     if not normalize:
-        path = cam_path(cam_dir, image_id)
-        try:
-            with open(path, "rb", buffering=0) as f:
-                head = f.read(_PEEK)
+        # os.open / os.pread rather than open(): no file object per map (reading 1,389 maps cost 110 -> 65 us
+        # each, cache-cold, one at a time in turn)
+        try:  # cam_path's file, without building a Path per map
+            fd = os.open(os.path.join(os.fspath(cam_dir), image_id + ".npy"), os.O_RDONLY)
+        except OSError:
+            fd = -1  # load_cam names the problem
+        if fd >= 0:
+            try:
+                # numpy declares ndarray.__buffer__ for Python >= 3.12 only; the buffer protocol is there
+                raw = memoryview(out).cast("B")  # type: ignore[arg-type]
+                last = headers.last
+                if last is not None:  # one call: the header (as the last file's?) and the data
+                    head = bytearray(len(last))
+                    if os.preadv(fd, [head, raw], 0) == len(head) + len(raw) and head == last:
+                        return
+                head = os.pread(fd, _PEEK, 0)
                 start = headers.offset(head)
                 if start >= 0:
-                    # numpy declares ndarray.__buffer__ for Python >= 3.12 only; the buffer protocol is there
-                    raw = memoryview(out).cast("B")  # type: ignore[arg-type]
                     have = min(len(head) - start, len(raw))  # a tiny map may lie within the first read
                     raw[:have] = head[start:start + have]
                     while have < len(raw):
-                        got = f.readinto(raw[have:])
+                        got = os.preadv(fd, [raw[have:]], start + have)
                         if not got:
                             break
                         have += got
                     if have == len(raw):
                         return
-        except OSError:
-            pass  # load_cam names the problem
+            except OSError:
+                pass  # load_cam names the problem
+            finally:
+                os.close(fd)
     out[...] = load_cam(cam_dir, image_id, headers.shape, normalize)
 
 
