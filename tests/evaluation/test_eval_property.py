@@ -67,8 +67,12 @@ def test_fast_equals_reference_per_threshold(specs, interval):
         scoremap = make_map(kind, seed, h, w)
         gt = gt_boxes(seed, h, w)
         fast = batch_box_ious(scoremap[None], [gt], thresholds, workers=1)
-        assert np.array_equal(fast.single[0], reference_best_ious(scoremap, gt, thresholds, False)), (kind, seed)
+        want_single = reference_best_ious(scoremap, gt, thresholds, False)
+        assert np.array_equal(fast.single[0], want_single), (kind, seed)
         assert np.array_equal(fast.multi[0], reference_best_ious(scoremap, gt, thresholds, True)), (kind, seed)
+        # the single-contour mode alone stops its pass where the answer is settled for every lower threshold
+        alone = batch_box_ious(scoremap[None], [gt], thresholds, workers=1, multi_contour=False)
+        assert np.array_equal(alone.single[0], want_single), (kind, seed)
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
@@ -245,3 +249,62 @@ def test_wsol_evaluator_equals_plain_metrics(specs, size, interval):
     pxap, piou = _plain_mask_metrics(maps, masks, thresholds)
     assert out["pxap"] == pytest.approx(pxap, abs=1e-9)
     assert out["piou"] == pytest.approx(piou, abs=1e-9)
+
+
+def _frame_map(seed: int, h: int, w: int) -> np.ndarray:
+    """A plateau over the whole grid at a middle value, with high islands, a high ring (a hole) and low
+    pits (components that appear only at lower thresholds, once the plateau spans the grid)."""
+    rng = np.random.default_rng(seed)
+    m = np.full((h, w), 0.5) + 0.05 * rng.random((h, w))
+    for _ in range(int(rng.integers(1, 4))):
+        y, x = int(rng.integers(0, h - 4)), int(rng.integers(0, w - 4))
+        m[y:y + int(rng.integers(2, 8)), x:x + int(rng.integers(2, 8))] = rng.uniform(0.7, 1.0)
+    y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+    m[y:y + 7, x:x + 7] = 0.9
+    m[y + 2:y + 5, x + 2:x + 5] = 0.3  # the ring's hole
+    for _ in range(int(rng.integers(0, 6))):
+        y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+        m[y:y + 3, x:x + 3] = rng.uniform(0.0, 0.4)
+    if rng.random() < 0.5:
+        m[0, :] = 0.45  # the frame's first row enters later
+    return (m - m.min()) / (m.max() - m.min())
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 2**31 - 1), st.integers(10, 40), st.integers(10, 40), intervals)
+def test_settled_single_contour_answers_equal_reference(seed, h, w, interval):
+    """Maps whose largest component spans the grid while other components still appear below: the
+    single-contour pass, stopped where the answer is settled, equals the plain loop at every threshold."""
+    scoremap = _frame_map(seed, h, w)
+    thresholds = threshold_list(interval)
+    gt = gt_boxes(seed, h, w)
+    alone = batch_box_ious(scoremap[None], [gt], thresholds, workers=1, multi_contour=False)
+    assert np.array_equal(alone.single[0], reference_best_ious(scoremap, gt, thresholds, False)), seed
+
+
+def test_the_single_contour_pass_stops_early_on_cam_like_maps():
+    """The stop is taken (the thresholds below it are filled, not computed: their hole counts are left as
+    they were), and the answers are the plain loop's."""
+    from _eval_helpers import smooth_map
+
+    from kdcicam.evaluation import _kernels
+
+    rng = np.random.default_rng(7)
+    thresholds = threshold_list(0.01)
+    stopped = 0
+    for _ in range(6):
+        scoremap = smooth_map(rng, size=64)
+        gt = gt_boxes(int(rng.integers(0, 1000)), 64, 64)
+        q = np.empty((64, 64), dtype=np.uint8)
+        hist = np.empty((4, 256), dtype=np.int64)
+        top = _kernels.quantize(scoremap, q, hist)
+        levels = _kernels.threshold_levels(top, thresholds)
+        ws = _kernels.workspace(64, 64)
+        start = _kernels._band_order(q, hist, levels, ws[2], ws[0], ws[3])
+        nt = len(thresholds)
+        single, multi = np.zeros(nt), np.zeros(nt)
+        flags, holes, need = np.zeros(nt, np.uint8), np.full(nt, -1, np.int64), np.zeros(nt, np.uint8)
+        _kernels._foreground_pass(q.shape, ws[2], start, gt, single, multi, flags, holes, need, ws, False)
+        stopped += int(holes[0] == -1)
+        assert np.array_equal(single, reference_best_ious(scoremap, gt, thresholds, False))
+    assert stopped >= 3
