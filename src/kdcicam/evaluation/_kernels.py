@@ -25,7 +25,7 @@ tracing a single contour. Why it is exact:
   its cell area, so every other component, present or to come, lies outside it (an 8-connected component
   touching the frame is in no other's contour) and has less than half the grid, filled; areas only grow
   as the threshold falls, so every lower threshold has that box. On CAM-like maps this skips the many
-  low-valued pixels (a sixth of the single-contour kernel's time).
+  low-valued pixels (15 % of the single-contour kernel's time, 300 CAM-like maps).
 
 - A hole's box lies inside its component's box, so its IoU is at most ``|P & G| / |G|`` for the
   component's box ``P`` and a GT box ``G``: where no component reaches the components' best IoU by
