@@ -180,3 +180,80 @@ def test_kernel_leakage_with_negative_zero_minimum():
     assert got is not None
     for k in range(3):
         assert got[k] == _compiled.leakage_share(maps[k], region)
+
+
+class BadSource(ArraySource):
+    """An ArraySource whose listed maps cannot be read."""
+
+    def __init__(self, maps: np.ndarray, unreadable: set[int]):
+        super().__init__(maps)
+        self.unreadable = unreadable
+
+    def read_into(self, index: int, out: np.ndarray) -> None:
+        if index in self.unreadable:
+            raise OSError(f"map {index} is unreadable")
+        super().read_into(index, out)
+
+
+def test_read_all_reports_the_first_bad_map_in_order():
+    maps, _, _ = _case(8, 6)
+    maps[2, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="map 2 is invalid"):
+        read_all(BadSource(maps, {4}))
+    with pytest.raises(OSError, match="map 1 is unreadable"):
+        read_all(BadSource(maps, {1}))
+    maps[2, 0, 0] = 0.5
+    maps[6, 1, 1] = 1.5
+    with pytest.raises(ValueError, match="map 6 is invalid"):
+        read_all(ArraySource(maps))
+
+
+def test_workers_stop_at_the_first_bad_map():
+    """A bad map early in a long batch: the error comes without the rest of the batch being read."""
+    maps = np.full((200, 16, 16), 0.5)
+    source = BadSource(maps, {3})
+    gts = [np.array([[2, 2, 10, 10]])] * len(maps)
+    with pytest.raises(OSError, match="map 3 is unreadable"):
+        batch_box_ious(source, gts, np.arange(0, 1, 0.01), workers=2)
+    assert len(source.read) < 50
+
+
+def test_wsol_evaluator_with_masks_reads_a_source_whole():
+    """Pixel metrics need the maps whole: a source is read (and checked) first, then scored as an array."""
+    maps, ids, md = _case(9, 7)
+    masks = (np.random.default_rng(8).random(maps.shape) < 0.3).astype(np.uint8)
+    from_array, from_source = WSOLEvaluator(md, 64, workers=2), WSOLEvaluator(md, 64, workers=2)
+    from_array.accumulate(maps, ids, gt_masks=masks)
+    from_source.accumulate(ArraySource(maps), ids, gt_masks=masks)
+    assert from_source.compute() == from_array.compute()
+    maps[4, 2, 2] = np.inf
+    with pytest.raises(ValueError, match="map 4 is invalid"):
+        WSOLEvaluator(md, 64).accumulate(ArraySource(maps), ids, gt_masks=masks)
+
+
+def test_cam_files_must_match_their_ids_and_headers(tmp_path: Path):
+    from kdcicam.evaluation.cam_batches import Headers
+
+    maps, ids, md = _case(4, 9)
+    maps, ids = maps[:3], ids[:3]
+    _save_all(tmp_path, ids, maps)
+    with pytest.raises(ValueError, match="other image ids"):
+        BoxEvaluator(md, 64).accumulate(CamFiles(tmp_path, ids[::-1], (64, 64), False), ids)
+    with pytest.raises(ValueError, match="headers parsed for shape"):
+        CamFiles(tmp_path, ids, (64, 64), False, Headers((32, 32)))
+
+
+@pytest.mark.parametrize("positional", [True, False])
+def test_files_read_with_and_without_positional_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      positional: bool):
+    """Where the OS has no os.preadv (Windows), maps are read through a file object: the same maps."""
+    from kdcicam.evaluation import cam_batches
+
+    monkeypatch.setattr(cam_batches, "_POSITIONAL", positional)
+    maps, ids, _ = _case(6, 10)
+    _save_all(tmp_path, ids, maps)
+    np.save(cam_path(tmp_path, ids[2]), maps[2].astype(np.float32))  # another header: the general path
+    files = CamFiles(tmp_path, ids, (64, 64), False)
+    got = read_all(files)
+    want = np.stack([np.load(cam_path(tmp_path, i)).astype(np.float64) for i in ids])
+    assert np.array_equal(got, want)

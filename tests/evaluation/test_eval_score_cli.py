@@ -332,3 +332,28 @@ def test_score_loads_no_heavy_module_up_front():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ([] if _compiled.BACKEND == "aot" else ["numba"]), done.stdout
+
+
+def test_score_in_a_process_that_goes_on_leaves_it_as_it_was(tmp_path: Path):
+    """``main(["score", ...])`` called from a process that goes on: the collector is on again afterwards and
+    no OpenBLAS setting is left in the environment (only the ``kdcicam`` entry point tunes its own process)."""
+    import gc
+    import os
+
+    import numpy as np
+    from _eval_helpers import make_metadata, write_split
+
+    from kdcicam.evaluation.saved_cams import cam_path
+
+    ids = [f"c/{k}.jpg" for k in range(5)]
+    md = make_metadata(boxes={i: [(4, 4, 20, 20)] for i in ids}, sizes={i: (32, 32) for i in ids})
+    split = write_split(tmp_path, md)
+    for i in ids:
+        path = cam_path(tmp_path / "cams", i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.random.default_rng(0).random((32, 32)))
+    assert gc.isenabled()
+    before = os.environ.get("OPENBLAS_NUM_THREADS")
+    assert main(["score", str(tmp_path / "cams"), "--metadata", str(split)]) == 0
+    assert gc.isenabled()
+    assert os.environ.get("OPENBLAS_NUM_THREADS") == before

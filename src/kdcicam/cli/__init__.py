@@ -62,12 +62,15 @@ def entry() -> int:
     the collector alone."""
     import gc
 
-    code = main()
+    code = main(own_process=True)
     gc.freeze()
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
+    """Run one command; returns its exit code. ``own_process``: the process is the command's (the ``kdcicam``
+    entry point), so a command may tune it (``score`` loads numpy with one OpenBLAS thread); called from a
+    process that goes on, nothing process-wide outlives the command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in SUBCOMMANDS else None)
@@ -77,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = list(args.overrides or []) + unknown
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args._own_process = own_process
     if getattr(args, "_module", None) is None:
         parser.print_help()
         return 0 if args.command is None else 2

@@ -417,7 +417,9 @@ def _band_order(q, hist, levels, order, bands, masks):
 
 @njit(cache=True, nogil=True)
 def workspace(h, w):
-    """Work buffers for maps of ``h x w``, allocated once per batch rather than per image:
+    """Work buffers for maps of ``h x w``, allocated once per batch rather than per image (a batch of one
+    map when the evaluator's workers read the maps themselves: with glibc's adaptive thresholds, measured
+    no slower than before without the MALLOC_* settings):
     group ranks and labels over the padded grid, the pixel order and the neighbourhood masks, and
     per component id its parent, union rank, box ``[x0, p0, x1, p1]`` (x and padded-index ranges),
     2 x area, place in the live list, and the live list. There are at most ``h * w + 1`` ids (0 is
@@ -635,9 +637,10 @@ def _foreground_pass(shape, order, start, gt, out_single, out_multi, flags, hole
         if not with_multi and area2[winner] > npix and bx0[winner] == 0 and bp0[winner] // pw == 1 \
                 and bx1[winner] >= w - 2 and bp1[winner] // pw >= h - 1:
             # Settled for every lower threshold: the winner's box is the whole (clipped) grid, and no other
-            # component can ever outgrow it. Its pixels cover at least half its cell area, which is over half the
-            # grid; another's area is at most its filled pixels, outside the winner (an 8-connected component
-            # touching the frame lies in no other's contour), so fewer than half the grid. (Areas only grow.)
+            # component can ever outgrow it. Its cell area (area2 is twice it) is over half the grid, and its
+            # pixels number at least that; another's area is at most its filled pixels, all outside the winner
+            # (an 8-connected component touching the frame lies in no other's contour), so under half the grid.
+            # (Areas only grow as the threshold falls, and the winner's box is already the whole grid.)
             for t2 in range(t):
                 out_single[t2] = out_single[t]
                 flags[t2] = 0

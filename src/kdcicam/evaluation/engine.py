@@ -46,11 +46,24 @@ class MapSource(Protocol):
 
 
 def read_all(source: MapSource) -> np.ndarray:
-    """A source's maps as one float64 array ``[B, H, W]`` (for the metrics that need them whole)."""
+    """A source's maps as one float64 array ``[B, H, W]`` (for the metrics that need them whole), every value
+    checked: the first bad map in order is reported, unreadable (its read error) or holding NaN, inf or a value
+    outside [0, 1] (``source.invalid``), as the kernel's workers report it."""
     maps = np.empty((len(source), *source.shape), dtype=np.float64)
     for i in range(len(source)):
-        source.read_into(i, maps[i])
+        try:
+            source.read_into(i, maps[i])
+        except Exception:
+            _raise_first_invalid(source, maps[:i])
+            raise
+    _raise_first_invalid(source, maps)
     return maps
+
+
+def _raise_first_invalid(source: MapSource, maps: np.ndarray) -> None:
+    ok = ((maps >= 0.0) & (maps <= 1.0)).reshape(len(maps), -1).all(axis=1)
+    if not ok.all():
+        raise source.invalid(int(np.flatnonzero(~ok)[0]))
 
 
 def default_workers() -> int:
@@ -183,37 +196,46 @@ def batch_box_ious(scoremaps: np.ndarray | MapSource, gt_boxes: Sequence[np.ndar
         hist = np.empty((4, 256), dtype=np.int64)
         return sum(trace(int(i), maps[i], q, hist) for i in flagged)
 
+    todo_lock = threading.Lock()
+    first_bad = [b]  # the lowest index found unreadable or invalid so far: no worker scores beyond it
+
     def run_source(todo: Iterator[int]) -> int:
         """``run`` for a source, on the images this worker takes from ``todo`` (shared by the workers, in
         increasing order): each map read into this worker's buffer, scored (and traced) while it is there.
-        A worker stops at an unreadable or invalid map; the images handed out before it are still scored,
-        so the earliest one is known below."""
+        A worker stops at an unreadable or invalid map, and every worker at an image after the lowest such
+        one; the images handed out before it are still scored, so the earliest one is known below."""
         assert source is not None
         one = np.empty((1, *maps.shape[1:]), dtype=np.float64)
         q = np.empty(maps.shape[1:], dtype=np.uint8)
         hist = np.empty((4, 256), dtype=np.int64)
         base = np.zeros(2, dtype=np.int64)  # the image's GT boxes are flat_gt[offsets[i]:], base[1] of them
         traced = 0
-        for i in todo:
+        while True:
+            with todo_lock:  # next() on a shared iterator: atomic only under the GIL
+                i = next(todo, b)
+            if i >= min(b, first_bad[0]):  # nothing left, or only images after a bad one (not reported)
+                return traced
             try:
                 source.read_into(i, one[0])
             except Exception as e:  # noqa: BLE001 - raised below, after earlier images are known to be valid
                 read_errors[i] = e
+                with todo_lock:
+                    first_bad[0] = min(first_bad[0], i)
                 return traced
             base[1] = offsets[i + 1] - offsets[i]
             _compiled.batch_box_ious(one, thresholds, flat_gt[offsets[i]:], base, 0, 1, single[i:i + 1],
                                      multi[i:i + 1], flags[i:i + 1], levels[i:i + 1], valid[i:i + 1], multi_contour,
                                      None if leak is None else leak[i:i + 1])
             if not valid[i]:
+                with todo_lock:
+                    first_bad[0] = min(first_bad[0], i)
                 return traced
             if (flags[i] & wanted).any():
                 traced += trace(i, one[0], q, hist)
-        return traced
 
     workers = default_workers() if workers is None else max(1, int(workers))
     if source is not None:
-        # one map at a time from a shared counter (next() on it is atomic under the GIL): no worker idles
-        # while another finishes a chunk
+        # one map at a time from a shared counter: no worker idles while another finishes a chunk
         todo = iter(range(b))
         if workers == 1 or b < 2:
             traced = run_source(todo)

@@ -75,6 +75,9 @@ class _Grid:
         if isinstance(scoremaps, MapSource):
             if len(ids) != len(scoremaps):
                 raise ValueError(f"{len(scoremaps)} score maps but {len(ids)} image ids")
+            known = getattr(scoremaps, "image_ids", None)  # a source that knows its images (CamFiles) must agree
+            if known is not None and [str(i) for i in known] != ids:
+                raise ValueError("the source holds the maps of other image ids than those given")
             if tuple(scoremaps.shape) != self.shape:
                 raise ScoremapError(ids[0] if ids else None, f"score map has shape {tuple(scoremaps.shape)}, "
                                     f"expected {self.shape} (height, width) of the evaluation grid")
