@@ -78,25 +78,27 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    # The command does no linear algebra. In its own process, unless told otherwise, OpenBLAS (loaded with numpy,
-    # reading the variable only then) starts no worker threads: idle, they spin for a while on the second core, and
-    # slowed the start of this command (its imports and the metadata, one core's work) by a sixth (0.140 -> 0.119 s
-    # to the first map, median of 15). The variable is put back at once, so child processes do not inherit it.
-    own = getattr(args, "_own_process", False)
-    if own and "numpy" not in sys.modules and "OPENBLAS_NUM_THREADS" not in os.environ:
-        os.environ["OPENBLAS_NUM_THREADS"] = "1"
-        try:
-            import numpy  # noqa: F401
-        finally:
-            del os.environ["OPENBLAS_NUM_THREADS"]
-    from ..evaluation import _compiled
-
-    # Scoring builds no reference cycles worth collecting (the collector ran 66 times, 10 ms, on 1,389 maps); the
-    # JIT's first compile does, so the collector stays on there.
-    collecting = gc.isenabled() and _compiled.BACKEND == "aot"
-    if collecting:
-        gc.disable()
+    # Scoring builds no reference cycles worth collecting (the collector ran 66 times, 10 ms, on 1,389 maps, most
+    # of them while numpy and the modules load); the JIT's first compile does, so the collector is back on there.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
+        # The command does no linear algebra. In its own process, unless told otherwise, OpenBLAS (loaded with
+        # numpy, reading the variable only then) starts no worker threads: idle, they spin for a while on the second
+        # core, and slowed the start of this command (its imports and the metadata, one core's work) by a sixth
+        # (0.140 -> 0.119 s to the first map, median of 15). The variable is put back at once, so child processes
+        # do not inherit it.
+        if getattr(args, "_own_process", False) and "numpy" not in sys.modules \
+                and "OPENBLAS_NUM_THREADS" not in os.environ:
+            os.environ["OPENBLAS_NUM_THREADS"] = "1"
+            try:
+                import numpy  # noqa: F401
+            finally:
+                del os.environ["OPENBLAS_NUM_THREADS"]
+        from ..evaluation import _compiled
+
+        if collecting and _compiled.BACKEND != "aot":
+            gc.enable()
         return _score(args)
     finally:
         if collecting:
