@@ -97,8 +97,8 @@ def _read_positional(path: str, raw: memoryview, headers: Headers) -> bool:
     try:
         last = headers.last
         if last is not None:
-            head = bytearray(len(last))
-            if os.preadv(fd, [head, raw], 0) == len(head) + len(raw) and head == last:
+            guess = bytearray(len(last))
+            if os.preadv(fd, [guess, raw], 0) == len(guess) + len(raw) and guess == last:
                 return True
         head = os.pread(fd, _PEEK, 0)
         start = headers.offset(head)

@@ -568,22 +568,26 @@ class WSOLEvaluator:
         gts = [self._gt(i) for i in ids] if self.boxes else None  # for the box kernel and leakage alike
         leak_in_kernel = gts is not None and masks[0] is None
         pixel_work = not leak_in_kernel
-        maps = read_all(lazy) if pixel_work and isinstance(lazy, MapSource) else lazy
+        # the pixel metrics need the maps whole (a source is read here); the box kernel's workers read a source
+        whole: np.ndarray | None = None
+        if pixel_work:
+            whole = read_all(lazy) if isinstance(lazy, MapSource) else lazy
         side = None
-        if pixel_work and workers > 1:
-            side = worker_pool(workers).submit(self._pixel_metrics, maps, ids, masks, gts)
+        if whole is not None and workers > 1:
+            side = worker_pool(workers).submit(self._pixel_metrics, whole, ids, masks, gts)
         try:
             result = None
             if gts is not None:
-                result = batch_box_ious(maps, gts, self.grid.thresholds, ids, workers, multi_contour=True,
-                                        leakage=leak_in_kernel)
+                result = batch_box_ious(lazy if whole is None else whole, gts, self.grid.thresholds, ids, workers,
+                                        multi_contour=True, leakage=leak_in_kernel)
             else:
-                self.grid.check_range(maps, ids)
+                assert whole is not None  # no GT boxes: no leakage in the kernel, so pixel work
+                self.grid.check_range(whole, ids)
             mask_counts, shares = None, None
             if side is not None:
                 mask_counts, shares = side.result()
-            elif pixel_work:
-                mask_counts, shares = self._pixel_metrics(maps, ids, masks, gts)
+            elif whole is not None:
+                mask_counts, shares = self._pixel_metrics(whole, ids, masks, gts)
             if leak_in_kernel:
                 assert result is not None and result.leakage is not None  # leak_in_kernel implies GT boxes
                 shares = [self._leak.units(float(v), i) for v, i in zip(result.leakage, ids, strict=True)]
