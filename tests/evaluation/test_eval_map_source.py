@@ -257,3 +257,8 @@ def test_files_read_with_and_without_positional_reads(tmp_path: Path, monkeypatc
     got = read_all(files)
     want = np.stack([np.load(cam_path(tmp_path, i)).astype(np.float64) for i in ids])
     assert np.array_equal(got, want)
+
+
+def test_read_all_reports_an_unreadable_first_map():
+    with pytest.raises(OSError, match="map 0 is unreadable"):
+        read_all(BadSource(np.full((3, 4, 4), 0.5), {0}))

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .engine import invalid_maps
 from .saved_cams import CamFileError, cam_path, load_cam
 
 _MAGIC = b"\x93NUMPY"
@@ -100,37 +101,32 @@ def _read_positional(path: str, raw: memoryview, headers: Headers) -> bool:
             guess = bytearray(len(last))
             if os.preadv(fd, [guess, raw], 0) == len(guess) + len(raw) and guess == last:
                 return True
-        head = os.pread(fd, _PEEK, 0)
-        start = headers.offset(head)
-        if start < 0:
-            return False
-        have = min(len(head) - start, len(raw))  # a tiny map may lie within the first read
-        raw[:have] = head[start:start + have]
-        while have < len(raw):
-            got = os.preadv(fd, [raw[have:]], start + have)
-            if not got:
-                return False
-            have += got
-        return True
+        return _fill(os.pread(fd, _PEEK, 0), raw, headers, lambda view, at: os.preadv(fd, [view], at))
     finally:
         os.close(fd)
 
 
 def _read_file(path: str, raw: memoryview, headers: Headers) -> bool:
-    """:func:`_read_positional` where the OS has no positional reads (Windows): a file object, two reads."""
+    """:func:`_read_positional` where the OS has no positional reads (Windows): a file object, read in turn."""
     with open(path, "rb", buffering=0) as f:
-        head = f.read(_PEEK)
-        start = headers.offset(head)
-        if start < 0:
+        return _fill(f.read(_PEEK), raw, headers, lambda view, at: f.readinto(view))
+
+
+def _fill(head: bytes, raw: memoryview, headers: Headers, read_at: Callable[[memoryview, int], int | None]) -> bool:
+    """``raw`` = the data of a file whose first bytes are ``head`` (False: not a plain map, or short);
+    ``read_at(view, offset)`` reads the file from ``offset`` into ``view`` (a file object: from where it is,
+    which is that offset here), returning how many bytes it read."""
+    start = headers.offset(head)
+    if start < 0:
+        return False
+    have = min(len(head) - start, len(raw))  # a tiny map may lie within the first read
+    raw[:have] = head[start:start + have]
+    while have < len(raw):
+        got = read_at(raw[have:], start + have)
+        if not got:
             return False
-        have = min(len(head) - start, len(raw))
-        raw[:have] = head[start:start + have]
-        while have < len(raw):
-            got = f.readinto(raw[have:])
-            if not got:
-                return False
-            have += got
-        return True
+        have += got
+    return True
 
 
 class CamFiles:
@@ -178,8 +174,7 @@ def value_error(cam_dir: Path, image_ids: Sequence[str], maps: np.ndarray) -> Ca
     reports it (``None`` if all are valid)."""
     if len(maps) == 0:
         return None
-    ok = ((maps >= 0.0) & (maps <= 1.0)).reshape(len(maps), -1).all(axis=1)
-    for k in np.flatnonzero(~ok):
+    for k in invalid_maps(maps):
         found = _file_error(cam_dir, image_ids[int(k)])
         if found is not None:
             return found

@@ -25,7 +25,7 @@ import numpy as np
 from . import _compiled
 from .boxes import ScoremapError
 
-__all__ = ["BoxIoUs", "MapSource", "batch_box_ious", "default_workers", "read_all", "worker_pool"]
+__all__ = ["BoxIoUs", "MapSource", "batch_box_ious", "default_workers", "invalid_maps", "read_all", "worker_pool"]
 
 
 @runtime_checkable
@@ -60,10 +60,17 @@ def read_all(source: MapSource) -> np.ndarray:
     return maps
 
 
+def invalid_maps(maps: np.ndarray) -> np.ndarray:
+    """Indices of the maps ``[B, ...]`` holding NaN, inf or a value outside [0, 1], in order."""
+    if len(maps) == 0:
+        return np.zeros(0, dtype=np.intp)
+    return np.flatnonzero(~((maps >= 0.0) & (maps <= 1.0)).reshape(len(maps), -1).all(axis=1))
+
+
 def _raise_first_invalid(source: MapSource, maps: np.ndarray) -> None:
-    ok = ((maps >= 0.0) & (maps <= 1.0)).reshape(len(maps), -1).all(axis=1)
-    if not ok.all():
-        raise source.invalid(int(np.flatnonzero(~ok)[0]))
+    bad = invalid_maps(maps)
+    if bad.size:
+        raise source.invalid(int(bad[0]))
 
 
 def default_workers() -> int:

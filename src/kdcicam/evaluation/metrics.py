@@ -31,7 +31,7 @@ from ..data.metadata import Metadata
 from ..errors import KdcicamError
 from . import _compiled
 from .boxes import ScoremapError, as_size, resize_box, threshold_list
-from .engine import MapSource, batch_box_ious, default_workers, read_all, worker_pool
+from .engine import MapSource, batch_box_ious, default_workers, invalid_maps, read_all, worker_pool
 from .masks import boxes_mask, check_gt_mask, load_gt_mask
 
 __all__ = [
@@ -114,9 +114,9 @@ class _Grid:
 
     def check_range(self, maps: np.ndarray, ids: list[str]) -> None:
         """Every value finite and in [0, 1] (the box kernel checks this itself)."""
-        ok = (maps >= 0.0) & (maps <= 1.0)
-        if not ok.all():
-            i = int(np.flatnonzero(~ok.reshape(len(ids), -1).all(axis=1))[0])
+        bad = invalid_maps(maps)
+        if bad.size:
+            i = int(bad[0])
             if not np.isfinite(maps[i]).all():
                 raise ScoremapError(ids[i], "contains NaN or inf")
             raise ScoremapError(ids[i], f"values must lie in [0, 1], got min {maps[i].min():g}, "
